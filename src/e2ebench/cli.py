@@ -1,0 +1,344 @@
+"""The ``e2ebench`` command line.
+
+Exit codes: 0 success, 1 a run (or study) failed, 2 usage or validation error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from e2ebench.store import DEFAULT_STORE
+
+app = typer.Typer(
+    name="e2ebench",
+    help=(
+        "Measure the end-to-end (pre-processing + inference + post-processing) inference time of deep-learning "
+        "applications on bare metal (BM), containers (CN), VMs (VM), micro-VMs (MVM) and containers in VMs (VMCN), "
+        "with vanilla (VNL) or pinned (PIN) CPUs, and turn the results into figures and deployment advice.\n\n"
+        "Deployments are written PLATFORM/CORES/CPUMODE/DEVICE, e.g. BM/4/PIN/CPU."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Generate or inspect data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def fail_usage(message: str) -> "typer.Exit":
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(EXIT_USAGE)
+
+
+def parse_options(pairs: list[str] | None) -> dict:
+    """``["k=v", ...]`` -> dict with ints/floats/bools decoded."""
+    out: dict = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise fail_usage(f"--option expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        key = key.strip()
+        if not key.replace("_", "").isalnum():
+            raise fail_usage(f"bad option name {key!r}")
+        out[key] = _decode_value(value.strip())
+    return out
+
+
+def _decode_value(value: str):
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
+
+
+def emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------
+# run
+
+
+def public_result(result: dict) -> dict:
+    """The documented ``--json`` object of ``e2ebench run`` (the full RunResult is in the store)."""
+    keys = (
+        "scenario", "app", "mode", "deployment", "requests", "completed", "batch_size", "loadgen_scenario", "backend",
+        "e2e_s", "phases_s", "latency_ms", "throughput_sps", "effective_cpus", "cpu_quota_cores", "counters",
+        "cold_start_s", "cold_start", "emulated", "errors", "error", "threads", "quality", "environment", "loadgen",
+        "run_id", "parameters", "logs_dir", "started_at", "finished_at",
+    )
+    out = {k: result.get(k) for k in keys}
+    if out["errors"] is None:
+        out["errors"] = {"count": 0, "fraction": 0.0, "samples": []}
+    if out["phases_s"] is None:
+        out["phases_s"] = {k: None for k in ("io", "pre", "infer", "post", "other")}
+    if out["latency_ms"] is None:
+        out["latency_ms"] = {"p50": None, "p90": None, "p99": None}
+    return out
+
+
+def _fmt_s(value) -> str:
+    return "—" if value is None else f"{value:.3f} s"
+
+
+def print_result(result: dict) -> None:
+    ok = not result.get("error")
+    title = f"{result.get('scenario')}  ({result.get('requests')} requests, {result.get('loadgen_scenario')}, " \
+            f"{result.get('backend')})"
+    if result.get("emulated"):
+        title += "  [EMULATED — not comparable with native results]"
+    table = Table(title=escape(title), show_header=True, header_style="bold")
+    table.add_column("phase")
+    table.add_column("time", justify="right")
+    table.add_column("share of E2E", justify="right")
+    e2e = result.get("e2e_s")
+    phases = result.get("phases_s") or {}
+    for phase in ("io", "pre", "infer", "post", "other"):
+        value = phases.get(phase)
+        share = f"{100 * value / e2e:.1f}%" if (value is not None and e2e) else "—"
+        table.add_row(phase, _fmt_s(value), share)
+    table.add_row("[bold]E2E[/]", f"[bold]{_fmt_s(e2e)}[/]", "100%" if e2e else "—")
+    console.print(table)
+    lat = result.get("latency_ms") or {}
+    if lat.get("p50") is not None:
+        console.print(f"latency per request: p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms; "
+                      f"throughput {result.get('throughput_sps') or 0:.2f} samples/s")
+    cpus = result.get("effective_cpus")
+    if cpus is not None:
+        quota = result.get("cpu_quota_cores")
+        console.print(f"effective CPUs {cpus}; CFS quota {'none' if quota is None else f'{quota:g} cores'}; "
+                      f"threads {result.get('threads')}")
+    counters = result.get("counters") or {}
+    if counters:
+        console.print("counters: " + ", ".join(f"{k}={v}" for k, v in counters.items()))
+    if result.get("cold_start_s") is not None:
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in (result.get("cold_start") or {}).items() if isinstance(v, (int, float)))
+        console.print(f"cold start {result['cold_start_s']:.2f} s ({parts})")
+    errors = result.get("errors") or {}
+    if errors.get("count"):
+        console.print(f"[yellow]{errors['count']} request(s) failed[/]: " +
+                      "; ".join(escape(f"{e['where']}: {e['message']}") for e in errors.get("samples", [])[:5]))
+    if result.get("run_id") is not None:
+        console.print(f"stored as run {result['run_id']}")
+    if not ok:
+        err_console.print(f"[bold red]run failed:[/] {escape(str(result.get('error')))}")
+        if result.get("output_tail"):
+            err_console.print(escape(str(result["output_tail"])[-1500:]))
+
+
+@app.command()
+def run(
+    app_name: str = typer.Argument(..., metavar="APP", help="Application: ic, sr, nlp, rs (see `e2ebench apps`)."),
+    deployment: str = typer.Argument(..., metavar="DEPLOYMENT", help="PLATFORM/CORES/CPUMODE/DEVICE, e.g. BM/2/PIN/CPU."),
+    requests: Optional[int] = typer.Option(None, "--requests", "-n", min=1, help="Requests in the workload (default: the app's)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Requests per inference batch."),
+    scenario: str = typer.Option("offline", "--scenario", help="LoadGen scenario: offline (the paper's) or single-stream."),
+    backend: str = typer.Option("torch", "--backend", help="Inference backend: torch or onnxruntime (where the app has it)."),
+    mode: str = typer.Option("e2e", "--mode", help="e2e (all phases) or inference-only (the DNN alone, DLBS-style)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Data set folder/file; default: a generated set, cached."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Real model checkpoint to load instead of seeded random weights."),
+    variant: str = typer.Option("full", "--variant", help="Model size: full (the real one) or tiny (for tests only)."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="App option KEY=VALUE (repeatable)."),
+    store_path: Path = typer.Option(DEFAULT_STORE, "--store", help="SQLite results file."),
+    timeout: float = typer.Option(1800.0, "--timeout", min=1, help="Seconds before the run is killed."),
+    max_error_fraction: float = typer.Option(0.01, "--max-error-fraction", min=0, max=1,
+                                             help="Fail the run when more than this fraction of requests fail."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """Measure one scenario: APP on DEPLOYMENT, every request's io, pre, infer and post phases timed."""
+    from e2ebench.apps import AppError, get_app_class
+    from e2ebench.runner import Workload, run_single
+    from e2ebench.scenario import HostFacts, NotationError, Scenario, infeasibility
+    from e2ebench.spec import LOADGEN_SCENARIOS
+    from e2ebench.store import Store
+
+    try:
+        sc = Scenario.parse(f"{app_name}@{deployment}")
+        sc = Scenario(sc.app, sc.deployment, mode.strip().lower())
+        cls = get_app_class(sc.app)
+    except (NotationError, AppError) as exc:
+        raise fail_usage(str(exc))
+    scenario = scenario.strip().lower()
+    if scenario not in LOADGEN_SCENARIOS:
+        raise fail_usage(f"unknown LoadGen scenario {scenario!r}; accepted: {', '.join(LOADGEN_SCENARIOS)}")
+    if backend not in cls.backends:
+        raise fail_usage(f"{sc.app} has no backend {backend!r}; accepted: {', '.join(cls.backends)}")
+    if variant not in cls.variants:
+        raise fail_usage(f"unknown variant {variant!r}; accepted: {', '.join(cls.variants)}")
+    options = parse_options(option)
+    known = {o.name for o in cls.options}
+    for key in options:
+        if key not in known:
+            raise fail_usage(f"{sc.app} has no option {key!r}; accepted: {', '.join(sorted(known)) or 'none'}")
+    if data is not None and not data.exists():
+        raise fail_usage(f"data path {data} does not exist")
+    if weights is not None and not weights.exists():
+        raise fail_usage(f"weights file {weights} does not exist")
+    host = HostFacts.detect()
+    reason = infeasibility(sc.deployment, host)
+    if reason is None and sc.deployment.platform != "BM":
+        from e2ebench.platforms import PlatformError, get_platform
+
+        try:
+            availability = get_platform(sc.deployment.platform).probe()
+        except PlatformError as exc:
+            reason = str(exc)
+        else:
+            if not availability.usable:
+                reason = f"platform {sc.deployment.platform} unavailable: {availability.reason}"
+    if reason:
+        raise fail_usage(f"{sc} is not feasible here: {reason}")
+    workload = Workload(
+        requests=requests, batch_size=batch_size, loadgen_scenario=scenario, backend=backend, variant=variant,
+        data=str(data) if data else None, weights=str(weights.resolve()) if weights else None, app_options=options,
+        max_error_fraction=max_error_fraction, timeout_s=timeout,
+    )
+    progress = None
+    if not as_json:
+        progress = lambda message: err_console.print(f"[dim]… {escape(message)}[/]")  # noqa: E731
+    with Store(store_path) as store:
+        if as_json:
+            result = run_single(sc, workload, store=store)
+        else:
+            with err_console.status(f"measuring {sc}"):
+                result = run_single(sc, workload, store=store, progress=progress)
+    if as_json:
+        emit_json(public_result(result))
+    else:
+        print_result(result)
+    raise typer.Exit(EXIT_FAILED if result.get("error") else EXIT_OK)
+
+
+# ---------------------------------------------------------------------------
+# apps, data
+
+
+@app.command()
+def apps(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List the applications, their models, backends, defaults and options."""
+    from e2ebench.apps import app_names, get_app_class
+
+    rows = []
+    for name in app_names():
+        try:
+            cls = get_app_class(name)
+        except Exception as exc:
+            rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        rows.append({
+            "name": name, "title": cls.title, "model": cls.model_name, "input": cls.input_kind,
+            "backends": list(cls.backends), "default_requests": cls.default_requests,
+            "default_batch_size": cls.default_batch_size,
+            "options": [{"name": o.name, "default": o.default, "help": o.help} for o in cls.options],
+        })
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title="applications", header_style="bold")
+    for column in ("name", "title", "input", "backends", "requests", "batch", "options"):
+        table.add_column(column)
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["name"], f"[red]cannot load: {escape(r['error'])}[/]", "", "", "", "", "")
+            continue
+        table.add_row(r["name"], escape(r["title"]), r["input"], ", ".join(r["backends"]), str(r["default_requests"]),
+                      str(r["default_batch_size"]), ", ".join(o["name"] for o in r["options"]))
+    console.print(table)
+
+
+@data_app.command("make")
+def data_make(
+    app_name: str = typer.Argument(..., metavar="APP", help="Application whose data set to generate."),
+    out: Path = typer.Argument(..., metavar="DIR", help="Folder to write (created)."),
+    count: int = typer.Option(64, "--count", "-n", min=1, max=1_000_000, help="Number of requests' inputs."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives byte-identical files."),
+    option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="Generator option KEY=VALUE, e.g. speech=espeak."),
+) -> None:
+    """Write a deterministic synthetic data set in the real data set's format."""
+    from e2ebench.apps import AppError, get_app_class
+
+    try:
+        cls = get_app_class(app_name)
+    except AppError as exc:
+        raise fail_usage(str(exc))
+    options = parse_options(option)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with err_console.status(f"generating {count} {app_name} inputs"):
+            path = cls.make_data(out, count, seed=seed, **options)
+    except (AppError, TypeError, ValueError) as exc:
+        raise fail_usage(str(exc))
+    console.print(f"wrote {count} {app_name} inputs: {path}")
+
+
+# ---------------------------------------------------------------------------
+# doctor
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Check this host: cores, sockets, NUMA, cgroups, and which platforms/devices are usable and why."""
+    from e2ebench.doctor import collect
+
+    report = collect()
+    if as_json:
+        emit_json(report)
+        return
+    host = report["host"]
+    console.print(f"[bold]host[/]: {host['cpus']} CPUs ({escape(host['cpu_model'])}), {host['sockets']} socket(s), "
+                  f"{host['numa_nodes']} NUMA node(s), {host['memory_gib']:.1f} GiB, kernel {host['kernel']}")
+    console.print(f"[bold]cgroups[/]: v{host['cgroup_version']} — {escape(host['cgroups'])}")
+    table = Table(title="platforms and devices", header_style="bold")
+    for column in ("name", "status", "why", "fix"):
+        table.add_column(column)
+    colour = {"usable": "green", "emulated": "yellow", "unavailable": "red"}
+    for name, entry in report["platforms"].items():
+        table.add_row(name, f"[{colour[entry['status']]}]{entry['status']}[/]", escape(entry["reason"]),
+                      escape(entry.get("fix") or ""))
+    for name, entry in report["devices"].items():
+        table.add_row(name, f"[{colour[entry['status']]}]{entry['status']}[/]", escape(entry["reason"]),
+                      escape(entry.get("fix") or ""))
+    console.print(table)
+    for name, entry in report.get("tools", {}).items():
+        console.print(f"  {name}: {escape(entry)}")
+
+
+def main() -> None:
+    register_subcommands()
+    app()
+
+
+def register_subcommands() -> None:
+    """Sub-command modules (studies, reports) register themselves on ``app`` when imported."""
+    import importlib
+
+    for module in ("e2ebench.cli_study", "e2ebench.cli_report"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+if __name__ == "__main__":
+    main()

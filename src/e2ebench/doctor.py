@@ -1,0 +1,67 @@
+"""``e2ebench doctor``: what this host offers and which deployments can run here, with reasons."""
+
+from __future__ import annotations
+
+import os
+import platform as _platform
+import shutil
+from pathlib import Path
+
+from e2ebench import measure
+from e2ebench.platforms import cgroups, probe_all
+
+
+def _sockets() -> int:
+    ids = set()
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    for line in text.splitlines():
+        if line.startswith("physical id"):
+            ids.add(line.split(":", 1)[1].strip())
+    return max(1, len(ids))
+
+
+def _memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _gpu_status() -> dict:
+    from e2ebench.scenario import count_gpus
+
+    n = count_gpus()
+    if n:
+        return {"status": "usable", "usable": True, "emulated": False, "reason": f"{n} NVIDIA GPU(s) visible", "fix": ""}
+    return {
+        "status": "unavailable", "usable": False, "emulated": False,
+        "reason": "no GPU visible (no /dev/nvidia* device); GPU deployments are infeasible here",
+        "fix": "run on a host with an NVIDIA GPU, its driver and a CUDA build of torch==2.13.0",
+    }
+
+
+def collect() -> dict:
+    ok, why = cgroups.writable()
+    host = {
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": measure.cpu_model(),
+        "sockets": _sockets(),
+        "numa_nodes": len(cgroups.numa_nodes()),
+        "memory_gib": _memory_gib(),
+        "kernel": _platform.release(),
+        "cgroup_version": measure.cgroup_version(),
+        "cgroups_writable": ok,
+        "cgroups": why,
+        "python": _platform.python_version(),
+    }
+    platforms = {name: availability.as_dict() for name, availability in probe_all().items()}
+    devices = {"CPU": {"status": "usable", "usable": True, "emulated": False, "reason": f"{host['cpus']} CPUs", "fix": ""},
+               "GPU": _gpu_status()}
+    tools = {}
+    for tool in ("runc", "podman", "docker", "qemu-system-x86_64", "busybox", "debootstrap", "espeak-ng", "firecracker"):
+        path = shutil.which(tool)
+        tools[tool] = path or "not installed"
+    return {"host": host, "platforms": platforms, "devices": devices, "tools": tools}

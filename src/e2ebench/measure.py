@@ -1,0 +1,331 @@
+"""What the worker measures about itself: phase clocks, the CPU limits it really got, counters.
+
+Everything here reads the kernel's own files (``/proc``, the cgroup filesystem) from *inside* the
+platform, so the same code reports what a bare-metal process, a container or a VM guest sees.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform as _platform
+import resource
+import time
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+# ---------------------------------------------------------------------------
+# Phase clock
+
+
+class PhaseClock:
+    """Accumulates nanoseconds per phase with ``time.perf_counter_ns``.
+
+    ``lap(phase)`` charges the time since the previous lap to ``phase``; there is no gap between
+    consecutive laps, so the phases of a loop add up to its wall time exactly (what is not
+    charged to a named phase is charged to ``other``).
+    """
+
+    __slots__ = ("totals_ns", "_last")
+
+    def __init__(self) -> None:
+        self.totals_ns: dict[str, int] = {"io": 0, "pre": 0, "infer": 0, "post": 0, "other": 0}
+        self._last = time.perf_counter_ns()
+
+    def start(self) -> int:
+        self._last = time.perf_counter_ns()
+        return self._last
+
+    def lap(self, phase: str) -> int:
+        now = time.perf_counter_ns()
+        self.totals_ns[phase] += now - self._last
+        self._last = now
+        return now
+
+    def seconds(self) -> dict[str, float]:
+        return {k: v / 1e9 for k, v in self.totals_ns.items()}
+
+
+# ---------------------------------------------------------------------------
+# cgroups as seen from inside
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """``"0-2,5"`` -> ``[0, 1, 2, 5]`` (the kernel's cpulist format)."""
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            cpus.update(range(int(lo), int(hi) + 1))
+        else:
+            cpus.add(int(part))
+    return sorted(cpus)
+
+
+def format_cpu_list(cpus: list[int] | set[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    ordered = sorted(set(cpus))
+    ranges: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        ranges.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(ranges)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cgroup_version(root: Path = CGROUP_ROOT) -> int:
+    """2 for a unified hierarchy at ``root``, 1 for per-controller (v1/hybrid) mounts, 0 for none."""
+    if (root / "cgroup.controllers").exists():
+        return 2
+    if (root / "cpu").is_dir() or (root / "cpuset").is_dir():
+        return 1
+    return 0
+
+
+def own_cgroups(pid: int | str = "self") -> dict[str, str]:
+    """Controller -> cgroup path from ``/proc/<pid>/cgroup`` (``""`` key = the v2 hierarchy)."""
+    out: dict[str, str] = {}
+    text = _read(Path(f"/proc/{pid}/cgroup")) or ""
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if not controllers:
+            out[""] = path
+        for c in controllers.split(","):
+            out[c] = path
+    return out
+
+
+def _ancestors(base: Path, rel: str) -> list[Path]:
+    """The cgroup directory for ``rel`` under ``base`` and each ancestor up to ``base`` (deepest first).
+
+    Inside a container with a private cgroup namespace ``rel`` is "/" and the container's own
+    cgroup is mounted at ``base``; when ``rel`` does not exist under ``base`` (a host path seen
+    through a namespaced mount) we fall back to ``base``.
+    """
+    rel = rel.strip("/")
+    here = base / rel if rel else base
+    if not here.is_dir():
+        here = base
+    chain = []
+    p = here
+    while True:
+        chain.append(p)
+        if p == base or base not in p.parents:
+            break
+        p = p.parent
+    return chain
+
+
+@dataclasses.dataclass
+class CpuLimits:
+    effective_cpus: list[int]
+    cpu_quota_cores: float | None
+    cgroup_version: int
+    cpu_cgroup: str | None
+    cpuset_cgroup: str | None
+
+
+def cpu_limits(pid: int | str = "self", root: Path = CGROUP_ROOT) -> CpuLimits:
+    """The CPUs a process may run on and its CFS quota, read from the cgroup files.
+
+    ``effective_cpus`` is the intersection of the cpuset cgroup's effective CPUs and the process's
+    affinity mask; ``cpu_quota_cores`` is the tightest ``quota / period`` over the process's cpu
+    cgroup and its ancestors, ``None`` when unlimited.
+    """
+    version = cgroup_version(root)
+    groups = own_cgroups(pid)
+    cpuset: list[int] | None = None
+    quota: float | None = None
+    cpu_path = cpuset_path = None
+    if version == 2:
+        rel = groups.get("", "/")
+        cpu_path = cpuset_path = rel
+        for d in _ancestors(root, rel):
+            text = _read(d / "cpuset.cpus.effective")
+            if text and cpuset is None:
+                cpuset = parse_cpu_list(text)
+            mx = _read(d / "cpu.max")
+            if mx:
+                q, _, period = mx.partition(" ")
+                if q != "max":
+                    cores = int(q) / int(period or 100000)
+                    quota = cores if quota is None else min(quota, cores)
+    elif version == 1:
+        cpuset_path = groups.get("cpuset", "/")
+        for d in _ancestors(root / "cpuset", cpuset_path):
+            text = _read(d / "cpuset.effective_cpus") or _read(d / "cpuset.cpus")
+            if text:
+                cpuset = parse_cpu_list(text)
+                break
+        cpu_path = groups.get("cpu", "/")
+        cpu_root = root / "cpu" if (root / "cpu").is_dir() else root / "cpu,cpuacct"
+        for d in _ancestors(cpu_root, cpu_path):
+            q = _read(d / "cpu.cfs_quota_us")
+            period = _read(d / "cpu.cfs_period_us")
+            if q and period and int(q) > 0:
+                cores = int(q) / int(period)
+                quota = cores if quota is None else min(quota, cores)
+    try:
+        affinity = set(os.sched_getaffinity(0 if pid == "self" else int(pid)))
+    except OSError:
+        affinity = set(range(os.cpu_count() or 1))
+    effective = sorted(affinity & set(cpuset)) if cpuset is not None else sorted(affinity)
+    return CpuLimits(effective, round(quota, 6) if quota is not None else None, version, cpu_path, cpuset_path)
+
+
+def cpu_stat(pid: int | str = "self", root: Path = CGROUP_ROOT) -> dict[str, int]:
+    """Throttling counters of the process's cpu cgroup: nr_periods, nr_throttled, throttled_time_ns."""
+    version = cgroup_version(root)
+    groups = own_cgroups(pid)
+    if version == 2:
+        d = _ancestors(root, groups.get("", "/"))[0]
+    elif version == 1:
+        cpu_root = root / "cpu" if (root / "cpu").is_dir() else root / "cpu,cpuacct"
+        d = _ancestors(cpu_root, groups.get("cpu", "/"))[0]
+    else:
+        return {}
+    text = _read(d / "cpu.stat") or ""
+    stats: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            stats[key] = int(value)
+    out = {"nr_periods": stats.get("nr_periods", 0), "nr_throttled": stats.get("nr_throttled", 0)}
+    if "throttled_time" in stats:  # v1: nanoseconds
+        out["throttled_time_ns"] = stats["throttled_time"]
+    elif "throttled_usec" in stats:  # v2: microseconds
+        out["throttled_time_ns"] = stats["throttled_usec"] * 1000
+    else:
+        out["throttled_time_ns"] = 0
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Process counters
+
+
+def _task_migrations() -> int:
+    total = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        text = _read(Path(f"/proc/self/task/{tid}/sched")) or ""
+        for line in text.splitlines():
+            if line.startswith("se.nr_migrations"):
+                total += int(line.split(":")[1])
+                break
+    return total
+
+
+def _steal_ticks() -> int:
+    text = _read(Path("/proc/stat")) or ""
+    first = text.splitlines()[0].split() if text else []
+    return int(first[8]) if len(first) > 8 else 0
+
+
+@dataclasses.dataclass
+class CounterSnapshot:
+    voluntary_ctx_switches: int
+    involuntary_ctx_switches: int
+    cpu_migrations: int
+    nr_throttled: int
+    throttled_time_ns: int
+    steal_ticks: int
+    user_cpu_s: float
+    system_cpu_s: float
+
+    @classmethod
+    def take(cls) -> "CounterSnapshot":
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        stat = cpu_stat()
+        return cls(
+            voluntary_ctx_switches=ru.ru_nvcsw,
+            involuntary_ctx_switches=ru.ru_nivcsw,
+            cpu_migrations=_task_migrations(),
+            nr_throttled=stat.get("nr_throttled", 0),
+            throttled_time_ns=stat.get("throttled_time_ns", 0),
+            steal_ticks=_steal_ticks(),
+            user_cpu_s=ru.ru_utime,
+            system_cpu_s=ru.ru_stime,
+        )
+
+    def delta(self, before: "CounterSnapshot") -> dict:
+        """Counters over the measured interval plus the process's peak RSS so far."""
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "voluntary_ctx_switches": self.voluntary_ctx_switches - before.voluntary_ctx_switches,
+            "involuntary_ctx_switches": self.involuntary_ctx_switches - before.involuntary_ctx_switches,
+            # migrations of threads alive at both ends; threads that ended in between are not counted
+            "cpu_migrations": max(0, self.cpu_migrations - before.cpu_migrations),
+            "nr_throttled": self.nr_throttled - before.nr_throttled,
+            "throttled_time_s": (self.throttled_time_ns - before.throttled_time_ns) / 1e9,
+            "steal_s": (self.steal_ticks - before.steal_ticks) / hz,
+            "user_cpu_s": round(self.user_cpu_s - before.user_cpu_s, 6),
+            "system_cpu_s": round(self.system_cpu_s - before.system_cpu_s, 6),
+            "peak_rss_bytes": ru.ru_maxrss * 1024,
+        }
+
+
+# ---------------------------------------------------------------------------
+# Environment
+
+
+def cpu_model() -> str:
+    text = _read(Path("/proc/cpuinfo")) or ""
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return _platform.processor() or "unknown"
+
+
+def detect_emulation() -> bool | None:
+    """True when the CPU flags say we run under QEMU TCG (a 'QEMU' model name or no hypervisor speed-up).
+
+    Only a hint: platforms that launch a guest know whether they used TCG and say so in the spec.
+    """
+    model = cpu_model()
+    if "QEMU" in model:
+        return True
+    return None
+
+
+def environment(libraries: dict[str, str] | None = None) -> dict:
+    uname = os.uname()
+    return {
+        "cpu_model": cpu_model(),
+        "host_cpus": os.cpu_count(),
+        "kernel": uname.release,
+        "machine": uname.machine,
+        "hostname": uname.nodename,
+        "python": _platform.python_version(),
+        "libraries": libraries or {},
+        "cgroup_version": cgroup_version(),
+        "in_container": Path("/.dockerenv").exists() or Path("/run/.containerenv").exists()
+        or os.environ.get("container") is not None or os.environ.get("E2EBENCH_IN_CONTAINER") == "1",
+    }
+
+
+def now_epoch() -> float:
+    return time.time()

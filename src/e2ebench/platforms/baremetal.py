@@ -1,0 +1,105 @@
+"""Bare metal (BM): the worker as a host process, limited by cgroups.
+
+* ``VNL`` — the worker gets a CFS bandwidth limit of N cores (``cpu.cfs_quota_us`` /
+  ``cpu.max``) and may run on every host core; the host scheduler decides where.
+* ``PIN`` — the worker is confined to N dedicated host cores (a cpuset cgroup) and its compute
+  threads are bound one per core (libgomp ``GOMP_CPU_AFFINITY``).  Where cgroups cannot be
+  written, ``sched_setaffinity`` confines the process instead (reported in ``platform_info``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from e2ebench.platforms import cgroups
+from e2ebench.platforms.base import Availability, Platform, PlatformError, Session, result_from_command, run_command, worker_env
+from e2ebench.scenario import Deployment
+from e2ebench.spec import WorkerSpec
+
+
+class BareMetalSession(Session):
+    def __init__(self, deployment: Deployment, workdir: Path, plan: cgroups.CpuLimitPlan,
+                 group: cgroups.CpuCgroup | None):
+        super().__init__(deployment, workdir)
+        self.plan = plan
+        self.group = group
+        self.info = {
+            "platform": "BM",
+            "limit_mechanism": "cgroup" if group else "sched_setaffinity",
+            "cgroup_version": group.version if group else None,
+            "cgroup_dirs": [str(d) for d in group.dirs] if group else [],
+            "pinned_cpus": list(plan.cpus) if plan.cpus else None,
+            "quota_cores": plan.quota_cores,
+        }
+        self.runs = 0
+
+    def expected_limits(self) -> tuple[list[int] | None, float | None]:
+        if self.plan.cpus is not None:
+            return list(self.plan.cpus), None
+        return sorted(os.sched_getaffinity(0)), self.plan.quota_cores
+
+    def run_worker(self, spec: WorkerSpec, timeout: float) -> dict:
+        spec.threads = self.deployment.cores
+        spec.bind_cpus = list(self.plan.cpus) if self.plan.cpus else None
+        spec.platform_info = {**self.info, "launched_at": time.time()}
+        self.runs += 1
+        spec_path = self.workdir / f"spec-{self.runs}.json"
+        spec.write(spec_path)
+        argv = [sys.executable, "-m", "e2ebench.worker", "--spec", str(spec_path)]
+        procs_files = self.group.procs_files if self.group else []
+        pinned = set(self.plan.cpus) if (self.plan.cpus and not self.group) else None
+
+        def enter_limits() -> None:  # runs in the child between fork and exec
+            pid = str(os.getpid())
+            for f in procs_files:
+                with open(f, "w") as fh:
+                    fh.write(pid)
+            if pinned:
+                os.sched_setaffinity(0, pinned)
+
+        cmd = run_command(argv, timeout=timeout, env=worker_env(), preexec_fn=enter_limits)
+        result = result_from_command(cmd)
+        result.setdefault("platform_info", {}).update(self.info)
+        result["worker_wall_s"] = cmd.wall_s
+        return result
+
+
+class BareMetal(Platform):
+    NAME = "BM"
+    TITLE = "bare metal"
+
+    def probe(self) -> Availability:
+        ok, why = cgroups.writable()
+        if ok:
+            return Availability(True, f"host processes limited by {why}", details={"cgroups": why})
+        return Availability(
+            True,
+            f"PIN via sched_setaffinity only; VNL quotas need writable cgroups ({why})",
+            fix="run as root on a host with the cpu and cpuset cgroup controllers",
+            details={"cgroups": why},
+        )
+
+    @contextlib.contextmanager
+    def session(self, deployment: Deployment, workdir: Path) -> Iterator[BareMetalSession]:
+        host_cpus = sorted(os.sched_getaffinity(0))
+        plan = cgroups.plan_limits(deployment.cores, deployment.cpu_mode, host_cpus, cgroups.numa_nodes())
+        t0 = time.perf_counter()
+        can_write, why = cgroups.writable()
+        cgroups.remove_stale()
+        if not can_write:
+            if plan.quota_us is not None:
+                raise PlatformError(f"BM/{deployment.cores}/VNL needs a CFS quota but cgroups are not writable: {why}")
+            group = None
+            stack = contextlib.nullcontext()
+        else:
+            group = cgroups.CpuCgroup(plan)
+            stack = group
+        with stack:
+            session = BareMetalSession(deployment, workdir, plan, group)
+            session.provision_s = time.perf_counter() - t0
+            yield session

@@ -1,0 +1,182 @@
+"""The Platform interface and what every platform shares.
+
+A platform provisions a deployment (a cgroup, a container, a VM...), runs the worker inside it
+and always tears it down.  Platforms know nothing about applications: they receive a
+:class:`~e2ebench.spec.WorkerSpec` and return the worker's RunResult dict.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, ClassVar, Iterator, Sequence
+
+from e2ebench.scenario import Deployment
+from e2ebench.spec import WorkerFailure, WorkerSpec, extract_result
+
+
+class PlatformError(RuntimeError):
+    """Provisioning failed: the deployment could not be created."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Availability:
+    """Whether a platform can run here, and why (not)."""
+
+    usable: bool
+    reason: str = ""
+    emulated: bool = False
+    fix: str = ""
+    details: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if not self.usable:
+            return "unavailable"
+        return "emulated" if self.emulated else "usable"
+
+    def as_dict(self) -> dict:
+        return {"status": self.status, "usable": self.usable, "emulated": self.emulated, "reason": self.reason,
+                "fix": self.fix, "details": self.details}
+
+
+class Session(abc.ABC):
+    """A provisioned deployment.  Created by :meth:`Platform.session`, released when it exits."""
+
+    def __init__(self, deployment: Deployment, workdir: Path):
+        self.deployment = deployment
+        self.workdir = workdir
+        self.provision_s = 0.0   # time to create the deployment (cgroup, container bundle, VM boot)
+        self.emulated = False
+        self.info: dict = {}
+
+    @property
+    def cold_start_s(self) -> float:
+        return self.provision_s
+
+    @abc.abstractmethod
+    def run_worker(self, spec: WorkerSpec, timeout: float) -> dict:
+        """Run one worker and return its RunResult (raises WorkerFailure when there is none)."""
+
+    @abc.abstractmethod
+    def expected_limits(self) -> tuple[list[int] | None, float | None]:
+        """(effective CPUs, CFS quota in cores) that the worker must report; None = not checked."""
+
+    def host_path(self, path: Path) -> str:
+        """The path under which the worker sees a host path (identity unless the platform remaps)."""
+        return str(path)
+
+
+class Platform(abc.ABC):
+    NAME: ClassVar[str]
+    TITLE: ClassVar[str]
+
+    @abc.abstractmethod
+    def probe(self) -> Availability:
+        ...
+
+    @abc.abstractmethod
+    def session(self, deployment: Deployment, workdir: Path) -> contextlib.AbstractContextManager[Session]:
+        ...
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared by platforms
+
+
+def kill_process_group(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """SIGTERM the process's group, then SIGKILL after ``grace_s``; reap it."""
+    if proc.poll() is not None:
+        return
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@dataclasses.dataclass
+class CommandResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+
+
+def run_command(argv: Sequence[str], timeout: float, env: dict | None = None,
+                preexec_fn: Callable[[], None] | None = None, cwd: str | None = None,
+                input_text: str | None = None) -> CommandResult:
+    """Run an argument list in its own process group; kill the whole group on timeout or Ctrl-C."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE if input_text else subprocess.DEVNULL,
+        env=env, cwd=cwd, text=True, start_new_session=preexec_fn is None, preexec_fn=_with_setsid(preexec_fn),
+    )
+    try:
+        out, err = proc.communicate(input=input_text, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_process_group(proc)
+        out, err = proc.communicate()
+        raise WorkerFailure(f"timed out after {timeout:.0f} s; the process group was killed",
+                            output_tail=((out or "") + (err or ""))[-4000:])
+    except BaseException:
+        kill_process_group(proc)
+        raise
+    return CommandResult(proc.returncode, out or "", err or "", time.perf_counter() - t0)
+
+
+def _with_setsid(fn: Callable[[], None] | None) -> Callable[[], None] | None:
+    if fn is None:
+        return None
+
+    def run() -> None:
+        os.setsid()
+        fn()
+
+    return run
+
+
+def result_from_command(cmd: CommandResult) -> dict:
+    """Parse the worker's RunResult out of a finished command, with a useful error when missing."""
+    try:
+        return extract_result(cmd.stdout)
+    except WorkerFailure as exc:
+        tail = (cmd.stdout[-2000:] + "\n" + cmd.stderr[-3000:]).strip()
+        raise WorkerFailure(f"{exc} (exit status {cmd.returncode})", output_tail=tail) from None
+
+
+def worker_env(extra: dict | None = None) -> dict:
+    """The environment a worker gets: the caller's, minus thread settings the worker sets itself."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_CPU_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES")}
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if extra:
+        env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[list[float]]:
+    box = [0.0]
+    t0 = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box[0] = time.perf_counter() - t0

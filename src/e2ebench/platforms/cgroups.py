@@ -1,0 +1,299 @@
+"""CPU limits with cgroups, v1 (per-controller hierarchies) and v2 (unified).
+
+Pure planning functions (which cores, what quota) are separate from the code that writes the
+cgroup filesystem, so the planning is unit-testable everywhere.  Every cgroup e2ebench creates
+lives under one parent named ``e2ebench`` and is removed when its :class:`CpuCgroup` context
+exits, also on errors and Ctrl-C; :func:`remove_stale` clears what a SIGKILLed run left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import time
+import uuid
+from pathlib import Path
+
+from e2ebench.measure import CGROUP_ROOT, cgroup_version, format_cpu_list, parse_cpu_list
+
+PARENT = "e2ebench"
+DEFAULT_PERIOD_US = 100_000
+
+
+class CgroupError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# Planning (pure)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuLimitPlan:
+    """What to apply: a CFS quota (VNL) and/or a cpuset (PIN)."""
+
+    cores: int
+    cpu_mode: str
+    cpus: tuple[int, ...] | None = None        # PIN: the dedicated host CPUs
+    quota_us: int | None = None                # VNL: CFS bandwidth per period
+    period_us: int = DEFAULT_PERIOD_US
+
+    @property
+    def quota_cores(self) -> float | None:
+        return None if self.quota_us is None else self.quota_us / self.period_us
+
+
+def numa_nodes(sys_root: Path = Path("/sys/devices/system/node")) -> dict[int, list[int]]:
+    """NUMA node -> CPUs, from sysfs (one node with every CPU when sysfs has none)."""
+    nodes: dict[int, list[int]] = {}
+    if sys_root.is_dir():
+        for entry in sorted(sys_root.glob("node[0-9]*")):
+            try:
+                nodes[int(entry.name[4:])] = parse_cpu_list((entry / "cpulist").read_text())
+            except (OSError, ValueError):
+                continue
+    if not nodes:
+        nodes[0] = sorted(os.sched_getaffinity(0))
+    return nodes
+
+
+def choose_pinned_cpus(n: int, host_cpus: list[int], nodes: dict[int, list[int]] | None = None) -> tuple[int, ...]:
+    """Pick ``n`` dedicated host CPUs for a pinned deployment.
+
+    Prefers CPUs of a single NUMA node (the paper's 64-core instances crossed sockets and paid for
+    it), then the highest-numbered CPUs, leaving CPU 0 — where the host's interrupts and
+    housekeeping usually run — for last.
+    """
+    available = sorted(set(host_cpus))
+    if n < 1:
+        raise ValueError("need at least one CPU")
+    if n > len(available):
+        raise ValueError(f"{n} CPUs requested but only {len(available)} are available: {format_cpu_list(available)}")
+    if nodes:
+        for node in sorted(nodes, key=lambda k: (-len(set(nodes[k]) & set(available)), -k)):
+            cpus = sorted(set(nodes[node]) & set(available))
+            if len(cpus) >= n:
+                return tuple(sorted(cpus[-n:]))
+    return tuple(sorted(available[-n:]))
+
+
+def plan_limits(cores: int, cpu_mode: str, host_cpus: list[int], nodes: dict[int, list[int]] | None = None,
+                period_us: int = DEFAULT_PERIOD_US) -> CpuLimitPlan:
+    """VNL: a CFS quota of ``cores`` over every host CPU.  PIN: ``cores`` dedicated CPUs, no quota."""
+    if cores > len(host_cpus):
+        raise ValueError(f"{cores} cores requested but the host has {len(host_cpus)}")
+    if cpu_mode == "VNL":
+        return CpuLimitPlan(cores, "VNL", None, cores * period_us, period_us)
+    if cpu_mode == "PIN":
+        return CpuLimitPlan(cores, "PIN", choose_pinned_cpus(cores, host_cpus, nodes), None, period_us)
+    raise ValueError(f"unknown CPU mode {cpu_mode!r}")
+
+
+# ---------------------------------------------------------------------------
+# The cgroup filesystem
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as exc:
+        raise CgroupError(f"cannot write {value!r} to {path}: {exc.strerror or exc}") from exc
+
+
+def controller_dirs(root: Path = CGROUP_ROOT) -> dict[str, Path]:
+    """Where the cpu and cpuset controllers live: {"cpu": dir, "cpuset": dir} (same dir on v2)."""
+    version = cgroup_version(root)
+    if version == 2:
+        return {"cpu": root, "cpuset": root}
+    if version == 1:
+        cpu = root / "cpu" if (root / "cpu").is_dir() else root / "cpu,cpuacct"
+        return {"cpu": cpu, "cpuset": root / "cpuset"}
+    return {}
+
+
+def writable(root: Path = CGROUP_ROOT) -> tuple[bool, str]:
+    """Can e2ebench create cgroups with cpu and cpuset limits here? (and why not)."""
+    dirs = controller_dirs(root)
+    if not dirs:
+        return False, f"no cgroup filesystem with cpu/cpuset controllers under {root}"
+    version = cgroup_version(root)
+    if version == 2:
+        controllers = (root / "cgroup.controllers").read_text().split()
+        missing = [c for c in ("cpu", "cpuset") if c not in controllers]
+        if missing:
+            return False, f"cgroup v2 root lacks controllers: {', '.join(missing)}"
+    for name, d in dirs.items():
+        if not d.is_dir():
+            return False, f"{name} controller not mounted ({d} missing)"
+        if not os.access(d, os.W_OK):
+            return False, f"{d} is not writable (run as root or delegate the cgroup)"
+    probe = dirs["cpu"] / f"{PARENT}-probe-{uuid.uuid4().hex[:6]}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        return False, f"cannot create a cgroup under {dirs['cpu']}: {exc.strerror or exc}"
+    return True, f"cgroup v{version}, cpu and cpuset controllers writable"
+
+
+def _ensure_parent_v1_cpuset(cpuset_root: Path) -> Path:
+    parent = cpuset_root / PARENT
+    parent.mkdir(exist_ok=True)
+    for f in ("cpuset.cpus", "cpuset.mems"):
+        if not (parent / f).read_text().strip():
+            _write(parent / f, (cpuset_root / f).read_text().strip())
+    return parent
+
+
+def _ensure_parent_v2(root: Path) -> Path:
+    parent = root / PARENT
+    for d in (root, parent):
+        if d is parent:
+            d.mkdir(exist_ok=True)
+        control = d / "cgroup.subtree_control"
+        enabled = control.read_text().split()
+        for c in ("cpu", "cpuset"):
+            if c not in enabled:
+                _write(control, f"+{c}")
+    return parent
+
+
+class CpuCgroup:
+    """A cgroup (one per controller on v1) with a plan's quota/cpuset; removed on exit."""
+
+    def __init__(self, plan: CpuLimitPlan, name: str | None = None, root: Path = CGROUP_ROOT):
+        self.plan = plan
+        self.root = root
+        self.name = name or f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.version = cgroup_version(root)
+        self.dirs: list[Path] = []
+
+    def __enter__(self) -> "CpuCgroup":
+        try:
+            self.create()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def create(self) -> None:
+        plan = self.plan
+        dirs = controller_dirs(self.root)
+        if not dirs:
+            raise CgroupError(f"no usable cgroup filesystem under {self.root}")
+        if self.version == 2:
+            parent = _ensure_parent_v2(self.root)
+            d = parent / self.name
+            d.mkdir()
+            self.dirs.append(d)
+            if plan.cpus is not None:
+                _write(d / "cpuset.cpus", format_cpu_list(plan.cpus))
+                mems = (parent / "cpuset.mems.effective").read_text().strip()
+                _write(d / "cpuset.mems", mems)
+            if plan.quota_us is not None:
+                _write(d / "cpu.max", f"{plan.quota_us} {plan.period_us}")
+        else:
+            if plan.quota_us is not None:
+                parent = dirs["cpu"] / PARENT
+                parent.mkdir(exist_ok=True)
+                d = parent / self.name
+                d.mkdir()
+                self.dirs.append(d)
+                _write(d / "cpu.cfs_period_us", str(plan.period_us))
+                _write(d / "cpu.cfs_quota_us", str(plan.quota_us))
+            if plan.cpus is not None:
+                parent = _ensure_parent_v1_cpuset(dirs["cpuset"])
+                d = parent / self.name
+                d.mkdir()
+                self.dirs.append(d)
+                _write(d / "cpuset.cpus", format_cpu_list(plan.cpus))
+                _write(d / "cpuset.mems", (parent / "cpuset.mems").read_text().strip())
+
+    @property
+    def procs_files(self) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def add(self, pid: int) -> None:
+        for f in self.procs_files:
+            _write(Path(f), str(pid))
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for d in self.dirs:
+            try:
+                out.update(int(x) for x in (d / "cgroup.procs").read_text().split())
+            except OSError:
+                continue
+        return sorted(out)
+
+    def stat(self) -> dict[str, int]:
+        for d in self.dirs:
+            f = d / "cpu.stat"
+            if f.exists():
+                return {k: int(v) for k, v in (line.split() for line in f.read_text().splitlines())}
+        return {}
+
+    def remove(self, timeout_s: float = 10.0) -> None:
+        """Kill whatever still runs in the cgroup and remove its directories."""
+        for d in reversed(self.dirs):
+            _remove_dir(d, timeout_s)
+        self.dirs.clear()
+
+
+def _remove_dir(d: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while d.exists():
+        try:
+            pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        try:
+            d.rmdir()
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            if time.monotonic() > deadline:
+                raise CgroupError(f"cannot remove cgroup {d}: {exc.strerror or exc}") from exc
+            time.sleep(0.05)
+
+
+def list_children(root: Path = CGROUP_ROOT) -> list[Path]:
+    """Every cgroup e2ebench created that still exists."""
+    out = []
+    for d in set(controller_dirs(root).values()):
+        parent = d / PARENT
+        if parent.is_dir():
+            out.extend(sorted(p for p in parent.iterdir() if p.is_dir()))
+    return out
+
+
+def remove_stale(root: Path = CGROUP_ROOT, only_dead_owners: bool = True) -> list[Path]:
+    """Remove cgroups left by e2ebench processes that died (e.g. SIGKILL); return what was removed.
+
+    A child is named ``run-<owner pid>-<random>``; with ``only_dead_owners`` it is removed only when
+    that owner process no longer exists.
+    """
+    removed = []
+    for d in list_children(root):
+        parts = d.name.split("-")
+        owner_alive = False
+        if only_dead_owners and len(parts) >= 3 and parts[1].isdigit():
+            owner_alive = Path(f"/proc/{parts[1]}").exists()
+        if owner_alive:
+            continue
+        try:
+            _remove_dir(d, 5.0)
+            removed.append(d)
+        except CgroupError:
+            continue
+    return removed

@@ -1,0 +1,210 @@
+"""Runs scenarios: provisions the platform, runs the worker, checks the limits, stores the result.
+
+The runner is the only part that knows both applications (through the registry and the worker
+spec) and platforms (through :class:`~e2ebench.platforms.base.Platform`).  Study-level logic
+(repetition, interleaving, resuming) lives in :mod:`e2ebench.study_runner`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from e2ebench.platforms.base import Session
+from e2ebench.scenario import Scenario
+from e2ebench.spec import WorkerFailure, WorkerSpec, RESULT_SCHEMA
+
+DEFAULT_TIMEOUT_S = 1800.0
+DATA_CAP = 256
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("E2EBENCH_CACHE", Path.home() / ".cache" / "e2ebench"))
+
+
+@dataclasses.dataclass
+class Workload:
+    """What is fed to the application in one run (independent of the deployment)."""
+
+    requests: int | None = None          # None: the app's default
+    batch_size: int | None = None        # None: the app's default
+    loadgen_scenario: str = "offline"    # offline | single-stream
+    backend: str = "torch"
+    variant: str = "full"                # full | tiny (tests)
+    data: str | None = None              # folder/file; None: generated once and cached
+    weights: str | None = None
+    app_options: dict = dataclasses.field(default_factory=dict)
+    max_error_fraction: float = 0.01
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    seed: int = 0
+
+    def resolved(self, app: str) -> "Workload":
+        from e2ebench.apps import get_app_class
+
+        cls = get_app_class(app)
+        return dataclasses.replace(
+            self,
+            requests=self.requests or cls.default_requests,
+            batch_size=self.batch_size or cls.default_batch_size,
+        )
+
+
+def default_data(app: str, count: int, variant: str = "full", seed: int = 0, options: dict | None = None) -> Path:
+    """A deterministic synthetic data set for ``app``, generated once and cached."""
+    from e2ebench.apps import get_app_class
+
+    cls = get_app_class(app)
+    count = max(1, min(count, DATA_CAP))
+    target = cache_dir() / "data" / f"{app}-n{count}-s{seed}"
+    marker = target / ".complete"
+    if marker.exists():
+        return Path(marker.read_text().strip() or target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        produced = cls.make_data(tmp, count, seed=seed, **(options or {}))
+        rel = Path(produced).resolve().relative_to(tmp.resolve())
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not marker.exists():
+                shutil.rmtree(target, ignore_errors=True)
+                tmp.rename(target)
+        path = target / rel
+        marker.write_text(str(path))
+        return path
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify_limits(result: dict, expected_cpus: list[int] | None, expected_quota: float | None) -> str | None:
+    """Compare what the worker saw with what the deployment asked for; a message when they differ."""
+    problems = []
+    seen_cpus = result.get("effective_cpus")
+    if expected_cpus is not None and sorted(seen_cpus or []) != sorted(expected_cpus):
+        problems.append(f"effective CPUs {seen_cpus} != expected {sorted(expected_cpus)}")
+    seen_quota = result.get("cpu_quota_cores")
+    if expected_quota is None:
+        pass
+    elif seen_quota is None or abs(float(seen_quota) - float(expected_quota)) > 1e-6:
+        problems.append(f"CPU quota {seen_quota} cores != expected {expected_quota}")
+    threads = (result.get("threads") or {}).get("torch_intra_op")
+    cores = (result.get("deployment") or {}).get("cores")
+    if threads is not None and cores is not None and threads != cores:
+        problems.append(f"torch uses {threads} threads but the deployment has {cores} cores")
+    if not problems:
+        return None
+    return "the platform did not apply the deployment's CPU limits: " + "; ".join(problems)
+
+
+def _spec_for(scenario: Scenario, workload: Workload, data: Path, output_dir: Path) -> WorkerSpec:
+    return WorkerSpec(
+        app=scenario.app,
+        deployment=scenario.deployment.as_dict(),
+        requests=int(workload.requests),
+        batch_size=int(workload.batch_size),
+        loadgen_scenario=workload.loadgen_scenario,
+        backend=workload.backend,
+        mode=scenario.mode,
+        variant=workload.variant,
+        threads=scenario.deployment.cores,
+        device="cuda" if scenario.deployment.device == "GPU" else "cpu",
+        data=str(data),
+        weights=workload.weights,
+        output_dir=str(output_dir),
+        max_error_fraction=workload.max_error_fraction,
+        app_options=dict(workload.app_options),
+        seed=workload.seed,
+    )
+
+
+def failed_result(scenario: Scenario, workload: Workload, message: str, started_at: float,
+                  extra: dict | None = None) -> dict:
+    result = {
+        "schema": RESULT_SCHEMA,
+        "scenario": str(scenario),
+        "app": scenario.app,
+        "mode": scenario.mode,
+        "deployment": scenario.deployment.as_dict(),
+        "requests": workload.requests,
+        "batch_size": workload.batch_size,
+        "loadgen_scenario": workload.loadgen_scenario,
+        "backend": workload.backend,
+        "emulated": False,
+        "error": message,
+        "started_at": started_at,
+        "finished_at": time.time(),
+    }
+    if extra:
+        result.update(extra)
+    return result
+
+
+def execute(session: Session, scenario: Scenario, workload: Workload, data: Path, logs_dir: Path) -> dict:
+    """One run in an open session.  Never raises for a failed run: the result carries ``error``."""
+    started = time.time()
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    spec = _spec_for(scenario, workload, Path(session.host_path(data)), Path(session.host_path(logs_dir)))
+    spec.emulated = session.emulated
+    try:
+        result = session.run_worker(spec, timeout=workload.timeout_s)
+    except WorkerFailure as exc:
+        return failed_result(scenario, workload, f"worker failed: {exc}", started,
+                             {"output_tail": exc.output_tail[-4000:], "emulated": session.emulated,
+                              "platform_info": session.info})
+    except Exception as exc:
+        return failed_result(scenario, workload, f"{type(exc).__name__}: {exc}", started,
+                             {"output_tail": traceback.format_exc()[-4000:], "platform_info": session.info})
+    result["emulated"] = bool(result.get("emulated") or session.emulated)
+    result["started_at"] = started
+    result["finished_at"] = time.time()
+    result["logs_dir"] = str(logs_dir)
+    cold = dict(result.get("cold_start") or {})
+    cold["provision_s"] = session.provision_s
+    result["cold_start"] = cold
+    if result.get("cold_start_s") is not None:
+        result["cold_start_s"] = sum(v for v in cold.values() if isinstance(v, (int, float)))
+    if not result.get("error"):
+        expected_cpus, expected_quota = session.expected_limits()
+        mismatch = verify_limits(result, expected_cpus, expected_quota)
+        if mismatch:
+            result["error"] = mismatch
+    return result
+
+
+def run_single(scenario: Scenario, workload: Workload, store=None, study_id: str | None = None,
+               results_dir: Path = Path("results"), progress: Callable[[str], None] | None = None) -> dict:
+    """Provision, run once, tear down, store.  Returns the RunResult (``error`` set on failure)."""
+    from e2ebench.platforms import get_platform
+    from e2ebench.store import ADHOC_STUDY
+
+    workload = workload.resolved(scenario.app)
+    started = time.time()
+    say = progress or (lambda message: None)
+    if workload.data:
+        data = Path(workload.data)
+    else:
+        say(f"preparing the default {scenario.app} data set")
+        data = default_data(scenario.app, int(workload.requests), seed=workload.seed, options=None)
+    data = data.resolve()
+    platform = get_platform(scenario.deployment.platform)
+    run_tag = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    logs_dir = (results_dir / "logs" / f"{scenario.app}-{str(scenario.deployment).replace('/', '_')}-{run_tag}").resolve()
+    with tempfile.TemporaryDirectory(prefix="e2ebench-") as tmp:
+        try:
+            say(f"provisioning {scenario.deployment}")
+            with platform.session(scenario.deployment, Path(tmp)) as session:
+                say(f"running {scenario}")
+                result = execute(session, scenario, workload, data, logs_dir)
+        except Exception as exc:
+            result = failed_result(scenario, workload, f"provisioning failed: {type(exc).__name__}: {exc}", started)
+    if store is not None:
+        result["run_id"] = store.add_run(result, study_id=study_id or ADHOC_STUDY)
+    return result

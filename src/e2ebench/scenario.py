@@ -1,0 +1,190 @@
+"""Deployments and scenarios in the paper's notation.
+
+A *deployment* is ``PLATFORM/CORES/CPUMODE/DEVICE`` (``VM/32/PIN/GPU``, ``BM/2/VNL/CPU``).
+A *scenario* is ``APP@DEPLOYMENT`` (``ic@CN/4/PIN/CPU``), optionally with the measurement
+mode appended as ``APP@DEPLOYMENT#inference-only``.
+
+Parsing is case-insensitive; formatting is canonical (upper-case platform, mode and
+device; lower-case app).  Malformed input raises :class:`NotationError` with one line
+that names the bad part and the accepted values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import ClassVar
+
+PLATFORMS: tuple[str, ...] = ("BM", "CN", "VM", "MVM", "VMCN")
+CPU_MODES: tuple[str, ...] = ("VNL", "PIN")
+DEVICES: tuple[str, ...] = ("CPU", "GPU")
+MODES: tuple[str, ...] = ("e2e", "inference-only")
+
+PLATFORM_TITLES = {
+    "BM": "bare metal",
+    "CN": "container",
+    "VM": "virtual machine",
+    "MVM": "micro-VM",
+    "VMCN": "container in VM",
+}
+CPU_MODE_TITLES = {"VNL": "vanilla (CFS quota, any host core)", "PIN": "pinned (dedicated host cores)"}
+
+_APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class NotationError(ValueError):
+    """A deployment or scenario string that does not parse."""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Deployment:
+    """Where and how an application runs: platform, cores, CPU mode, device."""
+
+    platform: str
+    cores: int
+    cpu_mode: str
+    device: str
+
+    SEPARATOR: ClassVar[str] = "/"
+
+    def __post_init__(self) -> None:
+        if self.platform not in PLATFORMS:
+            raise NotationError(f"unknown platform {self.platform!r}; accepted: {', '.join(PLATFORMS)}")
+        if not isinstance(self.cores, int) or isinstance(self.cores, bool) or self.cores < 1:
+            raise NotationError(f"cores must be a whole number >= 1, got {self.cores!r}")
+        if self.cpu_mode not in CPU_MODES:
+            raise NotationError(f"unknown CPU mode {self.cpu_mode!r}; accepted: {', '.join(CPU_MODES)}")
+        if self.device not in DEVICES:
+            raise NotationError(f"unknown device {self.device!r}; accepted: {', '.join(DEVICES)}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Deployment":
+        if not isinstance(text, str) or not text.strip():
+            raise NotationError("empty deployment; expected PLATFORM/CORES/CPUMODE/DEVICE, e.g. BM/4/PIN/CPU")
+        parts = [p.strip() for p in text.strip().split(cls.SEPARATOR)]
+        if len(parts) != 4:
+            raise NotationError(
+                f"deployment {text!r} has {len(parts)} part(s); expected 4: PLATFORM/CORES/CPUMODE/DEVICE, e.g. BM/4/PIN/CPU"
+            )
+        platform, cores_text, cpu_mode, device = parts
+        platform, cpu_mode, device = platform.upper(), cpu_mode.upper(), device.upper()
+        if platform not in PLATFORMS:
+            raise NotationError(f"unknown platform {parts[0]!r} in {text!r}; accepted: {', '.join(PLATFORMS)}")
+        if not re.fullmatch(r"[0-9]{1,4}", cores_text) or int(cores_text) < 1:
+            raise NotationError(f"bad core count {cores_text!r} in {text!r}; accepted: a whole number from 1 to 9999")
+        if cpu_mode not in CPU_MODES:
+            raise NotationError(f"unknown CPU mode {parts[2]!r} in {text!r}; accepted: {', '.join(CPU_MODES)}")
+        if device not in DEVICES:
+            raise NotationError(f"unknown device {parts[3]!r} in {text!r}; accepted: {', '.join(DEVICES)}")
+        return cls(platform, int(cores_text), cpu_mode, device)
+
+    def __str__(self) -> str:
+        return f"{self.platform}/{self.cores}/{self.cpu_mode}/{self.device}"
+
+    def as_dict(self) -> dict:
+        return {"platform": self.platform, "cores": self.cores, "cpu_mode": self.cpu_mode, "device": self.device}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Deployment":
+        return cls(d["platform"], int(d["cores"]), d["cpu_mode"], d["device"])
+
+
+def validate_app_name(name: str) -> str:
+    name = name.strip().lower()
+    if not _APP_NAME.match(name):
+        raise NotationError(f"bad application name {name!r}; expected lower-case letters, digits, '-' or '_'")
+    return name
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Scenario:
+    """One application under one deployment, measured in one mode."""
+
+    app: str
+    deployment: Deployment
+    mode: str = "e2e"
+
+    def __post_init__(self) -> None:
+        validate_app_name(self.app)
+        if self.mode not in MODES:
+            raise NotationError(f"unknown mode {self.mode!r}; accepted: {', '.join(MODES)}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Scenario":
+        if "@" not in text:
+            raise NotationError(f"scenario {text!r} lacks '@'; expected APP@PLATFORM/CORES/CPUMODE/DEVICE, e.g. ic@BM/4/PIN/CPU")
+        app, rest = text.split("@", 1)
+        mode = "e2e"
+        if "#" in rest:
+            rest, mode = rest.split("#", 1)
+            mode = mode.strip().lower()
+        return cls(validate_app_name(app), Deployment.parse(rest), mode)
+
+    def __str__(self) -> str:
+        base = f"{self.app}@{self.deployment}"
+        return base if self.mode == "e2e" else f"{base}#{self.mode}"
+
+    @property
+    def key(self) -> str:
+        return str(self)
+
+
+# ---------------------------------------------------------------------------
+# Feasibility
+
+
+@dataclasses.dataclass(frozen=True)
+class HostFacts:
+    """What the feasibility rules need to know about the host."""
+
+    cores: int
+    gpus: int = 0
+    available_platforms: frozenset[str] = frozenset({"BM"})
+    platform_reasons: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def detect(cls, probe_platforms: bool = False) -> "HostFacts":
+        cores = len(os.sched_getaffinity(0))
+        gpus = count_gpus()
+        available = {"BM"}
+        reasons: list[tuple[str, str]] = []
+        if probe_platforms:
+            from e2ebench.platforms import probe_all
+
+            for name, availability in probe_all().items():
+                if availability.usable:
+                    available.add(name)
+                else:
+                    reasons.append((name, availability.reason))
+        else:
+            available = set(PLATFORMS)
+        return cls(cores=cores, gpus=gpus, available_platforms=frozenset(available), platform_reasons=tuple(reasons))
+
+
+def count_gpus() -> int:
+    """GPUs this process could use (NVIDIA device nodes, or torch.cuda if it is already imported)."""
+    try:
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            return torch.cuda.device_count()
+    except Exception:  # pragma: no cover - defensive
+        pass
+    return len([n for n in os.listdir("/dev") if re.fullmatch(r"nvidia[0-9]+", n)]) if os.path.isdir("/dev") else 0
+
+
+def infeasibility(deployment: Deployment, host: HostFacts) -> str | None:
+    """Why a deployment cannot run on this host, or ``None`` when it can."""
+    d = deployment
+    if d.platform == "MVM" and (d.cpu_mode != "VNL" or d.device != "CPU"):
+        return "MVM supports only VNL/CPU (no CPU pinning or GPU passthrough on micro-VMs, as in the paper)"
+    if d.cores > host.cores:
+        return f"{d.cores} cores requested but the host has {host.cores}"
+    if d.device == "GPU" and host.gpus == 0:
+        return "GPU requested but no GPU is visible on this host"
+    if d.platform not in host.available_platforms:
+        reason = dict(host.platform_reasons).get(d.platform, "not available on this host")
+        return f"platform {d.platform} unavailable: {reason}"
+    return None
