@@ -34,7 +34,7 @@ data_app = typer.Typer(help="Generate or inspect data sets.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -95,8 +95,10 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
+        # executescript() COMMITs any open transaction first (Python 3.11), so it cannot run inside
+        # transaction(); the schema statements are idempotent (IF NOT EXISTS) and run in one script.
+        self.db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
         with self.transaction():
-            self.db.executescript("SAVEPOINT migrate;" + _SCHEMA + "RELEASE migrate;")
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))

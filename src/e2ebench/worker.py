@@ -81,7 +81,7 @@ def _library_versions() -> dict[str, str]:
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = str(getattr(module, "__version__", "unknown"))
-    if "mlperf_loadgen" not in versions:
+    if versions.get("mlperf_loadgen", "unknown") == "unknown":
         try:
             from importlib.metadata import version
 

@@ -165,7 +165,7 @@ class CpuCgroup:
     def __init__(self, plan: CpuLimitPlan, name: str | None = None, root: Path = CGROUP_ROOT):
         self.plan = plan
         self.root = root
-        self.name = name or f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.name = name or cgroup_name()
         self.version = cgroup_version(root)
         self.dirs: list[Path] = []
 
@@ -277,20 +277,34 @@ def list_children(root: Path = CGROUP_ROOT) -> list[Path]:
     return out
 
 
+def cgroup_name(kind: str = "run") -> str:
+    """A child cgroup name that records its owner: ``<kind>-<owner pid>-<random>``.
+
+    Every platform names its cgroups this way (runc's cgroupsPath too), so that
+    :func:`remove_stale` can tell a dead owner's leftovers from a live run's cgroup.
+    """
+    return f"{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def owner_pid(name: str) -> int | None:
+    parts = name.split("-")
+    if len(parts) >= 3 and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
 def remove_stale(root: Path = CGROUP_ROOT, only_dead_owners: bool = True) -> list[Path]:
     """Remove cgroups left by e2ebench processes that died (e.g. SIGKILL); return what was removed.
 
-    A child is named ``run-<owner pid>-<random>``; with ``only_dead_owners`` it is removed only when
-    that owner process no longer exists.
+    A child is named ``<kind>-<owner pid>-<random>`` (:func:`cgroup_name`); with ``only_dead_owners`` it
+    is removed only when that owner process no longer exists, and names without an owner are left alone.
     """
     removed = []
     for d in list_children(root):
-        parts = d.name.split("-")
-        owner_alive = False
-        if only_dead_owners and len(parts) >= 3 and parts[1].isdigit():
-            owner_alive = Path(f"/proc/{parts[1]}").exists()
-        if owner_alive:
-            continue
+        if only_dead_owners:
+            owner = owner_pid(d.name)
+            if owner is None or Path(f"/proc/{owner}").exists():
+                continue
         try:
             _remove_dir(d, 5.0)
             removed.append(d)

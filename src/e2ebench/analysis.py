@@ -1,0 +1,996 @@
+"""Findings from a study: what the measured runs say, each number with its confidence interval.
+
+Input is the store.  Runs are grouped into *scenarios* by ``(app, platform, cores, cpu_mode, device, mode)``
+plus the ``emulated`` flag (QEMU TCG results form their own scenarios and are never compared with native
+ones).  Only ``phase='measure'``, ``status='ok'`` runs are used, and runs the stopping rule flagged as
+outliers are left out unless asked for.
+
+Findings (every one is a dataclass with ``to_dict()``):
+
+* **overhead vs BM** — for every non-BM scenario with a BM scenario of the same cores, CPU mode, device
+  and mode: the E2E ratio and, per phase, the phase's own ratio and its *contribution* to the E2E
+  overhead in percentage points of BM's E2E (the contributions of io, pre, infer, post and other add up
+  to the E2E overhead).  Significance: Welch's t-test on the run values (``scipy.stats.ttest_ind``,
+  ``equal_var=False``), alpha 0.05.  Intervals: 95 %; a ratio's interval is the delta-method interval of
+  the log of the ratio of two means with Welch-Satterthwaite degrees of freedom.
+* **scale-up knee** — per (app, platform, CPU mode, device, mode): the fewest cores whose mean E2E is
+  within ``tolerance_pct`` (default 5 %) of the best mean.
+* **pinning gain** — PIN vs VNL at the same app, platform, cores, device and mode: ``100 * (VNL - PIN) / VNL``
+  (positive = pinning is faster), with the verdict *helps* / *hurts* / *no significant difference* /
+  *not enough data*.
+* **GPU payoff** — CPU vs GPU E2E speedup next to the inference-only speedup, and the Amdahl bound: with an
+  infinitely fast DNN, E2E cannot drop below the time spent outside ``infer``; the phase that takes most of
+  that time *bounds* the payoff.  The bound is derived from the CPU run's phase shares even when no GPU was
+  measured.
+* **CHR** — container cores / host cores of every CN and VMCN scenario next to its overhead vs BM, and the
+  rank correlation between the two when at least three CHR values were measured.
+* **idle host cores** — scenarios whose cores equal the host's cores (the paper's Fig. 9 case) next to the
+  same platform's overhead when the host keeps idle cores.
+* **cold start** per platform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+from e2ebench.scenario import PLATFORMS, Deployment, Scenario
+
+# --- TEMPORARY: private stand-ins until e2ebench/stats.py lands (another helper writes it) -------------
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    mean: float
+    sd: float
+    n: int
+    ci_low: float | None
+    ci_high: float | None
+    confidence: float = 0.95
+
+    @property
+    def half_width(self) -> float | None:
+        return None if self.ci_high is None else (self.ci_high - self.ci_low) / 2.0
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "sd": self.sd, "n": self.n, "ci_low": self.ci_low, "ci_high": self.ci_high,
+                "half_width": self.half_width, "confidence": self.confidence}
+
+
+def t_quantile(confidence: float, df: float) -> float:
+    from scipy import stats as scipy_stats
+
+    return float(scipy_stats.t.ppf(0.5 + confidence / 2.0, df))
+
+
+def summarize(values, confidence: float = 0.95) -> Summary:
+    values = [float(v) for v in values]
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return Summary(mean, 0.0, n, None, None, confidence)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    h = t_quantile(confidence, n - 1) * sd / math.sqrt(n)
+    return Summary(mean, sd, n, mean - h, mean + h, confidence)
+# --- end TEMPORARY ------------------------------------------------------------------------------------
+
+PHASES: tuple[str, ...] = ("io", "pre", "infer", "post", "other")
+PHASE_TITLES = {
+    "io": "I/O (read input)",
+    "pre": "pre-processing",
+    "infer": "inference",
+    "post": "post-processing",
+    "other": "other (harness)",
+}
+CONFIDENCE = 0.95
+ALPHA = 0.05
+DEFAULT_KNEE_TOLERANCE_PCT = 5.0
+SIGNIFICANCE_METHOD = (
+    "Welch's t-test on per-run values (scipy.stats.ttest_ind, equal_var=False), alpha 0.05; "
+    "95% intervals: Student-t for means and differences, delta method on the log ratio for ratios"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenario keys and per-scenario statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioKey:
+    """The identity of a scenario in the analysis; emulated results are separate scenarios."""
+
+    app: str
+    platform: str
+    cores: int
+    cpu_mode: str
+    device: str
+    mode: str = "e2e"
+    emulated: bool = False
+
+    @property
+    def deployment(self) -> str:
+        return f"{self.platform}/{self.cores}/{self.cpu_mode}/{self.device}"
+
+    @property
+    def scenario(self) -> str:
+        """``APP@DEPLOYMENT`` (``#inference-only`` appended in that mode) — what a study file accepts."""
+        base = f"{self.app}@{self.deployment}"
+        return base if self.mode == "e2e" else f"{base}#{self.mode}"
+
+    @property
+    def label(self) -> str:
+        return self.scenario + (" [EMULATED]" if self.emulated else "")
+
+    def with_(self, **changes: Any) -> "ScenarioKey":
+        return dataclasses.replace(self, **changes)
+
+    def sort_key(self) -> tuple:
+        platform_rank = PLATFORMS.index(self.platform) if self.platform in PLATFORMS else len(PLATFORMS)
+        return (self.emulated, self.app, self.mode, self.device, platform_rank, self.platform, self.cores,
+                self.cpu_mode != "VNL")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(deployment=self.deployment, scenario=self.scenario, label=self.label)
+        return d
+
+
+def scenario_text(app: str, platform: str, cores: int, cpu_mode: str, device: str, mode: str = "e2e") -> str:
+    """A scenario string the user can put in a study (validated by :class:`e2ebench.scenario.Scenario`)."""
+    return str(Scenario(app, Deployment(platform, int(cores), cpu_mode, device), mode))
+
+
+@dataclasses.dataclass
+class ScenarioStats:
+    """What the runs of one scenario measured: mean and 95% CI over runs of every number."""
+
+    key: ScenarioKey
+    run_ids: list[int]
+    e2e_s: Summary
+    phases_s: dict[str, Summary]
+    e2e_values_s: list[float]
+    phase_values_s: dict[str, list[float]]
+    latency_p99_ms: Summary | None
+    throughput_sps: Summary | None
+    cost_basis_s_per_sample: Summary | None      # e2e_s / completed, per run (for cost per inference)
+    cold_start_s: Summary | None
+    cold_start_parts_s: dict[str, Summary]
+    requests: int | None
+    host_cores: int | None
+    host_cores_source: str
+
+    @property
+    def n(self) -> int:
+        return self.e2e_s.n
+
+    @property
+    def chr(self) -> float | None:
+        """Container-to-host ratio (container cores / host cores) for CN and VMCN; ``None`` otherwise."""
+        if self.key.platform not in ("CN", "VMCN") or not self.host_cores:
+            return None
+        return self.key.cores / self.host_cores
+
+    def phase_share(self, phase: str) -> float | None:
+        """Mean time in ``phase`` / mean E2E (a fraction)."""
+        summary = self.phases_s.get(phase)
+        if summary is None or not self.e2e_s.mean:
+            return None
+        return summary.mean / self.e2e_s.mean
+
+    def to_dict(self) -> dict:
+        return {
+            **self.key.to_dict(),
+            "runs": len(self.run_ids),
+            "run_ids": list(self.run_ids),
+            "e2e_s": self.e2e_s.to_dict(),
+            "phases_s": {k: v.to_dict() for k, v in self.phases_s.items()},
+            "phase_shares": {k: self.phase_share(k) for k in self.phases_s},
+            "latency_p99_ms": self.latency_p99_ms.to_dict() if self.latency_p99_ms else None,
+            "throughput_sps": self.throughput_sps.to_dict() if self.throughput_sps else None,
+            "cold_start_s": self.cold_start_s.to_dict() if self.cold_start_s else None,
+            "cold_start_parts_s": {k: v.to_dict() for k, v in self.cold_start_parts_s.items()},
+            "requests": self.requests,
+            "host_cores": self.host_cores,
+            "host_cores_source": self.host_cores_source,
+            "chr": self.chr,
+        }
+
+
+@dataclasses.dataclass
+class StudyData:
+    """The runs of one study, grouped into scenarios, plus what was left out and why."""
+
+    study: dict
+    scenarios: dict[ScenarioKey, ScenarioStats]
+    runs: list[dict]                       # every run of the study (all phases/statuses), for provenance
+    used_run_ids: set[int]
+    excluded: dict[str, int]               # reason -> number of runs
+    host_cores: int | None
+    include_outliers: bool = False
+
+    def select(self, emulated: bool | None = False) -> dict[ScenarioKey, ScenarioStats]:
+        if emulated is None:
+            return dict(self.scenarios)
+        return {k: v for k, v in self.scenarios.items() if k.emulated == emulated}
+
+    @property
+    def has_emulated(self) -> bool:
+        return any(k.emulated for k in self.scenarios)
+
+    @property
+    def apps(self) -> list[str]:
+        return sorted({k.app for k in self.scenarios})
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _run_host_cores(run: dict) -> tuple[int | None, str]:
+    result = run.get("result") or {}
+    info = result.get("platform_info") or {}
+    host = _num(info.get("host_cpus"))
+    if host:
+        return int(host), "platform_info.host_cpus"
+    if run["platform"] in ("BM", "CN"):
+        host = _num((result.get("environment") or {}).get("host_cpus"))
+        if host:
+            return int(host), "environment.host_cpus"
+    return None, "unknown"
+
+
+def load_study(store, study_id: str, include_outliers: bool = False) -> StudyData:
+    """Read a study's runs from ``store`` (an :class:`e2ebench.store.Store`) and summarise every scenario."""
+    study = store.get_study(study_id)
+    if study is None:
+        raise LookupError(f"no study {study_id!r} in {store.path}")
+    all_runs = store.runs(study_id=study_id, phase=None)
+    excluded: dict[str, int] = defaultdict(int)
+    grouped: dict[ScenarioKey, list[dict]] = defaultdict(list)
+    for run in all_runs:
+        if run["phase"] != "measure":
+            excluded[f"phase {run['phase']}"] += 1
+            continue
+        if run["status"] != "ok":
+            excluded[f"status {run['status']}"] += 1
+            continue
+        if run["outlier"] and not include_outliers:
+            excluded["outlier"] += 1
+            continue
+        if _num(run.get("e2e_s")) is None:
+            excluded["no e2e_s"] += 1
+            continue
+        key = ScenarioKey(run["app"], run["platform"], int(run["cores"]), run["cpu_mode"], run["device"],
+                          run.get("mode") or "e2e", bool(run["emulated"]))
+        grouped[key].append(run)
+
+    # The study's host: the most frequent host core count reported by BM/CN runs (the runner's host).
+    counts: dict[int, int] = defaultdict(int)
+    for runs in grouped.values():
+        for run in runs:
+            cores, source = _run_host_cores(run)
+            if cores and source != "unknown":
+                counts[cores] += 1
+    study_host = max(counts, key=lambda c: (counts[c], c)) if counts else None
+
+    scenarios: dict[ScenarioKey, ScenarioStats] = {}
+    used: set[int] = set()
+    for key in sorted(grouped, key=ScenarioKey.sort_key):
+        runs = grouped[key]
+        scenarios[key] = _scenario_stats(key, runs, study_host)
+        used.update(r["id"] for r in runs)
+    return StudyData(study=study, scenarios=scenarios, runs=all_runs, used_run_ids=used, excluded=dict(excluded),
+                     host_cores=study_host, include_outliers=include_outliers)
+
+
+def _summary_or_none(values: Sequence[float]) -> Summary | None:
+    return summarize(values, CONFIDENCE) if values else None
+
+
+def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None) -> ScenarioStats:
+    e2e = [float(r["e2e_s"]) for r in runs]
+    phase_values: dict[str, list[float]] = {}
+    for phase in PHASES:
+        values = [_num(((r["result"].get("phases_s") or {}).get(phase))) for r in runs]
+        if all(v is not None for v in values):
+            phase_values[phase] = [float(v) for v in values]  # type: ignore[arg-type]
+    p99 = [v for v in (_num((r["result"].get("latency_ms") or {}).get("p99")) for r in runs) if v is not None]
+    tput = [v for v in (_num(r["result"].get("throughput_sps")) for r in runs) if v is not None]
+    per_sample = []
+    for r in runs:
+        completed = _num(r["result"].get("completed"))
+        if completed is None:
+            completed = _num(r["result"].get("requests"))
+        if completed:
+            per_sample.append(float(r["e2e_s"]) / completed)
+    cold = [v for v in (_num(r["result"].get("cold_start_s")) for r in runs) if v is not None]
+    parts: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        for name, value in (r["result"].get("cold_start") or {}).items():
+            if _num(value) is not None:
+                parts[name].append(float(value))
+    host_cores, source = None, "unknown"
+    for r in runs:
+        host_cores, source = _run_host_cores(r)
+        if host_cores:
+            break
+    if not host_cores and study_host:
+        host_cores, source = study_host, "study host (BM/CN runs)"
+    requests = _num(runs[-1]["result"].get("requests"))
+    return ScenarioStats(
+        key=key,
+        run_ids=[int(r["id"]) for r in runs],
+        e2e_s=summarize(e2e, CONFIDENCE),
+        phases_s={k: summarize(v, CONFIDENCE) for k, v in phase_values.items()},
+        e2e_values_s=e2e,
+        phase_values_s=phase_values,
+        latency_p99_ms=_summary_or_none(p99),
+        throughput_sps=_summary_or_none(tput),
+        cost_basis_s_per_sample=_summary_or_none(per_sample),
+        cold_start_s=_summary_or_none(cold),
+        cold_start_parts_s={k: summarize(v, CONFIDENCE) for k, v in parts.items() if len(v) == len(runs)},
+        requests=int(requests) if requests else None,
+        host_cores=host_cores,
+        host_cores_source=source,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Two-sample comparisons
+
+
+@dataclasses.dataclass
+class Comparison:
+    """``subject`` vs ``baseline`` on one number: difference, ratio, both with 95% CI, and Welch's test.
+
+    ``relative_pct`` = 100 * (subject / baseline - 1); positive means the subject takes longer.
+    ``significant`` is ``None`` when either side has fewer than two runs (no test possible).
+    """
+
+    metric: str
+    subject_mean: float
+    baseline_mean: float
+    subject_n: int
+    baseline_n: int
+    difference: float
+    difference_ci: tuple[float, float] | None
+    ratio: float | None
+    ratio_ci: tuple[float, float] | None
+    p_value: float | None
+    significant: bool | None
+
+    @property
+    def relative_pct(self) -> float | None:
+        return None if self.ratio is None else 100.0 * (self.ratio - 1.0)
+
+    @property
+    def relative_ci_pct(self) -> tuple[float, float] | None:
+        if self.ratio_ci is None:
+            return None
+        return 100.0 * (self.ratio_ci[0] - 1.0), 100.0 * (self.ratio_ci[1] - 1.0)
+
+    @property
+    def relative_half_width_pct(self) -> float | None:
+        ci = self.relative_ci_pct
+        return None if ci is None else (ci[1] - ci[0]) / 2.0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(relative_pct=self.relative_pct, relative_ci_pct=self.relative_ci_pct)
+        return d
+
+
+def _welch_df(a_var_n: float, b_var_n: float, n_a: int, n_b: int) -> float:
+    denominator = 0.0
+    if n_a > 1:
+        denominator += a_var_n ** 2 / (n_a - 1)
+    if n_b > 1:
+        denominator += b_var_n ** 2 / (n_b - 1)
+    if denominator <= 0.0:
+        return float(max(1, n_a + n_b - 2))
+    return (a_var_n + b_var_n) ** 2 / denominator
+
+
+def welch_p_value(subject: Sequence[float], baseline: Sequence[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test; ``None`` when a side has fewer than two values."""
+    if len(subject) < 2 or len(baseline) < 2:
+        return None
+    from scipy import stats as scipy_stats
+
+    sd_s = float(_sd(subject))
+    sd_b = float(_sd(baseline))
+    if sd_s == 0.0 and sd_b == 0.0:
+        return 1.0 if math.isclose(sum(subject) / len(subject), sum(baseline) / len(baseline)) else 0.0
+    return float(scipy_stats.ttest_ind(list(subject), list(baseline), equal_var=False).pvalue)
+
+
+def _sd(values: Sequence[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def ratio_interval(numerator: Summary, denominator: Summary) -> tuple[float, tuple[float, float] | None] | None:
+    """Ratio of two means and its 95% CI (delta method on the log ratio, Welch-Satterthwaite df).
+
+    ``None`` when a mean is not positive.  The interval is ``None`` when either side has one run.
+    """
+    if numerator.mean <= 0 or denominator.mean <= 0:
+        return None
+    ratio = numerator.mean / denominator.mean
+    if numerator.n < 2 or denominator.n < 2:
+        return ratio, None
+    a = (numerator.sd / numerator.mean) ** 2 / numerator.n
+    b = (denominator.sd / denominator.mean) ** 2 / denominator.n
+    se = math.sqrt(a + b)
+    if se == 0.0:
+        return ratio, (ratio, ratio)
+    t = t_quantile(CONFIDENCE, _welch_df(a, b, numerator.n, denominator.n))
+    return ratio, (ratio * math.exp(-t * se), ratio * math.exp(t * se))
+
+
+def difference_interval(subject: Summary, baseline: Summary) -> tuple[float, float] | None:
+    """95% Welch interval of ``subject.mean - baseline.mean``; ``None`` when a side has one run."""
+    if subject.n < 2 or baseline.n < 2:
+        return None
+    a = subject.sd ** 2 / subject.n
+    b = baseline.sd ** 2 / baseline.n
+    diff = subject.mean - baseline.mean
+    se = math.sqrt(a + b)
+    if se == 0.0:
+        return diff, diff
+    t = t_quantile(CONFIDENCE, _welch_df(a, b, subject.n, baseline.n))
+    return diff - t * se, diff + t * se
+
+
+def compare(metric: str, subject: Sequence[float], baseline: Sequence[float]) -> Comparison:
+    s, b = summarize(subject, CONFIDENCE), summarize(baseline, CONFIDENCE)
+    ratio = ratio_interval(s, b)
+    p = welch_p_value(subject, baseline)
+    return Comparison(
+        metric=metric, subject_mean=s.mean, baseline_mean=b.mean, subject_n=s.n, baseline_n=b.n,
+        difference=s.mean - b.mean, difference_ci=difference_interval(s, b),
+        ratio=ratio[0] if ratio else None, ratio_ci=ratio[1] if ratio else None,
+        p_value=p, significant=None if p is None else p < ALPHA,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Overhead vs BM
+
+
+@dataclasses.dataclass
+class PhaseOverhead:
+    """One phase of a platform vs the same phase on BM.
+
+    ``contribution_pct``: (phase on platform - phase on BM) / BM's mean E2E, in percentage points; the
+    contributions of all phases add up to the E2E overhead in percent.
+    """
+
+    phase: str
+    comparison: Comparison
+    contribution_pct: float
+    contribution_ci_pct: tuple[float, float] | None
+
+    def to_dict(self) -> dict:
+        return {"phase": self.phase, **self.comparison.to_dict(), "contribution_pct": self.contribution_pct,
+                "contribution_ci_pct": self.contribution_ci_pct}
+
+
+@dataclasses.dataclass
+class OverheadFinding:
+    """A non-BM scenario vs its BM baseline (same cores, CPU mode, device, mode and emulation)."""
+
+    subject: ScenarioKey
+    baseline: ScenarioKey
+    e2e: Comparison
+    phases: dict[str, PhaseOverhead]
+
+    @property
+    def largest_phase(self) -> str | None:
+        """The phase that contributes most (in absolute value) to the E2E difference."""
+        if not self.phases:
+            return None
+        return max(self.phases.values(), key=lambda p: abs(p.contribution_pct)).phase
+
+    def to_dict(self) -> dict:
+        return {"subject": self.subject.to_dict(), "baseline": self.baseline.to_dict(), "e2e": self.e2e.to_dict(),
+                "phases": {k: v.to_dict() for k, v in self.phases.items()}, "largest_phase": self.largest_phase}
+
+
+def overhead_vs_bm(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[OverheadFinding]:
+    out = []
+    for key, stats in scenarios.items():
+        if key.platform == "BM":
+            continue
+        base_key = key.with_(platform="BM")
+        base = scenarios.get(base_key)
+        if base is None:
+            continue
+        e2e = compare("e2e_s", stats.e2e_values_s, base.e2e_values_s)
+        phases = {}
+        if key.mode == "e2e":
+            for phase in PHASES:
+                if phase in stats.phase_values_s and phase in base.phase_values_s:
+                    cmp = compare(phase, stats.phase_values_s[phase], base.phase_values_s[phase])
+                    scale = 100.0 / base.e2e_s.mean if base.e2e_s.mean else math.nan
+                    ci = cmp.difference_ci
+                    phases[phase] = PhaseOverhead(
+                        phase, cmp, cmp.difference * scale,
+                        (ci[0] * scale, ci[1] * scale) if ci is not None else None,
+                    )
+        out.append(OverheadFinding(key, base_key, e2e, phases))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale-up knee
+
+
+@dataclasses.dataclass
+class KneeFinding:
+    """E2E vs cores of one platform: the best core count and the knee (fewest cores within tolerance)."""
+
+    app: str
+    platform: str
+    cpu_mode: str
+    device: str
+    mode: str
+    emulated: bool
+    tolerance_pct: float
+    points: list[tuple[int, Summary]]          # (cores, E2E summary), ascending cores
+    best_cores: int
+    knee_cores: int
+    knee_vs_best: Comparison | None            # knee's E2E vs the best's (None when they are the same)
+    slower_beyond_best: list[int]              # core counts above the best whose E2E is significantly worse
+
+    @property
+    def best(self) -> Summary:
+        return dict(self.points)[self.best_cores]
+
+    @property
+    def knee(self) -> Summary:
+        return dict(self.points)[self.knee_cores]
+
+    @property
+    def key(self) -> ScenarioKey:
+        return ScenarioKey(self.app, self.platform, self.knee_cores, self.cpu_mode, self.device, self.mode,
+                           self.emulated)
+
+    def to_dict(self) -> dict:
+        return {
+            "app": self.app, "platform": self.platform, "cpu_mode": self.cpu_mode, "device": self.device,
+            "mode": self.mode, "emulated": self.emulated, "tolerance_pct": self.tolerance_pct,
+            "points": [{"cores": c, "e2e_s": s.to_dict()} for c, s in self.points],
+            "best_cores": self.best_cores, "knee_cores": self.knee_cores,
+            "knee_vs_best": self.knee_vs_best.to_dict() if self.knee_vs_best else None,
+            "slower_beyond_best": self.slower_beyond_best,
+        }
+
+
+def scale_up_knees(scenarios: dict[ScenarioKey, ScenarioStats],
+                   tolerance_pct: float = DEFAULT_KNEE_TOLERANCE_PCT) -> list[KneeFinding]:
+    """One finding per (app, platform, CPU mode, device, mode, emulated) measured at two or more core counts."""
+    groups: dict[tuple, dict[int, ScenarioStats]] = defaultdict(dict)
+    for key, stats in scenarios.items():
+        groups[(key.app, key.platform, key.cpu_mode, key.device, key.mode, key.emulated)][key.cores] = stats
+    out = []
+    for group, by_cores in groups.items():
+        if len(by_cores) < 2:
+            continue
+        cores_sorted = sorted(by_cores)
+        best = min(cores_sorted, key=lambda c: (by_cores[c].e2e_s.mean, c))
+        limit = by_cores[best].e2e_s.mean * (1.0 + tolerance_pct / 100.0)
+        knee = next(c for c in cores_sorted if by_cores[c].e2e_s.mean <= limit)
+        knee_vs_best = None
+        if knee != best:
+            knee_vs_best = compare("e2e_s", by_cores[knee].e2e_values_s, by_cores[best].e2e_values_s)
+        slower = []
+        for c in cores_sorted:
+            if c > best:
+                cmp = compare("e2e_s", by_cores[c].e2e_values_s, by_cores[best].e2e_values_s)
+                if cmp.significant:
+                    slower.append(c)
+        app, platform, cpu_mode, device, mode, emulated = group
+        out.append(KneeFinding(app, platform, cpu_mode, device, mode, emulated, tolerance_pct,
+                               [(c, by_cores[c].e2e_s) for c in cores_sorted], best, knee, knee_vs_best, slower))
+    out.sort(key=lambda k: (k.emulated, k.app, k.mode, k.device, PLATFORMS.index(k.platform)
+                            if k.platform in PLATFORMS else 99, k.cpu_mode))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinning gain
+
+PINNING_HELPS = "helps"
+PINNING_HURTS = "hurts"
+PINNING_NO_DIFFERENCE = "no significant difference"
+PINNING_NOT_ENOUGH_DATA = "not enough data"
+
+
+@dataclasses.dataclass
+class PinningFinding:
+    """PIN vs VNL of one app/platform/cores/device/mode.
+
+    ``gain_pct`` = 100 * (VNL mean - PIN mean) / VNL mean: the share of E2E time pinning saves.
+    """
+
+    pinned: ScenarioKey
+    vanilla: ScenarioKey
+    comparison: Comparison                      # PIN (subject) vs VNL (baseline)
+    verdict: str
+
+    @property
+    def gain_pct(self) -> float:
+        return 100.0 * (self.comparison.baseline_mean - self.comparison.subject_mean) / self.comparison.baseline_mean
+
+    @property
+    def gain_ci_pct(self) -> tuple[float, float] | None:
+        ci = self.comparison.ratio_ci
+        if ci is None:
+            return None
+        return 100.0 * (1.0 - ci[1]), 100.0 * (1.0 - ci[0])
+
+    def to_dict(self) -> dict:
+        return {"pinned": self.pinned.to_dict(), "vanilla": self.vanilla.to_dict(),
+                "comparison": self.comparison.to_dict(), "gain_pct": self.gain_pct, "gain_ci_pct": self.gain_ci_pct,
+                "verdict": self.verdict}
+
+
+def pinning_gains(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[PinningFinding]:
+    out = []
+    for key, stats in scenarios.items():
+        if key.cpu_mode != "PIN":
+            continue
+        vanilla_key = key.with_(cpu_mode="VNL")
+        vanilla = scenarios.get(vanilla_key)
+        if vanilla is None:
+            continue
+        cmp = compare("e2e_s", stats.e2e_values_s, vanilla.e2e_values_s)
+        if cmp.significant is None:
+            verdict = PINNING_NOT_ENOUGH_DATA
+        elif not cmp.significant:
+            verdict = PINNING_NO_DIFFERENCE
+        else:
+            verdict = PINNING_HELPS if cmp.subject_mean < cmp.baseline_mean else PINNING_HURTS
+        out.append(PinningFinding(key, vanilla_key, cmp, verdict))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU payoff and the Amdahl bound
+
+
+@dataclasses.dataclass
+class GpuPayoff:
+    """What a GPU buys (or could at most buy) one CPU scenario.
+
+    * ``amdahl_bound``: CPU E2E / the time the E2E run spends outside ``infer`` — the E2E speedup of an
+      infinitely fast DNN.  Taken from the GPU E2E run's non-inference time when it exists (its pre/post
+      run on the GPU host's CPU), else from the CPU run's phase shares.
+    * ``e2e_speedup``: CPU E2E / GPU E2E (measured), with its 95% CI.
+    * ``inference_speedup``: CPU / GPU inference time, from ``inference-only`` runs when both exist
+      (``inference_source='inference-only runs'``), else from the ``infer`` phase of the E2E runs.
+    * ``bounding_phase``: the non-inference phase that takes most of the E2E time on the GPU run (or the CPU
+      run when no GPU was measured) — the phase to speed up next.
+    """
+
+    cpu: ScenarioKey
+    gpu: ScenarioKey | None
+    infer_share: float | None                          # CPU run: infer / E2E
+    bounding_phase: str | None
+    bounding_phase_share: float | None                 # of the run it was taken from
+    amdahl_bound: float | None
+    amdahl_source: str
+    e2e_speedup: tuple[float, tuple[float, float] | None] | None = None
+    inference_speedup: tuple[float, tuple[float, float] | None] | None = None
+    inference_source: str | None = None
+    amdahl_predicted_speedup: float | None = None      # 1 / (s + (1-s)/k) with the measured inference speedup k
+
+    def to_dict(self) -> dict:
+        return {
+            "cpu": self.cpu.to_dict(), "gpu": self.gpu.to_dict() if self.gpu else None,
+            "infer_share": self.infer_share, "bounding_phase": self.bounding_phase,
+            "bounding_phase_share": self.bounding_phase_share, "amdahl_bound": self.amdahl_bound,
+            "amdahl_source": self.amdahl_source,
+            "e2e_speedup": _pair(self.e2e_speedup), "inference_speedup": _pair(self.inference_speedup),
+            "inference_source": self.inference_source, "amdahl_predicted_speedup": self.amdahl_predicted_speedup,
+        }
+
+
+def _pair(value: tuple[float, tuple[float, float] | None] | None) -> dict | None:
+    if value is None:
+        return None
+    return {"value": value[0], "ci": value[1]}
+
+
+def _non_infer_phases(stats: ScenarioStats) -> dict[str, float]:
+    return {p: s.mean for p, s in stats.phases_s.items() if p != "infer"}
+
+
+def gpu_payoffs(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[GpuPayoff]:
+    """One entry per CPU E2E scenario that has phase times (with GPU numbers where a GPU twin exists)."""
+    out = []
+    for key, cpu in scenarios.items():
+        if key.device != "CPU" or key.mode != "e2e" or "infer" not in cpu.phases_s or not cpu.e2e_s.mean:
+            continue
+        gpu_key = key.with_(device="GPU")
+        gpu = scenarios.get(gpu_key)
+        infer_share = cpu.phase_share("infer")
+        source_stats = gpu if (gpu is not None and "infer" in gpu.phases_s) else cpu
+        non_infer = _non_infer_phases(source_stats)
+        bounding = max(non_infer, key=non_infer.get) if non_infer else None
+        outside = sum(non_infer.values())
+        bound = cpu.e2e_s.mean / outside if outside > 0 else None
+        payoff = GpuPayoff(
+            cpu=key, gpu=gpu_key if gpu is not None else None, infer_share=infer_share,
+            bounding_phase=bounding,
+            bounding_phase_share=(non_infer[bounding] / source_stats.e2e_s.mean) if bounding else None,
+            amdahl_bound=bound,
+            amdahl_source="GPU E2E run's time outside inference" if source_stats is gpu else "CPU E2E run's phase shares",
+        )
+        if gpu is not None:
+            ratio = ratio_interval(cpu.e2e_s, gpu.e2e_s)
+            payoff.e2e_speedup = ratio
+            cpu_inf = scenarios.get(key.with_(mode="inference-only"))
+            gpu_inf = scenarios.get(gpu_key.with_(mode="inference-only"))
+            if cpu_inf is not None and gpu_inf is not None:
+                payoff.inference_speedup = ratio_interval(cpu_inf.e2e_s, gpu_inf.e2e_s)
+                payoff.inference_source = "inference-only runs"
+            elif "infer" in gpu.phases_s:
+                payoff.inference_speedup = ratio_interval(cpu.phases_s["infer"], gpu.phases_s["infer"])
+                payoff.inference_source = "infer phase of the E2E runs"
+            if payoff.inference_speedup and infer_share is not None and payoff.inference_speedup[0] > 0:
+                k = payoff.inference_speedup[0]
+                payoff.amdahl_predicted_speedup = 1.0 / ((1.0 - infer_share) + infer_share / k)
+        out.append(payoff)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# CHR, idle host cores, cold start
+
+
+@dataclasses.dataclass
+class ChrPoint:
+    key: ScenarioKey
+    chr: float
+    host_cores: int
+    host_cores_source: str
+    overhead: Comparison | None
+
+
+@dataclasses.dataclass
+class ChrFinding:
+    """CHR of every CN/VMCN scenario and, per CPU mode, how overhead vs BM moves with CHR.
+
+    ``correlation``: {cpu_mode: (Spearman rho, p-value, number of scenarios)} over scenarios with an overhead;
+    the paper expects a negative rho for VNL CN (lower CHR, higher overhead).  Needs three distinct CHRs.
+    """
+
+    points: list[ChrPoint]
+    correlation: dict[str, tuple[float, float, int]]
+
+    def to_dict(self) -> dict:
+        return {
+            "points": [{"scenario": p.key.to_dict(), "chr": p.chr, "host_cores": p.host_cores,
+                        "host_cores_source": p.host_cores_source,
+                        "overhead": p.overhead.to_dict() if p.overhead else None} for p in self.points],
+            "correlation": {k: {"spearman_rho": v[0], "p_value": v[1], "n": v[2]} for k, v in self.correlation.items()},
+        }
+
+
+def chr_finding(scenarios: dict[ScenarioKey, ScenarioStats], overheads: list[OverheadFinding]) -> ChrFinding:
+    by_subject = {o.subject: o for o in overheads}
+    points = []
+    for key, stats in scenarios.items():
+        if stats.chr is None:
+            continue
+        o = by_subject.get(key)
+        points.append(ChrPoint(key, stats.chr, int(stats.host_cores or 0), stats.host_cores_source,
+                               o.e2e if o else None))
+    correlation = {}
+    for cpu_mode in ("VNL", "PIN"):
+        pts = [p for p in points if p.key.cpu_mode == cpu_mode and p.overhead and p.overhead.relative_pct is not None
+               and p.key.mode == "e2e"]
+        if len({p.chr for p in pts}) >= 3:
+            from scipy import stats as scipy_stats
+
+            rho, p_value = scipy_stats.spearmanr([p.chr for p in pts], [p.overhead.relative_pct for p in pts])
+            if math.isfinite(rho):
+                correlation[cpu_mode] = (float(rho), float(p_value), len(pts))
+    return ChrFinding(points, correlation)
+
+
+@dataclasses.dataclass
+class IdleCoresFinding:
+    """A platform at all host cores (no idle core, the paper's Fig. 9) vs the same platform leaving cores idle.
+
+    Both overheads are vs BM at the same cores.  ``worse_without_idle_cores`` is judged by CI overlap:
+    ``True`` when the full-host overhead's CI lies wholly above the idle-core one, ``False`` when wholly
+    below or overlapping, ``None`` when an interval is missing.
+    """
+
+    full: ScenarioKey
+    full_overhead: Comparison | None
+    idle: ScenarioKey | None
+    idle_overhead: Comparison | None
+    host_cores: int
+
+    @property
+    def worse_without_idle_cores(self) -> bool | None:
+        if self.full_overhead is None or self.idle_overhead is None:
+            return None
+        a, b = self.full_overhead.relative_ci_pct, self.idle_overhead.relative_ci_pct
+        if a is None or b is None:
+            return None
+        return a[0] > b[1]
+
+    def to_dict(self) -> dict:
+        return {"full": self.full.to_dict(), "full_overhead": self.full_overhead.to_dict() if self.full_overhead else None,
+                "idle": self.idle.to_dict() if self.idle else None,
+                "idle_overhead": self.idle_overhead.to_dict() if self.idle_overhead else None,
+                "host_cores": self.host_cores, "worse_without_idle_cores": self.worse_without_idle_cores}
+
+
+def idle_core_findings(scenarios: dict[ScenarioKey, ScenarioStats],
+                       overheads: list[OverheadFinding]) -> list[IdleCoresFinding]:
+    by_subject = {o.subject: o.e2e for o in overheads}
+    out = []
+    for key, stats in scenarios.items():
+        if key.platform == "BM" or not stats.host_cores or key.cores != stats.host_cores:
+            continue
+        fewer = sorted((k for k in scenarios if k.with_(cores=key.cores) == key and k.cores < key.cores
+                        and k in by_subject), key=lambda k: k.cores)
+        idle = fewer[-1] if fewer else None
+        out.append(IdleCoresFinding(key, by_subject.get(key), idle, by_subject.get(idle) if idle else None,
+                                    stats.host_cores))
+    return out
+
+
+@dataclasses.dataclass
+class ColdStartFinding:
+    """Cold start (provision + process start + imports + model load + first inference) of one app on one platform,
+    over every run of that app/platform/device (cores and CPU modes pooled)."""
+
+    app: str
+    platform: str
+    device: str
+    emulated: bool
+    total_s: Summary
+    parts_s: dict[str, Summary]
+
+    def to_dict(self) -> dict:
+        return {"app": self.app, "platform": self.platform, "device": self.device, "emulated": self.emulated,
+                "total_s": self.total_s.to_dict(), "parts_s": {k: v.to_dict() for k, v in self.parts_s.items()}}
+
+
+COLD_START_PARTS = ("provision_s", "process_start_s", "import_s", "model_load_s", "first_inference_s")
+
+
+def cold_starts(data: StudyData, scenarios: dict[ScenarioKey, ScenarioStats]) -> list[ColdStartFinding]:
+    totals: dict[tuple, list[float]] = defaultdict(list)
+    parts: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    wanted = {r for s in scenarios.values() for r in s.run_ids}
+    for run in data.runs:
+        if run["id"] not in wanted:
+            continue
+        result = run["result"]
+        total = _num(result.get("cold_start_s"))
+        if total is None:
+            continue
+        group = (run["app"], run["platform"], run["device"], bool(run["emulated"]))
+        totals[group].append(total)
+        for name, value in (result.get("cold_start") or {}).items():
+            if _num(value) is not None:
+                parts[group][name].append(float(value))
+    out = []
+    for group in sorted(totals, key=lambda g: (g[3], g[0], g[2], PLATFORMS.index(g[1]) if g[1] in PLATFORMS else 99)):
+        n = len(totals[group])
+        out.append(ColdStartFinding(*group, total_s=summarize(totals[group], CONFIDENCE),
+                                    parts_s={k: summarize(v, CONFIDENCE) for k, v in parts[group].items() if len(v) == n}))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything at once
+
+
+@dataclasses.dataclass
+class Findings:
+    """All findings of one study, for one emulation class (native by default)."""
+
+    emulated: bool
+    scenarios: dict[ScenarioKey, ScenarioStats]
+    overheads: list[OverheadFinding]
+    knees: list[KneeFinding]
+    pinning: list[PinningFinding]
+    gpu: list[GpuPayoff]
+    chr: ChrFinding
+    idle_cores: list[IdleCoresFinding]
+    cold_starts: list[ColdStartFinding]
+    host_cores: int | None
+    knee_tolerance_pct: float
+    method: str = SIGNIFICANCE_METHOD
+
+    def to_dict(self) -> dict:
+        return {
+            "emulated": self.emulated, "host_cores": self.host_cores, "knee_tolerance_pct": self.knee_tolerance_pct,
+            "significance_method": self.method,
+            "scenarios": [s.to_dict() for s in self.scenarios.values()],
+            "overhead_vs_bm": [o.to_dict() for o in self.overheads],
+            "scale_up_knees": [k.to_dict() for k in self.knees],
+            "pinning": [p.to_dict() for p in self.pinning],
+            "gpu_payoff": [g.to_dict() for g in self.gpu],
+            "chr": self.chr.to_dict(),
+            "idle_host_cores": [i.to_dict() for i in self.idle_cores],
+            "cold_start": [c.to_dict() for c in self.cold_starts],
+        }
+
+
+def analyse(data: StudyData, emulated: bool = False,
+            knee_tolerance_pct: float = DEFAULT_KNEE_TOLERANCE_PCT) -> Findings:
+    """Every finding over the native (``emulated=False``) or the emulated scenarios of a study."""
+    scenarios = data.select(emulated)
+    overheads = overhead_vs_bm(scenarios)
+    return Findings(
+        emulated=emulated,
+        scenarios=scenarios,
+        overheads=overheads,
+        knees=scale_up_knees(scenarios, knee_tolerance_pct),
+        pinning=pinning_gains(scenarios),
+        gpu=gpu_payoffs(scenarios),
+        chr=chr_finding(scenarios, overheads),
+        idle_cores=idle_core_findings(scenarios, overheads),
+        cold_starts=cold_starts(data, scenarios),
+        host_cores=data.host_cores,
+        knee_tolerance_pct=knee_tolerance_pct,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting helpers shared by recommend, report and the CLI
+
+
+def fmt_s(summary: Summary | None, digits: int = 3) -> str:
+    """``1.234 s ± 0.012`` (95% CI half-width), or ``1.234 s (n=1)``."""
+    if summary is None:
+        return "—"
+    if summary.n < 2 or summary.half_width is None:
+        return f"{summary.mean:.{digits}g} s (n={summary.n}, no CI)"
+    return f"{summary.mean:.{digits}g} s ± {summary.half_width:.2g}"
+
+
+def fmt_pct(value: float | None, ci: tuple[float, float] | None = None, signed: bool = True) -> str:
+    """``+12.0% ± 3.0`` from a value and its CI (half-width of the CI), or ``+12.0% (no CI)``."""
+    if value is None:
+        return "—"
+    text = f"{value:+.1f}%" if signed else f"{value:.1f}%"
+    if ci is None:
+        return text + " (no CI)"
+    return text + f" ± {abs(ci[1] - ci[0]) / 2:.1f}"
+
+
+def fmt_ratio(value: tuple[float, tuple[float, float] | None] | None) -> str:
+    if value is None:
+        return "—"
+    ratio, ci = value
+    if ci is None:
+        return f"{ratio:.2f}x (no CI)"
+    return f"{ratio:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def significance_text(cmp: Comparison) -> str:
+    if cmp.p_value is None:
+        return "not tested (fewer than 2 runs)"
+    return f"{'significant' if cmp.significant else 'not significant'} (Welch p={cmp.p_value:.3g})"
+
+
+def iter_keys(keys: Iterable[ScenarioKey]) -> list[ScenarioKey]:
+    return sorted(keys, key=ScenarioKey.sort_key)

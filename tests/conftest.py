@@ -1,0 +1,42 @@
+"""Shared fixtures: a small generated IC data set, a temporary store, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+E2EBENCH = [sys.executable, "-m", "e2ebench.cli"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests never touch the user's ~/.cache/e2ebench; the cache lives for the whole session."""
+    if "E2EBENCH_CACHE" not in os.environ or os.environ.get("E2EBENCH_TEST_SHARED_CACHE") != "1":
+        os.environ["E2EBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def ic_data(tmp_path_factory) -> Path:
+    from e2ebench.apps import get_app_class
+
+    out = tmp_path_factory.mktemp("ic-data")
+    return Path(get_app_class("ic").make_data(out, 6, seed=1))
+
+
+def run_cli(args: list[str], timeout: float = 600, cwd: Path | None = None, env: dict | None = None):
+    return subprocess.run(E2EBENCH + args, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT,
+                          env={**os.environ, **(env or {})})
+
+
+def run_json(args: list[str], **kw) -> tuple[int, dict | None, str]:
+    proc = run_cli(args + ["--json"], **kw)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    payload = json.loads(lines[-1]) if lines else None
+    return proc.returncode, payload, proc.stderr

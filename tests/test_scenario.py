@@ -1,0 +1,73 @@
+import pytest
+
+from e2ebench.scenario import Deployment, HostFacts, NotationError, Scenario, infeasibility
+
+
+@pytest.mark.parametrize(
+    "text, canonical",
+    [
+        ("BM/4/PIN/CPU", "BM/4/PIN/CPU"),
+        ("vm/32/vnl/gpu", "VM/32/VNL/GPU"),
+        (" Cn / 2 / Pin / cpu ", "CN/2/PIN/CPU"),
+        ("MVM/16/VNL/CPU", "MVM/16/VNL/CPU"),
+        ("vmcn/64/PIN/CPU", "VMCN/64/PIN/CPU"),
+    ],
+)
+def test_deployment_parse_and_format(text, canonical):
+    d = Deployment.parse(text)
+    assert str(d) == canonical
+    assert Deployment.parse(str(d)) == d
+    assert Deployment.from_dict(d.as_dict()) == d
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("XX/4/PIN/CPU", ["'XX'", "BM, CN, VM, MVM, VMCN"]),
+        ("BM/four/PIN/CPU", ["'four'", "whole number"]),
+        ("BM/0/PIN/CPU", ["'0'"]),
+        ("BM/-1/PIN/CPU", ["'-1'"]),
+        ("BM/4/PINNED/CPU", ["'PINNED'", "VNL, PIN"]),
+        ("BM/4/PIN/TPU", ["'TPU'", "CPU, GPU"]),
+        ("BM/4/PIN", ["3 part", "PLATFORM/CORES/CPUMODE/DEVICE"]),
+        ("BM/4/PIN/CPU/extra", ["5 part"]),
+        ("", ["empty"]),
+    ],
+)
+def test_deployment_errors_name_the_bad_part(text, names):
+    with pytest.raises(NotationError) as info:
+        Deployment.parse(text)
+    message = str(info.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+
+
+def test_scenario_parse_and_format():
+    s = Scenario.parse("IC@bm/2/pin/cpu")
+    assert str(s) == "ic@BM/2/PIN/CPU"
+    assert s.mode == "e2e"
+    s2 = Scenario.parse("nlp@VM/4/VNL/GPU#inference-only")
+    assert s2.mode == "inference-only"
+    assert str(s2) == "nlp@VM/4/VNL/GPU#inference-only"
+    assert Scenario.parse(str(s2)) == s2
+
+
+@pytest.mark.parametrize("text", ["ic", "ic@", "@BM/1/VNL/CPU", "ic@BM/1/VNL/CPU#fast", "i c@BM/1/VNL/CPU"])
+def test_scenario_errors(text):
+    with pytest.raises(NotationError):
+        Scenario.parse(text)
+
+
+def test_feasibility_rules():
+    host = HostFacts(cores=8, gpus=0, available_platforms=frozenset({"BM", "CN"}),
+                     platform_reasons=(("VM", "no qemu"),))
+    ok = Deployment.parse("BM/8/PIN/CPU")
+    assert infeasibility(ok, host) is None
+    assert "host has 8" in infeasibility(Deployment.parse("BM/16/PIN/CPU"), host)
+    assert "MVM supports only VNL/CPU" in infeasibility(Deployment.parse("MVM/4/PIN/CPU"), host)
+    assert "MVM supports only VNL/CPU" in infeasibility(Deployment.parse("MVM/4/VNL/GPU"), host)
+    assert "no GPU" in infeasibility(Deployment.parse("CN/4/PIN/GPU"), host)
+    assert "no qemu" in infeasibility(Deployment.parse("VM/4/PIN/CPU"), host)
+    gpu_host = HostFacts(cores=8, gpus=1, available_platforms=frozenset({"BM"}))
+    assert infeasibility(Deployment.parse("BM/4/PIN/GPU"), gpu_host) is None
