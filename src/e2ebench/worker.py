@@ -114,7 +114,7 @@ class Worker:
         self.spec = spec
         self.errors: list[dict] = []
         self.error_count = 0
-        self.answers: dict[int, object] = {}
+        self.answers: list[tuple[int, object]] = []   # (sample index, answer) in completion order
         self.latencies_ns: list[int] = []
         self.completed = 0
 
@@ -211,9 +211,9 @@ class Worker:
         result["loadgen"] = _loadgen_summary(spec.output_dir) if spec.mode != "inference-only" else {"result_valid": None}
         result["environment"] = measure.environment(_library_versions())
         result["platform_info"] = spec.platform_info
-        ordered_refs = [refs[i % len(refs)] for i in sorted(self.answers)]
         try:
-            result["quality"] = app.quality([self.answers[i] for i in sorted(self.answers)], ordered_refs)
+            result["quality"] = app.quality([answer for _, answer in self.answers],
+                                            [refs[index % len(refs)] for index, _ in self.answers])
         except Exception as exc:  # quality is informative; never fail a timing run on it
             result["quality"] = {"error": f"{type(exc).__name__}: {exc}"}
         total = max(1, spec.requests)
@@ -294,7 +294,7 @@ class Worker:
         end = clock.lap("post")
         for (sample_id, index), start, answer in zip(ok_ids, starts, answers):
             self.latencies_ns.append(end - start)
-            self.answers[len(self.answers)] = answer
+            self.answers.append((index, answer))
         self.completed += len(ok_ids)
         complete([sid for sid, _ in ok_ids], answers)
         clock.lap("other")
