@@ -34,45 +34,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from e2ebench.scenario import PLATFORMS, Deployment, Scenario
+from e2ebench.stats import ConfidenceInterval, confidence_interval, mean, stdev, t_critical
 
-# --- TEMPORARY: private stand-ins until e2ebench/stats.py lands (another helper writes it) -------------
-@dataclasses.dataclass(frozen=True)
-class Summary:
-    mean: float
-    sd: float
-    n: int
-    ci_low: float | None
-    ci_high: float | None
-    confidence: float = 0.95
-
-    @property
-    def half_width(self) -> float | None:
-        return None if self.ci_high is None else (self.ci_high - self.ci_low) / 2.0
-
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "sd": self.sd, "n": self.n, "ci_low": self.ci_low, "ci_high": self.ci_high,
-                "half_width": self.half_width, "confidence": self.confidence}
-
-
-def t_quantile(confidence: float, df: float) -> float:
-    from scipy import stats as scipy_stats
-
-    return float(scipy_stats.t.ppf(0.5 + confidence / 2.0, df))
-
-
-def summarize(values, confidence: float = 0.95) -> Summary:
-    values = [float(v) for v in values]
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return Summary(mean, 0.0, n, None, None, confidence)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    h = t_quantile(confidence, n - 1) * sd / math.sqrt(n)
-    return Summary(mean, sd, n, mean - h, mean + h, confidence)
-# --- end TEMPORARY ------------------------------------------------------------------------------------
+Summary = ConfidenceInterval
+"""A scenario number over runs: ``mean``, ``stdev``, ``n``, ``half_width`` (``inf`` below two runs), ``low``/``high``."""
 
 PHASES: tuple[str, ...] = ("io", "pre", "infer", "post", "other")
 PHASE_TITLES = {
@@ -89,6 +57,31 @@ SIGNIFICANCE_METHOD = (
     "Welch's t-test on per-run values (scipy.stats.ttest_ind, equal_var=False), alpha 0.05; "
     "95% intervals: Student-t for means and differences, delta method on the log ratio for ratios"
 )
+
+
+def has_ci(summary: Summary | None) -> bool:
+    """True when the summary has a finite confidence interval (two or more runs)."""
+    return summary is not None and summary.n >= 2 and math.isfinite(summary.half_width)
+
+
+def ci_bounds(summary: Summary | None) -> tuple[float, float] | None:
+    """``(low, high)`` of the 95% CI of the mean, or ``None`` below two runs."""
+    return (summary.low, summary.high) if summary is not None and has_ci(summary) else None
+
+
+def _finite(value: float) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def summary_dict(summary: Summary | None) -> dict | None:
+    """JSON-safe form (unbounded or undefined values become ``None``)."""
+    if summary is None:
+        return None
+    bounds = ci_bounds(summary)
+    return {"mean": _finite(summary.mean), "stdev": _finite(summary.stdev), "n": summary.n,
+            "ci_low": bounds[0] if bounds else None, "ci_high": bounds[1] if bounds else None,
+            "half_width": _finite(summary.half_width), "half_width_pct": _finite(summary.half_width_pct),
+            "confidence": summary.confidence}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,13 +175,13 @@ class ScenarioStats:
             **self.key.to_dict(),
             "runs": len(self.run_ids),
             "run_ids": list(self.run_ids),
-            "e2e_s": self.e2e_s.to_dict(),
-            "phases_s": {k: v.to_dict() for k, v in self.phases_s.items()},
+            "e2e_s": summary_dict(self.e2e_s),
+            "phases_s": {k: summary_dict(v) for k, v in self.phases_s.items()},
             "phase_shares": {k: self.phase_share(k) for k in self.phases_s},
-            "latency_p99_ms": self.latency_p99_ms.to_dict() if self.latency_p99_ms else None,
-            "throughput_sps": self.throughput_sps.to_dict() if self.throughput_sps else None,
-            "cold_start_s": self.cold_start_s.to_dict() if self.cold_start_s else None,
-            "cold_start_parts_s": {k: v.to_dict() for k, v in self.cold_start_parts_s.items()},
+            "latency_p99_ms": summary_dict(self.latency_p99_ms),
+            "throughput_sps": summary_dict(self.throughput_sps),
+            "cold_start_s": summary_dict(self.cold_start_s),
+            "cold_start_parts_s": {k: summary_dict(v) for k, v in self.cold_start_parts_s.items()},
             "requests": self.requests,
             "host_cores": self.host_cores,
             "host_cores_source": self.host_cores_source,
@@ -207,6 +200,12 @@ class StudyData:
     excluded: dict[str, int]               # reason -> number of runs
     host_cores: int | None
     include_outliers: bool = False
+
+    @property
+    def infeasible(self) -> list[dict]:
+        """Scenarios the study planned but could not run on its host, with the reason (from the study record)."""
+        plan = (self.study.get("config") or {}).get("plan") or []
+        return [p for p in plan if isinstance(p, dict) and p.get("feasible") is False]
 
     def select(self, emulated: bool | None = False) -> dict[ScenarioKey, ScenarioStats]:
         if emulated is None:
@@ -243,11 +242,30 @@ def _run_host_cores(run: dict) -> tuple[int | None, str]:
     return None, "unknown"
 
 
-def load_study(store, study_id: str, include_outliers: bool = False) -> StudyData:
-    """Read a study's runs from ``store`` (an :class:`e2ebench.store.Store`) and summarise every scenario."""
+def study_keeps_outliers(study: dict) -> bool:
+    """The study's own ``repetition.keep_outliers`` (stored with the study), ``False`` when absent."""
+    config = study.get("config") or {}
+    repetition = (config.get("config") or {}).get("repetition") or config.get("repetition") or {}
+    return bool(repetition.get("keep_outliers", False))
+
+
+def _configured_host_cores(study: dict) -> int | None:
+    host = (study.get("config") or {}).get("host") or {}
+    cores = _num(host.get("cores"))
+    return int(cores) if cores else None
+
+
+def load_study(store, study_id: str, include_outliers: bool | None = None) -> StudyData:
+    """Read a study's runs from ``store`` (an :class:`e2ebench.store.Store`) and summarise every scenario.
+
+    ``include_outliers``: count runs flagged as outliers; ``None`` follows the study's
+    ``repetition.keep_outliers`` (default: outliers left out).
+    """
     study = store.get_study(study_id)
     if study is None:
         raise LookupError(f"no study {study_id!r} in {store.path}")
+    if include_outliers is None:
+        include_outliers = study_keeps_outliers(study)
     all_runs = store.runs(study_id=study_id, phase=None)
     excluded: dict[str, int] = defaultdict(int)
     grouped: dict[ScenarioKey, list[dict]] = defaultdict(list)
@@ -268,14 +286,17 @@ def load_study(store, study_id: str, include_outliers: bool = False) -> StudyDat
                           run.get("mode") or "e2e", bool(run["emulated"]))
         grouped[key].append(run)
 
-    # The study's host: the most frequent host core count reported by BM/CN runs (the runner's host).
-    counts: dict[int, int] = defaultdict(int)
-    for runs in grouped.values():
-        for run in runs:
-            cores, source = _run_host_cores(run)
-            if cores and source != "unknown":
-                counts[cores] += 1
-    study_host = max(counts, key=lambda c: (counts[c], c)) if counts else None
+    # The study's host: as the study runner recorded it, else the most frequent host core count reported by
+    # BM/CN runs (the runner's host).
+    study_host = _configured_host_cores(study)
+    if study_host is None:
+        counts: dict[int, int] = defaultdict(int)
+        for runs in grouped.values():
+            for run in runs:
+                cores, source = _run_host_cores(run)
+                if cores and source != "unknown":
+                    counts[cores] += 1
+        study_host = max(counts, key=lambda c: (counts[c], c)) if counts else None
 
     scenarios: dict[ScenarioKey, ScenarioStats] = {}
     used: set[int] = set()
@@ -288,7 +309,7 @@ def load_study(store, study_id: str, include_outliers: bool = False) -> StudyDat
 
 
 def _summary_or_none(values: Sequence[float]) -> Summary | None:
-    return summarize(values, CONFIDENCE) if values else None
+    return confidence_interval(values, CONFIDENCE) if values else None
 
 
 def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None) -> ScenarioStats:
@@ -319,20 +340,20 @@ def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None) 
         if host_cores:
             break
     if not host_cores and study_host:
-        host_cores, source = study_host, "study host (BM/CN runs)"
+        host_cores, source = study_host, "study host"
     requests = _num(runs[-1]["result"].get("requests"))
     return ScenarioStats(
         key=key,
         run_ids=[int(r["id"]) for r in runs],
-        e2e_s=summarize(e2e, CONFIDENCE),
-        phases_s={k: summarize(v, CONFIDENCE) for k, v in phase_values.items()},
+        e2e_s=confidence_interval(e2e, CONFIDENCE),
+        phases_s={k: confidence_interval(v, CONFIDENCE) for k, v in phase_values.items()},
         e2e_values_s=e2e,
         phase_values_s=phase_values,
         latency_p99_ms=_summary_or_none(p99),
         throughput_sps=_summary_or_none(tput),
         cost_basis_s_per_sample=_summary_or_none(per_sample),
         cold_start_s=_summary_or_none(cold),
-        cold_start_parts_s={k: summarize(v, CONFIDENCE) for k, v in parts.items() if len(v) == len(runs)},
+        cold_start_parts_s={k: confidence_interval(v, CONFIDENCE) for k, v in parts.items() if len(v) == len(runs)},
         requests=int(requests) if requests else None,
         host_cores=host_cores,
         host_cores_source=source,
@@ -401,19 +422,9 @@ def welch_p_value(subject: Sequence[float], baseline: Sequence[float]) -> float 
         return None
     from scipy import stats as scipy_stats
 
-    sd_s = float(_sd(subject))
-    sd_b = float(_sd(baseline))
-    if sd_s == 0.0 and sd_b == 0.0:
-        return 1.0 if math.isclose(sum(subject) / len(subject), sum(baseline) / len(baseline)) else 0.0
+    if stdev(subject) == 0.0 and stdev(baseline) == 0.0:
+        return 1.0 if math.isclose(mean(subject), mean(baseline)) else 0.0
     return float(scipy_stats.ttest_ind(list(subject), list(baseline), equal_var=False).pvalue)
-
-
-def _sd(values: Sequence[float]) -> float:
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def ratio_interval(numerator: Summary, denominator: Summary) -> tuple[float, tuple[float, float] | None] | None:
@@ -426,12 +437,12 @@ def ratio_interval(numerator: Summary, denominator: Summary) -> tuple[float, tup
     ratio = numerator.mean / denominator.mean
     if numerator.n < 2 or denominator.n < 2:
         return ratio, None
-    a = (numerator.sd / numerator.mean) ** 2 / numerator.n
-    b = (denominator.sd / denominator.mean) ** 2 / denominator.n
+    a = (numerator.stdev / numerator.mean) ** 2 / numerator.n
+    b = (denominator.stdev / denominator.mean) ** 2 / denominator.n
     se = math.sqrt(a + b)
     if se == 0.0:
         return ratio, (ratio, ratio)
-    t = t_quantile(CONFIDENCE, _welch_df(a, b, numerator.n, denominator.n))
+    t = t_critical(CONFIDENCE, _welch_df(a, b, numerator.n, denominator.n))
     return ratio, (ratio * math.exp(-t * se), ratio * math.exp(t * se))
 
 
@@ -439,18 +450,18 @@ def difference_interval(subject: Summary, baseline: Summary) -> tuple[float, flo
     """95% Welch interval of ``subject.mean - baseline.mean``; ``None`` when a side has one run."""
     if subject.n < 2 or baseline.n < 2:
         return None
-    a = subject.sd ** 2 / subject.n
-    b = baseline.sd ** 2 / baseline.n
+    a = subject.stdev ** 2 / subject.n
+    b = baseline.stdev ** 2 / baseline.n
     diff = subject.mean - baseline.mean
     se = math.sqrt(a + b)
     if se == 0.0:
         return diff, diff
-    t = t_quantile(CONFIDENCE, _welch_df(a, b, subject.n, baseline.n))
+    t = t_critical(CONFIDENCE, _welch_df(a, b, subject.n, baseline.n))
     return diff - t * se, diff + t * se
 
 
 def compare(metric: str, subject: Sequence[float], baseline: Sequence[float]) -> Comparison:
-    s, b = summarize(subject, CONFIDENCE), summarize(baseline, CONFIDENCE)
+    s, b = confidence_interval(subject, CONFIDENCE), confidence_interval(baseline, CONFIDENCE)
     ratio = ratio_interval(s, b)
     p = welch_p_value(subject, baseline)
     return Comparison(
@@ -567,7 +578,7 @@ class KneeFinding:
         return {
             "app": self.app, "platform": self.platform, "cpu_mode": self.cpu_mode, "device": self.device,
             "mode": self.mode, "emulated": self.emulated, "tolerance_pct": self.tolerance_pct,
-            "points": [{"cores": c, "e2e_s": s.to_dict()} for c, s in self.points],
+            "points": [{"cores": c, "e2e_s": summary_dict(s)} for c, s in self.points],
             "best_cores": self.best_cores, "knee_cores": self.knee_cores,
             "knee_vs_best": self.knee_vs_best.to_dict() if self.knee_vs_best else None,
             "slower_beyond_best": self.slower_beyond_best,
@@ -868,7 +879,7 @@ class ColdStartFinding:
 
     def to_dict(self) -> dict:
         return {"app": self.app, "platform": self.platform, "device": self.device, "emulated": self.emulated,
-                "total_s": self.total_s.to_dict(), "parts_s": {k: v.to_dict() for k, v in self.parts_s.items()}}
+                "total_s": summary_dict(self.total_s), "parts_s": {k: summary_dict(v) for k, v in self.parts_s.items()}}
 
 
 COLD_START_PARTS = ("provision_s", "process_start_s", "import_s", "model_load_s", "first_inference_s")
@@ -893,8 +904,8 @@ def cold_starts(data: StudyData, scenarios: dict[ScenarioKey, ScenarioStats]) ->
     out = []
     for group in sorted(totals, key=lambda g: (g[3], g[0], g[2], PLATFORMS.index(g[1]) if g[1] in PLATFORMS else 99)):
         n = len(totals[group])
-        out.append(ColdStartFinding(*group, total_s=summarize(totals[group], CONFIDENCE),
-                                    parts_s={k: summarize(v, CONFIDENCE) for k, v in parts[group].items() if len(v) == n}))
+        out.append(ColdStartFinding(*group, total_s=confidence_interval(totals[group], CONFIDENCE),
+                                    parts_s={k: confidence_interval(v, CONFIDENCE) for k, v in parts[group].items() if len(v) == n}))
     return out
 
 
@@ -962,19 +973,35 @@ def fmt_s(summary: Summary | None, digits: int = 3) -> str:
     """``1.234 s ± 0.012`` (95% CI half-width), or ``1.234 s (n=1)``."""
     if summary is None:
         return "—"
-    if summary.n < 2 or summary.half_width is None:
-        return f"{summary.mean:.{digits}g} s (n={summary.n}, no CI)"
-    return f"{summary.mean:.{digits}g} s ± {summary.half_width:.2g}"
+    if not has_ci(summary):
+        return f"{fmt_number(summary.mean, digits)} s (n={summary.n}, no CI)"
+    return f"{fmt_number(summary.mean, digits)} s ± {fmt_number(summary.half_width, 2)}"
+
+
+def fmt_number(value: float, digits: int = 3) -> str:
+    """``digits`` significant digits, trailing zeros kept (1.00, 0.0120), no exponent below 10**digits."""
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and abs(value) >= 10 ** digits:
+        return f"{value:.0f}"
+    return f"{value:#.{digits}g}".rstrip(".")
 
 
 def fmt_pct(value: float | None, ci: tuple[float, float] | None = None, signed: bool = True) -> str:
-    """``+12.0% ± 3.0`` from a value and its CI (half-width of the CI), or ``+12.0% (no CI)``."""
+    """``+12.0% ± 3.0`` (CI half-width), ``+64.5% [-20.1, +240.3]`` when the CI is clearly asymmetric, or
+    ``+12.0% (no CI)``."""
     if value is None:
         return "—"
-    text = f"{value:+.1f}%" if signed else f"{value:.1f}%"
+    digits = 2 if abs(value) < 1 else 1
+    text = f"{value:+.{digits}f}%" if signed else f"{value:.{digits}f}%"
     if ci is None:
         return text + " (no CI)"
-    return text + f" ± {abs(ci[1] - ci[0]) / 2:.1f}"
+    half = abs(ci[1] - ci[0]) / 2
+    lower, upper = value - ci[0], ci[1] - value
+    if abs(upper - lower) > 0.2 * max(half, 1e-12):      # a clearly asymmetric interval (a ratio's): show both ends
+        d = 2 if half < 1 else 1
+        return text + f" [{ci[0]:+.{d}f}, {ci[1]:+.{d}f}]"
+    return text + (f" ± {half:.2f}" if half < 1 else f" ± {half:.1f}")
 
 
 def fmt_ratio(value: tuple[float, tuple[float, float] | None] | None) -> str:
@@ -989,8 +1016,5 @@ def fmt_ratio(value: tuple[float, tuple[float, float] | None] | None) -> str:
 def significance_text(cmp: Comparison) -> str:
     if cmp.p_value is None:
         return "not tested (fewer than 2 runs)"
-    return f"{'significant' if cmp.significant else 'not significant'} (Welch p={cmp.p_value:.3g})"
+    return f"{'significant' if cmp.significant else 'not significant'}, Welch p={cmp.p_value:.3g}"
 
-
-def iter_keys(keys: Iterable[ScenarioKey]) -> list[ScenarioKey]:
-    return sorted(keys, key=ScenarioKey.sort_key)

@@ -341,4 +341,7 @@ def register_subcommands() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # sub-command modules register on the importable module's `app`, not on this __main__ copy
+    from e2ebench.cli import main as _main
+
+    _main()

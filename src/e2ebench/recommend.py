@@ -30,11 +30,13 @@ from e2ebench.analysis import (
     GpuPayoff,
     ScenarioKey,
     ScenarioStats,
+    ci_bounds,
     fmt_pct,
     fmt_ratio,
     fmt_s,
     scenario_text,
     significance_text,
+    summary_dict,
 )
 from e2ebench.scenario import NotationError, PLATFORMS
 
@@ -87,7 +89,7 @@ class DeploymentAnswer:
     cores: int | None                    # recommended cores (knee)
     platform: str | None
     cpu_mode: str | None
-    gpu: str                             # "yes" | "no" | "unknown"
+    gpu: str       # yes (>= 2x, significant) | marginal (significant, < 2x) | no | unclear | unlikely (Amdahl < 2x) | unknown
     evidence: list[dict] = dataclasses.field(default_factory=list)
     runs_to_add: list[str] = dataclasses.field(default_factory=list)
 
@@ -116,7 +118,7 @@ class RecommendationSet:
 
 def _evidence(stats: ScenarioStats, what: str = "E2E") -> dict:
     s = stats.e2e_s
-    return {"scenario": stats.key.label, "what": what, "mean_s": s.mean, "ci_s": [s.ci_low, s.ci_high],
+    return {"scenario": stats.key.label, "what": what, "mean_s": s.mean, "ci_s": ci_bounds(s),
             "n": s.n}
 
 
@@ -219,17 +221,17 @@ def deployment_answer(findings: Findings, app: str) -> DeploymentAnswer:
     if knee is not None:
         cores = knee.knee_cores
         if knee.knee_cores == knee.best_cores:
-            parts.append(f"{knee.best_cores} cores is the best of {', '.join(str(c) for c, _ in knee.points)} "
+            parts.append(f"{_cores(knee.best_cores)} is the best of {', '.join(str(c) for c, _ in knee.points)} "
                          f"on {key.platform} {key.cpu_mode}")
         else:
-            parts.append(f"{knee.knee_cores} cores is within {knee.tolerance_pct:g}% of the best "
+            parts.append(f"{_cores(knee.knee_cores)} is within {knee.tolerance_pct:g}% of the best "
                          f"({knee.best_cores}) on {key.platform} {key.cpu_mode}")
         evidence.append({"what": "scale-up knee", "knee_cores": knee.knee_cores, "best_cores": knee.best_cores,
                          "tolerance_pct": knee.tolerance_pct})
     else:
         more = _neighbour_cores(findings.host_cores, [key.cores])
         add += [_scenario(app, key.platform, c, key.cpu_mode, key.device) for c in more]
-        parts.append(f"only {key.cores} cores measured on {key.platform} {key.cpu_mode} — scale-up unknown")
+        parts.append(f"only {_cores(key.cores)} measured on {key.platform} {key.cpu_mode} — scale-up unknown")
 
     pin_candidates = [p for p in findings.pinning if p.pinned.app == app and p.pinned.platform == key.platform
                       and p.pinned.device == key.device and p.pinned.mode == "e2e"]
@@ -260,13 +262,21 @@ def deployment_answer(findings: Findings, app: str) -> DeploymentAnswer:
     payoff = _payoff_for(findings, key.with_(device="CPU"))
     if payoff is not None and payoff.gpu is not None and payoff.e2e_speedup is not None:
         sp = payoff.e2e_speedup
-        gpu = "yes" if sp[1] is not None and sp[1][0] > 1.0 else ("no" if sp[1] is not None and sp[1][1] < 1.0 else "unclear")
-        parts.append(f"a GPU measured {fmt_ratio(sp)} E2E speedup (inference alone {fmt_ratio(payoff.inference_speedup)})"
+        if sp[1] is None:
+            gpu = "unclear"
+        elif sp[1][0] > 1.0:
+            gpu = "yes" if sp[0] >= GPU_WORTH_IT_SPEEDUP else "marginal"
+        else:
+            gpu = "no"
+        verdict = {"yes": "worth it", "marginal": f"below {GPU_WORTH_IT_SPEEDUP:g}x: weigh the GPU's price",
+                   "no": "no significant gain", "unclear": "one run: no CI"}[gpu]
+        parts.append(f"a GPU measured {fmt_ratio(sp)} E2E speedup ({verdict}; inference alone "
+                     f"{fmt_ratio(payoff.inference_speedup)})"
                      + (f", bounded by {_phase_name(payoff.bounding_phase)} "
                         f"({100 * payoff.bounding_phase_share:.0f}% of GPU E2E)" if payoff.bounding_phase_share else ""))
         evidence.append({"what": "GPU payoff", **payoff.to_dict()})
     elif payoff is not None and payoff.amdahl_bound is not None:
-        gpu = "no" if payoff.amdahl_bound < GPU_WORTH_IT_SPEEDUP else "unknown"
+        gpu = "unlikely" if payoff.amdahl_bound < GPU_WORTH_IT_SPEEDUP else "unknown"
         parts.append(f"a GPU would cut E2E by at most {payoff.amdahl_bound:.2f}x because "
                      f"{_phase_name(payoff.bounding_phase)} is {100 * (payoff.bounding_phase_share or 0):.0f}% of E2E "
                      f"(inference {100 * (payoff.infer_share or 0):.0f}%; Amdahl bound, no GPU measured)")
@@ -285,6 +295,10 @@ def deployment_answer(findings: Findings, app: str) -> DeploymentAnswer:
     device_word = key.device
     text = f"{app} on {device_word}: " + "; ".join(parts) + "."
     return DeploymentAnswer(app, text, key.scenario, cores, platform, cpu_mode, gpu, evidence, _unique(add))
+
+
+def _cores(n: int) -> str:
+    return f"{n} core" if n == 1 else f"{n} cores"
 
 
 def _neg(ci: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -309,8 +323,11 @@ def practice_1_phases(findings: Findings, app: str) -> Recommendation:
     shares = sorted(((p, _pct_of_e2e(ref, p)) for p in ref.phases_s), key=lambda x: -x[1])
     dominant = shares[0][0]
     share_text = ", ".join(f"{_phase_name(p)} {v:.0f}%" for p, v in shares)
-    text = (f"On {ref.key.deployment} ({fmt_s(ref.e2e_s)}) the E2E time splits into {share_text}; "
-            f"{_phase_name(dominant)} dominates, so it — not only the DNN — decides the platform and machine type.")
+    if dominant == "infer":
+        why = "inference dominates: the DNN's speed (cores, GPU) decides the platform and machine type."
+    else:
+        why = f"{_phase_name(dominant)} dominates, so it — not only the DNN — decides the platform and machine type."
+    text = f"On {ref.key.deployment} ({fmt_s(ref.e2e_s)}) the E2E time splits into {share_text}; {why}"
     evidence = [_evidence(ref)] + [{"scenario": ref.key.label, "what": f"{p} share of E2E", "share_pct": v}
                                    for p, v in shares]
     overheads = [o for o in findings.overheads if o.subject.app == app and o.phases]
@@ -338,22 +355,24 @@ def practice_2_scale_up(findings: Findings, app: str) -> Recommendation:
     for (platform, cpu_mode, device), cores in sorted(single.items()):
         add += [_scenario(app, platform, c, cpu_mode, device) for c in _neighbour_cores(findings.host_cores, cores)]
     if not knees:
+        why = "every deployment was measured at one core count only"
         if not groups:
+            why = "no E2E runs"
             cores, mode = _default_deployment(findings, app)
             add = [_scenario(app, "BM", c, mode, "CPU") for c in candidate_cores(findings.host_cores, [cores])[:3]]
         return Recommendation(2, BEST_PRACTICES[2], app, NOT_ENOUGH_DATA,
-                              "not enough data — every deployment was measured at one core count only; run "
-                              + (", ".join(_unique(add)) or "more core counts") + ".", runs_to_add=_unique(add))
+                              f"not enough data — {why}; run " + (", ".join(_unique(add)) or "more core counts") + ".",
+                              runs_to_add=_unique(add))
     sentences = []
     evidence = []
     for k in knees:
         best = k.best
         where = f"{k.platform} {k.cpu_mode} {k.device}"
         if k.knee_cores == k.best_cores:
-            s = f"{where}: {k.best_cores} cores is the fastest ({fmt_s(best)})"
+            s = f"{where}: {_cores(k.best_cores)} is the fastest of {', '.join(str(c) for c, _ in k.points)} ({fmt_s(best)})"
         else:
-            s = (f"{where}: {k.knee_cores} cores ({fmt_s(k.knee)}) is within {k.tolerance_pct:g}% of the best "
-                 f"({k.best_cores} cores, {fmt_s(best)})")
+            s = (f"{where}: {_cores(k.knee_cores)} ({fmt_s(k.knee)}) is within {k.tolerance_pct:g}% of the best "
+                 f"({_cores(k.best_cores)}, {fmt_s(best)})")
         if k.slower_beyond_best:
             s += f"; more cores were significantly slower ({', '.join(str(c) for c in k.slower_beyond_best)})"
         sentences.append(s)
@@ -402,7 +421,7 @@ def practice_3_idle_cores(findings: Findings, app: str) -> Recommendation:
         sentences.append(
             f"{i.full.platform} {i.full.cpu_mode}: overhead vs BM {fmt_pct(i.full_overhead.relative_pct, full_ci)} "
             f"with all {i.host_cores} host cores vs {fmt_pct(i.idle_overhead.relative_pct, idle_ci)} at "
-            f"{i.idle.cores} cores (idle host cores)")
+            f"{_cores(i.idle.cores)} (idle host cores)")
         evidence.append({"what": "idle host cores", **i.to_dict()})
     if worse and not better:
         verdict = SUPPORTED
@@ -434,15 +453,16 @@ def practice_4_storage(findings: Findings, app: str) -> Recommendation:
     text += ("Storage matters for this application." if io_pct >= 100 * IO_SHARE_MATTERS
              else "Storage is not what limits this application on this host.")
     evidence = [{"scenario": ref.key.label, "what": "io share of E2E", "share_pct": io_pct,
-                 "io_s": io.to_dict()}]
+                 "io_s": summary_dict(io)}]
     io_over = [(o, o.phases["io"]) for o in findings.overheads if o.subject.app == app and "io" in o.phases]
     significant = [(o, p) for o, p in io_over if p.comparison.significant]
     if io_over:
         worst = max(io_over, key=lambda x: abs(x[1].contribution_pct))
         o, p = worst
-        text += (f" Platform layers changed io by {fmt_pct(p.comparison.relative_pct, p.comparison.relative_ci_pct)} at most "
-                 f"({o.subject.deployment} vs BM, {significance_text(p.comparison)}; "
-                 f"{fmt_pct(p.contribution_pct, p.contribution_ci_pct)} points of E2E); "
+        text += (f" The largest io change vs BM: {o.subject.deployment} "
+                 f"{fmt_pct(p.comparison.relative_pct, p.comparison.relative_ci_pct)} "
+                 f"({significance_text(p.comparison)}; {fmt_pct(p.contribution_pct, p.contribution_ci_pct)} points of "
+                 "BM's E2E); "
                  f"{len(significant)} of {len(io_over)} platform comparisons show a significant io difference.")
         evidence += [_comparison_evidence(o.subject, o.baseline, p.comparison, "io vs BM") for o, p in io_over]
     text += " (The storage device itself was not varied: compare hosts or volumes to test it.)"

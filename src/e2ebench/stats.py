@@ -205,7 +205,13 @@ def predicted_runs_needed(values: Sequence[float], min_runs: int, max_runs: int,
     cv_pct = 100.0 * s / abs(m)
     if cv_pct == 0:
         return floor
-    n = max(floor, 2)
-    while n < max_runs and t_critical(confidence, n - 1) * cv_pct / math.sqrt(n) > target_half_width_pct:
-        n += 1
-    return min(max(n, floor), max_runs)
+    import numpy as np
+    from scipy.stats import t
+
+    start = max(floor, 2)
+    if start >= max_runs:
+        return max_runs
+    n = np.arange(start, max_runs + 1)
+    half_width_pct = t.ppf(1.0 - (1.0 - confidence) / 2.0, n - 1) * cv_pct / np.sqrt(n)
+    enough = np.nonzero(half_width_pct <= target_half_width_pct)[0]
+    return int(n[enough[0]]) if enough.size else max_runs

@@ -1,0 +1,308 @@
+"""A scaling model of E2E time: fit t(cores) per phase, predict untested core counts — always as predictions.
+
+The paper names a mathematical model of platform overhead as future work.  e2ebench fits, for every
+(app, platform, CPU mode, device, mode) measured at two or more core counts, and for E2E and each phase:
+
+* **Amdahl**: ``t(n) = serial_s + parallel_s / n`` — a serial part that no core count shortens and a part
+  that divides perfectly.  Two parameters, both >= 0; needs two core counts.
+* **USL** (Gunther's Universal Scalability Law, in time form):
+  ``t(n) = t1_s * (1 + sigma * (n - 1) + kappa * n * (n - 1)) / n`` — ``sigma`` is contention (the Amdahl
+  serial fraction), ``kappa`` coherency cost, which makes time *rise* past a core count.  Needs three.
+
+Fits use every run (not only the means) with ``scipy.optimize.curve_fit``.  Goodness of fit: R² over the
+runs, RMSE, and the mean residual at each measured core count.  When a model has as many parameters as
+there are measured core counts it passes through the means exactly (``saturated``): its R² then only shows
+run-to-run noise and says nothing about the model's shape.  The preferred model is the one with the lower
+AICc when both fit.
+
+A prediction at ``n`` cores carries a 95% confidence band for the mean (delta method on the parameters'
+covariance, Student-t with the fit's residual degrees of freedom) and a wider prediction band for a single
+run.  Core counts outside the measured range are flagged ``extrapolated``.  Predictions are never mixed
+with measurements: every :class:`Prediction` has ``predicted = True``.
+
+Platform overhead follows from two models: the ratio of a platform's predicted E2E to BM's at the same
+core count (:func:`predicted_overhead`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+
+from e2ebench.analysis import CONFIDENCE, PHASES, ScenarioKey, ScenarioStats
+from e2ebench.scenario import PLATFORMS
+from e2ebench.stats import t_critical
+
+AMDAHL = "amdahl"
+USL = "usl"
+METRICS: tuple[str, ...] = ("e2e",) + PHASES
+
+
+def amdahl_time(n, serial_s, parallel_s):
+    n = np.asarray(n, dtype=float)
+    return serial_s + parallel_s / n
+
+
+def usl_time(n, t1_s, sigma, kappa):
+    n = np.asarray(n, dtype=float)
+    return t1_s * (1.0 + sigma * (n - 1.0) + kappa * n * (n - 1.0)) / n
+
+
+_MODELS: dict[str, tuple[Callable, tuple[str, ...]]] = {
+    AMDAHL: (amdahl_time, ("serial_s", "parallel_s")),
+    USL: (usl_time, ("t1_s", "sigma", "kappa")),
+}
+
+
+@dataclasses.dataclass
+class Prediction:
+    """A model's estimate of mean time at ``cores`` — a prediction, not a measurement."""
+
+    cores: int
+    value_s: float
+    ci_s: tuple[float, float] | None          # 95% band of the mean
+    pi_s: tuple[float, float] | None          # 95% band of a single run
+    model: str
+    metric: str
+    extrapolated: bool
+    measured: bool                            # this core count was also measured (a fitted value)
+    predicted: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ModelFit:
+    """One model fitted to one metric (E2E or a phase) of one scaling group."""
+
+    model: str
+    metric: str
+    params: dict[str, float]
+    param_ci: dict[str, tuple[float, float]] | None
+    covariance: list[list[float]] | None
+    r2: float | None
+    rmse_s: float
+    max_abs_residual_s: float
+    residual_by_cores_s: dict[int, float]     # mean residual (measured - fitted) at each core count
+    n_runs: int
+    core_levels: list[int]
+    residual_dof: int
+    aicc: float | None
+    saturated: bool
+
+    def function(self) -> Callable:
+        return _MODELS[self.model][0]
+
+    def value(self, cores: float) -> float:
+        return float(self.function()(cores, *self.params.values()))
+
+    def predict(self, cores: int) -> Prediction:
+        params = list(self.params.values())
+        value = self.value(cores)
+        ci = pi = None
+        if self.covariance is not None and self.residual_dof > 0:
+            cov = np.asarray(self.covariance)
+            grad = _gradient(self.function(), cores, params)
+            var_mean = float(grad @ cov @ grad)
+            t = t_critical(CONFIDENCE, self.residual_dof)
+            if math.isfinite(var_mean) and var_mean >= 0:
+                half = t * math.sqrt(var_mean)
+                ci = (value - half, value + half)
+                half_pi = t * math.sqrt(var_mean + self.rmse_s ** 2 * self.n_runs / self.residual_dof)
+                pi = (value - half_pi, value + half_pi)
+        lo, hi = min(self.core_levels), max(self.core_levels)
+        return Prediction(int(cores), value, ci, pi, self.model, self.metric,
+                          extrapolated=not (lo <= cores <= hi), measured=cores in self.core_levels)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("covariance")
+        d["residual_by_cores_s"] = {str(k): v for k, v in self.residual_by_cores_s.items()}
+        return d
+
+
+def _gradient(func: Callable, cores: float, params: Sequence[float]) -> np.ndarray:
+    grad = np.zeros(len(params))
+    for i, p in enumerate(params):
+        h = 1e-6 * max(abs(p), 1e-9)
+        up, down = list(params), list(params)
+        up[i] += h
+        down[i] -= h
+        grad[i] = (float(func(cores, *up)) - float(func(cores, *down))) / (2 * h)
+    return grad
+
+
+def fit_model(model: str, metric: str, cores: Sequence[int], times_s: Sequence[float]) -> ModelFit | None:
+    """Fit ``model`` to (cores, time) points; ``None`` when there are too few core counts or the fit fails."""
+    from scipy.optimize import curve_fit
+
+    func, names = _MODELS[model]
+    x = np.asarray(cores, dtype=float)
+    y = np.asarray(times_s, dtype=float)
+    levels = sorted({int(c) for c in cores})
+    k = len(names)
+    if len(levels) < k or len(y) < k:
+        return None
+    if model == AMDAHL:
+        # linear in (1, 1/n): a least-squares start, then bounded to non-negative parts
+        design = np.column_stack([np.ones_like(x), 1.0 / x])
+        start = np.linalg.lstsq(design, y, rcond=None)[0]
+        p0 = [max(float(start[0]), 1e-12), max(float(start[1]), 1e-12)]
+        bounds = ([0.0, 0.0], [np.inf, np.inf])
+    else:
+        t1 = float(np.mean(y[x == x.min()]) * x.min())
+        p0 = [max(t1, 1e-12), 0.05, 0.001]
+        bounds = ([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            params, cov = curve_fit(func, x, y, p0=p0, bounds=bounds, maxfev=20000)
+        except (RuntimeError, ValueError):
+            return None
+    fitted = func(x, *params)
+    residuals = y - fitted
+    ss_res = float(np.sum(residuals ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else None
+    dof = len(y) - k
+    covariance = None
+    param_ci = None
+    if dof > 0 and np.all(np.isfinite(cov)):
+        covariance = cov.tolist()
+        t = t_critical(CONFIDENCE, dof)
+        param_ci = {n: (float(p - t * math.sqrt(max(cov[i][i], 0.0))), float(p + t * math.sqrt(max(cov[i][i], 0.0))))
+                    for i, (n, p) in enumerate(zip(names, params))}
+    n = len(y)
+    aicc = None
+    if ss_res > 0 and n - k - 1 > 0:
+        aicc = n * math.log(ss_res / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1)
+    by_level = {lvl: float(np.mean(residuals[x == lvl])) for lvl in levels}
+    return ModelFit(
+        model=model, metric=metric, params={n: float(p) for n, p in zip(names, params)}, param_ci=param_ci,
+        covariance=covariance, r2=r2, rmse_s=math.sqrt(ss_res / n), max_abs_residual_s=float(np.max(np.abs(residuals))),
+        residual_by_cores_s=by_level, n_runs=n, core_levels=levels, residual_dof=dof, aicc=aicc,
+        saturated=len(levels) <= k,
+    )
+
+
+@dataclasses.dataclass
+class ScalingModel:
+    """Fits and predictions for one (app, platform, CPU mode, device, mode, emulated) group."""
+
+    app: str
+    platform: str
+    cpu_mode: str
+    device: str
+    mode: str
+    emulated: bool
+    fits: dict[str, dict[str, ModelFit]]      # metric -> model -> fit
+    preferred: dict[str, str]                 # metric -> model
+    predictions: list[Prediction]             # E2E at untested (and measured) core counts, preferred model
+
+    @property
+    def label(self) -> str:
+        return f"{self.app}@{self.platform}/*/{self.cpu_mode}/{self.device}" + (
+            "" if self.mode == "e2e" else f"#{self.mode}") + (" [EMULATED]" if self.emulated else "")
+
+    def best_fit(self, metric: str = "e2e") -> ModelFit | None:
+        model = self.preferred.get(metric)
+        return self.fits.get(metric, {}).get(model) if model else None
+
+    def predict(self, cores: int, metric: str = "e2e") -> Prediction | None:
+        fit = self.best_fit(metric)
+        return fit.predict(cores) if fit else None
+
+    def to_dict(self) -> dict:
+        return {
+            "app": self.app, "platform": self.platform, "cpu_mode": self.cpu_mode, "device": self.device,
+            "mode": self.mode, "emulated": self.emulated, "label": self.label,
+            "fits": {m: {name: f.to_dict() for name, f in fits.items()} for m, fits in self.fits.items()},
+            "preferred": self.preferred,
+            "predictions": [p.to_dict() for p in self.predictions],
+        }
+
+
+def _choose(fits: dict[str, ModelFit]) -> str | None:
+    if not fits:
+        return None
+    if len(fits) == 1:
+        return next(iter(fits))
+    scored = {name: f.aicc for name, f in fits.items() if f.aicc is not None and not f.saturated}
+    if len(scored) >= 2:
+        return min(scored, key=scored.get)
+    return AMDAHL if AMDAHL in fits else next(iter(fits))
+
+
+def default_prediction_cores(measured: Sequence[int], host_cores: int | None) -> list[int]:
+    """Powers of two up to the host's cores (or twice the largest measured), the host's cores, and the measured."""
+    top = host_cores or 2 * max(measured)
+    out = {c for c in (1, 2, 4, 8, 16, 32, 64, 128, 256) if c <= top} | set(measured)
+    if host_cores:
+        out.add(host_cores)
+    return sorted(out)
+
+
+def fit_scaling_models(scenarios: dict[ScenarioKey, ScenarioStats], host_cores: int | None = None,
+                       predict_cores: Sequence[int] | None = None) -> list[ScalingModel]:
+    """A :class:`ScalingModel` for every group measured at two or more core counts."""
+    groups: dict[tuple, list[ScenarioStats]] = {}
+    for key, stats in scenarios.items():
+        groups.setdefault((key.app, key.platform, key.cpu_mode, key.device, key.mode, key.emulated), []).append(stats)
+    out = []
+    for group, members in groups.items():
+        levels = sorted({m.key.cores for m in members})
+        if len(levels) < 2:
+            continue
+        fits: dict[str, dict[str, ModelFit]] = {}
+        for metric in METRICS:
+            xs: list[int] = []
+            ys: list[float] = []
+            for m in members:
+                values = m.e2e_values_s if metric == "e2e" else m.phase_values_s.get(metric)
+                if values is None:
+                    xs = []
+                    break
+                xs += [m.key.cores] * len(values)
+                ys += list(values)
+            if not xs:
+                continue
+            metric_fits = {}
+            for model in (AMDAHL, USL):
+                fit = fit_model(model, metric, xs, ys)
+                if fit is not None:
+                    metric_fits[model] = fit
+            if metric_fits:
+                fits[metric] = metric_fits
+        preferred = {metric: _choose(f) for metric, f in fits.items()}
+        preferred = {k: v for k, v in preferred.items() if v}
+        predictions = []
+        model_name = preferred.get("e2e")
+        if model_name:
+            fit = fits["e2e"][model_name]
+            for c in (predict_cores or default_prediction_cores(levels, host_cores)):
+                predictions.append(fit.predict(int(c)))
+        out.append(ScalingModel(*group, fits=fits, preferred=preferred, predictions=predictions))
+    out.sort(key=lambda s: (s.emulated, s.app, s.mode, s.device,
+                            PLATFORMS.index(s.platform) if s.platform in PLATFORMS else 99, s.cpu_mode))
+    return out
+
+
+def predicted_overhead(models: list[ScalingModel], app: str, platform: str, cpu_mode: str, device: str,
+                       cores: int, mode: str = "e2e", emulated: bool = False) -> float | None:
+    """Predicted E2E overhead of ``platform`` vs BM at ``cores`` in percent (a prediction), or ``None``."""
+    def find(p: str) -> ScalingModel | None:
+        return next((m for m in models if (m.app, m.platform, m.cpu_mode, m.device, m.mode, m.emulated)
+                     == (app, p, cpu_mode, device, mode, emulated)), None)
+
+    subject, base = find(platform), find("BM")
+    if subject is None or base is None:
+        return None
+    a, b = subject.predict(cores), base.predict(cores)
+    if a is None or b is None or b.value_s <= 0:
+        return None
+    return 100.0 * (a.value_s / b.value_s - 1.0)

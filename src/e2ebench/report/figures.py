@@ -1,0 +1,438 @@
+"""The paper's figures, drawn from a study's findings with matplotlib (Agg, no display needed).
+
+One function per figure; each returns a :class:`matplotlib.figure.Figure` (or ``None`` when the data for it
+do not exist) and never touches pyplot's global state.  :func:`save` writes PNG and SVG.
+
+* :func:`e2e_by_platform` — per app: grouped bars of mean E2E by platform, one bar per core count, VNL and
+  PIN side by side, each bar stacked by phase, error bar = 95% CI of the mean (paper Fig. 4/6/7/8).
+* :func:`gpu_speedup` — CPU→GPU speedup of inference alone and of E2E, with the Amdahl bound (Fig. 5).
+* :func:`normalised_e2e` — E2E of every platform normalised to BM at one deployment, all apps (Fig. 10/11).
+* :func:`overhead_vs_bm` — each platform's overhead vs BM per phase, in points of BM's E2E, with CIs.
+* :func:`scale_up` — E2E vs cores per platform with the scale-up knee marked and the fitted model dotted.
+* :func:`cold_start` — cold start per platform, stacked by part.
+
+Emulated (QEMU TCG) results are drawn only in figures of their own, whose title and a red banner say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from e2ebench.analysis import (  # noqa: E402
+    PHASE_TITLES,
+    PHASES,
+    ColdStartFinding,
+    GpuPayoff,
+    KneeFinding,
+    OverheadFinding,
+    ScenarioKey,
+    ScenarioStats,
+)
+from e2ebench.overhead_model import ScalingModel  # noqa: E402
+from e2ebench.scenario import PLATFORM_TITLES, PLATFORMS  # noqa: E402
+
+matplotlib.rcParams["svg.hashsalt"] = "e2ebench"      # deterministic SVG ids
+
+PHASE_COLORS = {"io": "#8c564b", "pre": "#1f77b4", "infer": "#ff7f0e", "post": "#2ca02c", "other": "#b0b0b0"}
+PLATFORM_COLORS = {"BM": "#222222", "CN": "#1f77b4", "VM": "#d62728", "MVM": "#9467bd", "VMCN": "#2ca02c"}
+COLD_PARTS = ("provision_s", "process_start_s", "import_s", "model_load_s", "first_inference_s")
+COLD_COLORS = {"provision_s": "#7f7f7f", "process_start_s": "#bcbd22", "import_s": "#17becf",
+               "model_load_s": "#9467bd", "first_inference_s": "#ff7f0e"}
+EMULATED_BANNER = "EMULATED (QEMU TCG) — not comparable with native results"
+PIN_HATCH = "///"
+
+
+@dataclasses.dataclass
+class FigureFile:
+    """A saved figure: PNG and SVG paths, its title and a one-sentence caption for the report."""
+
+    name: str
+    title: str
+    caption: str
+    png: Path
+    svg: Path
+    emulated: bool = False
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "title": self.title, "caption": self.caption, "png": str(self.png),
+                "svg": str(self.svg), "emulated": self.emulated}
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe slug (store strings may contain anything)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:80] or "figure"
+
+
+def save(fig: Figure, out_dir: Path, name: str, caption: str, emulated: bool = False) -> FigureFile:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = safe_name(name)
+    png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
+    fig.savefig(png, dpi=110, metadata={"Software": None})
+    fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    title = " ".join(fig.get_suptitle().split())
+    return FigureFile(name, title or name, caption, png, svg, emulated)
+
+
+def _platform_rank(platform: str) -> int:
+    return PLATFORMS.index(platform) if platform in PLATFORMS else len(PLATFORMS)
+
+
+def _title(fig: Figure, text: str, emulated: bool) -> None:
+    """Bold suptitle, wrapped to the figure's width; emulated figures get a red title and banner."""
+    import textwrap
+
+    width = max(40, int(fig.get_figwidth() * 9.5))
+    if emulated:
+        text = f"[EMULATED] {text}"
+    text = textwrap.fill(text, width)
+    if emulated:
+        fig.suptitle(text, fontsize=12, fontweight="bold", color="#b00000")
+        fig.text(0.5, 0.005, EMULATED_BANNER, ha="center", va="bottom", fontsize=10, color="white",
+                 fontweight="bold", bbox={"facecolor": "#b00000", "edgecolor": "none", "pad": 3})
+    else:
+        fig.suptitle(text, fontsize=12, fontweight="bold")
+
+
+def _ci_err(summary) -> float:
+    hw = summary.half_width
+    return float(hw) if hw is not None and math.isfinite(hw) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) E2E by platform, stacked by phase
+
+
+def e2e_by_platform(scenarios: dict[ScenarioKey, ScenarioStats], app: str, emulated: bool = False) -> Figure | None:
+    keys = [k for k in scenarios if k.app == app and k.mode == "e2e"]
+    if not keys:
+        return None
+    devices = [d for d in ("CPU", "GPU") if any(k.device == d for k in keys)]
+    widths = []
+    for d in devices:
+        widths.append(sum(1 for k in keys if k.device == d) + len({k.platform for k in keys if k.device == d}))
+    fig = Figure(figsize=(max(8.5, 0.55 * sum(widths) + 4.5), 5.2), layout="constrained")
+    axes = fig.subplots(1, len(devices), squeeze=False, width_ratios=widths)[0]
+    for ax, device in zip(axes, devices):
+        dev_keys = [k for k in keys if k.device == device]
+        platforms = sorted({k.platform for k in dev_keys}, key=_platform_rank)
+        x = 0.0
+        ticks, tick_labels, group_centres = [], [], []
+        for platform in platforms:
+            combos = sorted((k for k in dev_keys if k.platform == platform),
+                            key=lambda k: (k.cores, k.cpu_mode != "VNL"))
+            start = x
+            for k in combos:
+                s = scenarios[k]
+                bottom = 0.0
+                hatch = PIN_HATCH if k.cpu_mode == "PIN" else None
+                if s.phases_s:
+                    for phase in PHASES:
+                        if phase not in s.phases_s:
+                            continue
+                        h = s.phases_s[phase].mean
+                        ax.bar(x, h, 0.8, bottom=bottom, color=PHASE_COLORS[phase], hatch=hatch,
+                               edgecolor="white", linewidth=0.5)
+                        bottom += h
+                else:
+                    ax.bar(x, s.e2e_s.mean, 0.8, color="#999999", hatch=hatch, edgecolor="white")
+                ax.errorbar(x, s.e2e_s.mean, yerr=_ci_err(s.e2e_s), color="black", capsize=3, linewidth=1)
+                ticks.append(x)
+                tick_labels.append(f"{k.cores}\n{k.cpu_mode}")
+                x += 1.0
+            group_centres.append(((start + x - 1.0) / 2.0, platform))
+            x += 0.8
+        ax.set_xticks(ticks, tick_labels, fontsize=8)
+        for centre, platform in group_centres:
+            ax.annotate(platform, xy=(centre, 0), xycoords=("data", "axes fraction"), xytext=(0, -30),
+                        textcoords="offset points", ha="center", va="top", fontsize=10, fontweight="bold")
+        ax.set_ylabel("mean E2E time of the workload (s)")
+        ax.set_xlabel("\n\nplatform; cores and CPU mode per bar", fontsize=9)
+        ax.set_title(f"{device}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    handles = [Patch(facecolor=PHASE_COLORS[p], label=PHASE_TITLES[p]) for p in PHASES]
+    handles += [Patch(facecolor="white", edgecolor="black", hatch=PIN_HATCH, label="PIN (pinned cores)"),
+                Patch(facecolor="white", edgecolor="black", label="VNL (vanilla)"),
+                Line2D([], [], color="black", marker="_", linestyle="none", markersize=10, label="95% CI of mean E2E")]
+    axes[-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _title(fig, f"{app}: mean E2E time by platform, cores and CPU mode (stacked by phase)", emulated)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) GPU speedup
+
+
+def gpu_speedup(payoffs: Sequence[GpuPayoff], emulated: bool = False) -> Figure | None:
+    measured = [g for g in payoffs if g.gpu is not None and g.e2e_speedup is not None]
+    if not measured:
+        return None
+    apps = sorted({g.cpu.app for g in measured})
+    fig = Figure(figsize=(max(7.0, 2.2 * len(measured) + 2), 4.8), layout="constrained")
+    axes = fig.subplots(1, len(apps), squeeze=False)[0]
+    for ax, app in zip(axes, apps):
+        mine = sorted((g for g in measured if g.cpu.app == app),
+                      key=lambda g: (_platform_rank(g.cpu.platform), g.cpu.cores, g.cpu.cpu_mode))
+        for i, g in enumerate(mine):
+            for offset, value, colour, label in (
+                (-0.2, g.inference_speedup, "#ff7f0e", "inference only"),
+                (0.2, g.e2e_speedup, "#1f77b4", "E2E"),
+            ):
+                if value is None:
+                    continue
+                ratio, ci = value
+                err = [[ratio - ci[0]], [ci[1] - ratio]] if ci else None
+                ax.bar(i + offset, ratio, 0.4, color=colour, label=label if i == 0 else None)
+                if err:
+                    ax.errorbar(i + offset, ratio, yerr=err, color="black", capsize=3, linewidth=1)
+            if g.amdahl_bound:
+                ax.plot([i + 0.0, i + 0.4], [g.amdahl_bound] * 2, color="black", linestyle="--", linewidth=1.2,
+                        label="Amdahl bound of E2E" if i == 0 else None)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(mine)), [f"{g.cpu.platform}\n{g.cpu.cores} {g.cpu.cpu_mode}" for g in mine], fontsize=8)
+        ax.set_ylabel("speedup, CPU time / GPU time (x)")
+        ax.set_title(app, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        ax.legend(fontsize=8)
+    _title(fig, "GPU vs CPU speedup: inference alone vs end to end (error bars: 95% CI)", emulated)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) normalised E2E across platforms, all apps
+
+
+def choose_config(scenarios: dict[ScenarioKey, ScenarioStats], cpu_mode: str | None = None) -> tuple[int, str, str] | None:
+    """The (cores, CPU mode, device) measured on the most (app, platform) pairs; ties: more cores."""
+    cover: dict[tuple[int, str, str], set] = {}
+    for k in scenarios:
+        if k.mode != "e2e" or (cpu_mode and k.cpu_mode != cpu_mode):
+            continue
+        cover.setdefault((k.cores, k.cpu_mode, k.device), set()).add((k.app, k.platform))
+    if not cover:
+        return None
+    return max(cover, key=lambda c: (len(cover[c]), c[2] == "CPU", c[0], c[1] == "VNL"))
+
+
+def normalised_e2e(scenarios: dict[ScenarioKey, ScenarioStats], config: tuple[int, str, str],
+                   emulated: bool = False) -> Figure | None:
+    cores, cpu_mode, device = config
+    keys = [k for k in scenarios if (k.cores, k.cpu_mode, k.device, k.mode) == (cores, cpu_mode, device, "e2e")]
+    platforms = sorted({k.platform for k in keys}, key=_platform_rank)
+    apps = sorted({k.app for k in keys})
+    if len(platforms) < 2 or not apps:
+        return None
+    fig = Figure(figsize=(max(8.5, 0.6 * len(apps) * len(platforms) + 4), 4.6), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(platforms)
+    reference_names = []
+    for a, app in enumerate(apps):
+        mine = {k.platform: scenarios[k] for k in keys if k.app == app}
+        ref_platform = "BM" if "BM" in mine else min(mine, key=lambda p: mine[p].e2e_s.mean)
+        reference_names.append(ref_platform)
+        ref = mine[ref_platform].e2e_s.mean
+        for p, platform in enumerate(platforms):
+            if platform not in mine:
+                continue
+            s = mine[platform].e2e_s
+            xpos = a - 0.4 + width * (p + 0.5)
+            ax.bar(xpos, s.mean / ref, width, color=PLATFORM_COLORS.get(platform, "#888888"))
+            ax.errorbar(xpos, s.mean / ref, yerr=_ci_err(s) / ref, color="black", capsize=2, linewidth=1)
+    handles = [Patch(facecolor=PLATFORM_COLORS.get(p, "#888888"), label=f"{p} ({PLATFORM_TITLES.get(p, p)})")
+               for p in platforms]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(apps)), [f"{app}\n(= 1: {ref})" for app, ref in zip(apps, reference_names)])
+    ax.set_ylabel("mean E2E / reference platform's mean E2E")
+    ax.set_xlabel("application (reference platform)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    _title(fig, f"E2E normalised to the reference platform at {cores}/{cpu_mode}/{device} (95% CI)", emulated)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) overhead vs BM per phase
+
+
+def overhead_vs_bm(overheads: Sequence[OverheadFinding], app: str, emulated: bool = False) -> Figure | None:
+    mine = sorted((o for o in overheads if o.subject.app == app and o.subject.mode == "e2e" and o.phases),
+                  key=lambda o: (o.subject.device, _platform_rank(o.subject.platform), o.subject.cores,
+                                 o.subject.cpu_mode != "VNL"))
+    if not mine:
+        return None
+    series = [p for p in PHASES if any(p in o.phases for o in mine)] + ["e2e"]
+    width = 0.8 / len(series)
+    fig = Figure(figsize=(max(8.5, 1.2 * len(mine) + 4.5), 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, o in enumerate(mine):
+        for j, name in enumerate(series):
+            xpos = i - 0.4 + width * (j + 0.5)
+            if name == "e2e":
+                value, ci, significant = o.e2e.relative_pct, o.e2e.relative_ci_pct, o.e2e.significant
+                colour = "black"
+            else:
+                if name not in o.phases:
+                    continue
+                ph = o.phases[name]
+                value, ci, significant = ph.contribution_pct, ph.contribution_ci_pct, ph.comparison.significant
+                colour = PHASE_COLORS[name]
+            if value is None:
+                continue
+            ax.bar(xpos, value, width, color=colour)
+            if ci is not None:
+                ax.errorbar(xpos, value, yerr=[[value - ci[0]], [ci[1] - value]], color="#444444", capsize=2,
+                            linewidth=0.8)
+            if significant:
+                top = ci[1] if (ci and value >= 0) else (ci[0] if ci else value)
+                ax.annotate("*", (xpos, top), xytext=(0, 2 if value >= 0 else -10), textcoords="offset points",
+                            ha="center", fontsize=11)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(range(len(mine)), [f"{o.subject.platform}\n{o.subject.cores} {o.subject.cpu_mode} {o.subject.device}"
+                                     for o in mine], fontsize=8)
+    ax.set_ylabel("difference vs BM (% of BM's mean E2E)")
+    ax.set_xlabel("platform (vs BM at the same cores, CPU mode and device)")
+    handles = [Patch(facecolor=PHASE_COLORS[p], label=PHASE_TITLES[p]) for p in series if p != "e2e"]
+    handles.append(Patch(facecolor="black", label="E2E total"))
+    handles.append(Line2D([], [], color="black", marker="$*$", linestyle="none", label="significant (Welch, p<0.05)"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    _title(fig, f"{app}: overhead vs bare metal per phase (phases add up to the E2E bar; error bars: 95% CI)", emulated)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) E2E vs cores with the knee
+
+
+def scale_up(scenarios: dict[ScenarioKey, ScenarioStats], knees: Sequence[KneeFinding],
+             models: Sequence[ScalingModel], app: str, emulated: bool = False) -> Figure | None:
+    mine = [k for k in knees if k.app == app and k.mode == "e2e"]
+    if not mine:
+        return None
+    devices = [d for d in ("CPU", "GPU") if any(k.device == d for k in mine)]
+    fig = Figure(figsize=(8.5 * len(devices), 5.0), layout="constrained")
+    axes = fig.subplots(1, len(devices), squeeze=False)[0]
+    import numpy as np
+
+    for ax, device in zip(axes, devices):
+        all_cores: set[int] = set()
+        for k in sorted((k for k in mine if k.device == device), key=lambda k: (_platform_rank(k.platform), k.cpu_mode)):
+            colour = PLATFORM_COLORS.get(k.platform, "#888888")
+            style = "-" if k.cpu_mode == "VNL" else "--"
+            xs = [c for c, _ in k.points]
+            ys = [s.mean for _, s in k.points]
+            errs = [_ci_err(s) for _, s in k.points]
+            all_cores.update(xs)
+            ax.errorbar(xs, ys, yerr=errs, color=colour, linestyle=style, marker="o", capsize=3,
+                        label=f"{k.platform} {k.cpu_mode} (knee {k.knee_cores}, best {k.best_cores} cores)")
+            knee_value = dict(k.points)[k.knee_cores].mean
+            ax.plot([k.knee_cores], [knee_value], marker="*", markersize=16, color=colour,
+                    markeredgecolor="black", linestyle="none")
+            model = next((m for m in models if (m.app, m.platform, m.cpu_mode, m.device, m.mode, m.emulated)
+                          == (k.app, k.platform, k.cpu_mode, k.device, "e2e", k.emulated)), None)
+            fit = model.best_fit("e2e") if model else None
+            if fit is not None:
+                top = max(max(xs), max((p.cores for p in model.predictions), default=max(xs)))
+                grid = np.geomspace(1, top, 60)
+                ax.plot(grid, [fit.value(g) for g in grid], color=colour, linestyle=":", linewidth=1.2, alpha=0.8)
+                all_cores.update(p.cores for p in model.predictions)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(all_cores)
+        ax.set_xticks(ticks, [str(c) for c in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("cores")
+        ax.set_ylabel("mean E2E time of the workload (s)")
+        ax.set_title(device, fontsize=10)
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        handles += [Line2D([], [], marker="*", markersize=12, color="grey", markeredgecolor="black", linestyle="none"),
+                    Line2D([], [], color="grey", linestyle=":")]
+        labels += [f"knee: fewest cores within {mine[0].tolerance_pct:g}% of the best",
+                   "fitted model (a prediction, not measured)"]
+        ax.legend(handles, labels, fontsize=8)
+    _title(fig, f"{app}: E2E time vs cores (solid: VNL, dashed: PIN; error bars: 95% CI)", emulated)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) cold start
+
+
+def cold_start(cold: Sequence[ColdStartFinding], emulated: bool = False) -> Figure | None:
+    if not cold:
+        return None
+    apps = sorted({c.app for c in cold})
+    fig = Figure(figsize=(max(6.5, 3.2 * len(apps) + 2), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(apps), squeeze=False)[0]
+    for ax, app in zip(axes, apps):
+        mine = sorted((c for c in cold if c.app == app), key=lambda c: (c.device, _platform_rank(c.platform)))
+        for i, c in enumerate(mine):
+            bottom = 0.0
+            for part in COLD_PARTS:
+                if part in c.parts_s:
+                    h = c.parts_s[part].mean
+                    ax.bar(i, h, 0.7, bottom=bottom, color=COLD_COLORS[part], edgecolor="white", linewidth=0.5)
+                    bottom += h
+            if not c.parts_s:
+                ax.bar(i, c.total_s.mean, 0.7, color="#999999")
+            ax.errorbar(i, c.total_s.mean, yerr=_ci_err(c.total_s), color="black", capsize=3, linewidth=1)
+        ax.set_xticks(range(len(mine)), [f"{c.platform}\n{c.device} (n={c.total_s.n})" for c in mine], fontsize=8)
+        ax.set_ylabel("cold start (s)")
+        ax.set_title(app, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    handles = [Patch(facecolor=COLD_COLORS[p], label=p.removesuffix("_s").replace("_", " ")) for p in COLD_PARTS]
+    axes[-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _title(fig, "Cold start per platform: provision to first inference (error bars: 95% CI)", emulated)
+    return fig
+
+
+def all_figures(findings, models: Sequence[ScalingModel], out_dir: Path) -> list[FigureFile]:
+    """Draw and save every figure the findings support; return them in report order."""
+    emulated = findings.emulated
+    tag = "emulated-" if emulated else ""
+    suffix = " (emulated, QEMU TCG)" if emulated else ""
+    out: list[FigureFile] = []
+    apps = sorted({k.app for k in findings.scenarios})
+
+    def keep(fig: Figure | None, name: str, caption: str) -> None:
+        if fig is not None:
+            out.append(save(fig, out_dir, tag + name, caption + suffix, emulated))
+
+    for app in apps:
+        keep(e2e_by_platform(findings.scenarios, app, emulated), f"e2e-by-platform-{app}",
+             f"{app}: mean E2E per deployment, stacked by phase; hatched bars are pinned (PIN); error bars 95% CI.")
+    for app in apps:
+        keep(scale_up(findings.scenarios, findings.knees, models, app, emulated), f"scale-up-{app}",
+             f"{app}: E2E vs cores per platform; the star marks the knee; dotted lines are model predictions.")
+    for app in apps:
+        keep(overhead_vs_bm(findings.overheads, app, emulated), f"overhead-vs-bm-{app}",
+             f"{app}: how much longer (or shorter) each phase takes than on BM, in % of BM's E2E; * = significant.")
+    keep(gpu_speedup(findings.gpu, emulated), "gpu-speedup",
+         "CPU→GPU speedup of inference alone and of E2E; the dashed line is the Amdahl bound of E2E.")
+    seen = set()
+    for cpu_mode in ("VNL", "PIN"):
+        config = choose_config(findings.scenarios, cpu_mode)
+        if config and config not in seen:
+            seen.add(config)
+            keep(normalised_e2e(findings.scenarios, config, emulated), f"normalised-e2e-{config[0]}-{config[1]}-{config[2]}",
+                 f"E2E of every platform divided by the reference platform's (BM when measured) at "
+                 f"{config[0]}/{config[1]}/{config[2]}, per application.")
+    keep(cold_start(findings.cold_starts, emulated), "cold-start",
+         "Cold start (provision, process start, imports, model load, first inference) per platform.")
+    return out
+

@@ -1,0 +1,463 @@
+"""One self-contained HTML report per study (figures embedded as base64 PNG), plus the figure files.
+
+Rendering uses :class:`string.Template` and :func:`html.escape`; there is no template engine.  Every string
+that comes from the store — study names, scenario labels, errors, environment values, platform_info — goes
+through :func:`esc` before it reaches the page; only markup built here is inserted raw (:class:`Raw`).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import html
+import json
+import string
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from e2ebench import analysis, overhead_model, recommend
+from e2ebench.analysis import PHASE_TITLES, PHASES, Findings, StudyData, fmt_pct, fmt_ratio, fmt_s, significance_text
+from e2ebench.cost import PriceTable, cheapest, cost_notes, cost_rows
+from e2ebench.report import figures as figs
+
+
+class Raw(str):
+    """Markup built by this module: inserted without escaping."""
+
+
+def esc(value: Any) -> str:
+    """Escape anything for HTML text and attribute values (``None`` becomes an em dash)."""
+    if isinstance(value, Raw):
+        return str(value)
+    if value is None:
+        return "—"
+    return html.escape(str(value), quote=True)
+
+
+def _cell(value: Any) -> str:
+    cls = ' class="num"' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    return f"<td{cls}>{esc(value)}</td>"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], row_classes: Sequence[str] | None = None,
+          cls: str = "") -> Raw:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        rc = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
+        body.append(f"<tr{rc}>" + "".join(_cell(v) for v in row) + "</tr>")
+    if not body:
+        return Raw('<p class="muted">No data.</p>')
+    return Raw(f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+
+
+def _meta_table(rows: Iterable[tuple[str, Any]]) -> Raw:
+    body = "".join(f"<tr><td>{esc(k)}</td>{_cell(v)}</tr>" for k, v in rows)
+    return Raw(f'<table class="meta"><tbody>{body}</tbody></table>')
+
+
+def nowrap(value: Any) -> Raw:
+    return Raw(f'<span class="nowrap">{esc(value)}</span>')
+
+
+def _details(summary: str, body: str) -> Raw:
+    return Raw(f'<details><summary>{esc(summary)}</summary><pre class="mono">{esc(body)}</pre></details>')
+
+
+def _small(value: float) -> str:
+    """A residual or similar: 3 significant digits, values below a nanosecond shown as 0."""
+    return "0" if abs(value) < 1e-9 else f"{value:+.3g}"
+
+
+def badge(verdict: str) -> Raw:
+    return Raw(f'<span class="badge v-{esc(verdict.replace(" ", "-"))}">{esc(verdict)}</span>')
+
+
+def _iso(ts: Any) -> str:
+    try:
+        return _dt.datetime.fromtimestamp(float(ts), _dt.timezone.utc).isoformat(timespec="seconds")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(ts)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("e2ebench")
+    except Exception:
+        return "unknown"
+
+
+def _template(name: str) -> str:
+    return resources.files("e2ebench.report").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _emu_label(emulated: bool) -> Raw:
+    return Raw('<span class="emulated-label">EMULATED</span>') if emulated else Raw("")
+
+
+# ---------------------------------------------------------------------------------------------
+# building the whole report
+
+
+@dataclasses.dataclass
+class ReportOutput:
+    html_path: Path
+    figures: list[figs.FigureFile]
+    summary: dict                       # what `e2ebench report --json` prints
+
+
+@dataclasses.dataclass
+class _Section:
+    anchor: str
+    title: str
+    html: str
+
+
+def build_report(store, study_id: str | None = None, out_dir: Path = Path("results") / "report",
+                 prices: PriceTable | None = None, include_emulated: bool = False, include_outliers: bool | None = None,
+                 knee_tolerance_pct: float = analysis.DEFAULT_KNEE_TOLERANCE_PCT) -> ReportOutput:
+    """Analyse ``study_id`` (default: the latest study), draw its figures and write ``out_dir/report.html``."""
+    if study_id is None:
+        latest = store.latest_study()
+        if latest is None:
+            raise LookupError(f"no study in {store.path}; run `e2ebench study run ...` first")
+        study_id = latest["id"]
+    data = analysis.load_study(store, study_id, include_outliers=include_outliers)
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    native = analysis.analyse(data, emulated=False, knee_tolerance_pct=knee_tolerance_pct)
+    parts = [_Part.make(native, data, prices, fig_dir)]
+    if include_emulated and data.has_emulated:
+        emulated = analysis.analyse(data, emulated=True, knee_tolerance_pct=knee_tolerance_pct)
+        parts.append(_Part.make(emulated, data, prices, fig_dir))
+
+    sections = [_overview(data, store.path, native, include_emulated, knee_tolerance_pct)]
+    for part in parts:
+        sections += part.sections(out_dir)
+    sections.append(_provenance(data))
+    nav = " ".join(f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections)
+    body = "\n".join(f'<section id="{esc(s.anchor)}"><h2>{esc(s.title)}</h2>\n{s.html}</section>' for s in sections)
+    study = data.study
+    page = string.Template(_template("report.html")).substitute(
+        title=esc(f"e2ebench report — {study['name']}"),
+        subtitle=esc(f"study {study['id']} · created {_iso(study['created_at'])} · status {study['status']} · "
+                     f"{len(data.used_run_ids)} runs in {len(data.scenarios)} scenarios"),
+        style=_template("report.css"),
+        nav=nav,
+        body=body,
+        version=esc(_version()),
+        generated_at=esc(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")),
+        store=esc(str(store.path)),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path = out_dir / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+    all_figures = [f for p in parts for f in p.figures]
+    summary = {
+        "study": {k: study[k] for k in ("id", "name", "source", "created_at", "status")},
+        "html": str(html_path),
+        "figures": [f.to_dict() for f in all_figures],
+        "runs_used": len(data.used_run_ids),
+        "runs_excluded": data.excluded,
+        "host_cores": data.host_cores,
+        "native": parts[0].to_dict(),
+        "emulated": parts[1].to_dict() if len(parts) > 1 else None,
+        "emulated_scenarios_kept_apart": sum(1 for k in data.scenarios if k.emulated),
+    }
+    return ReportOutput(html_path, all_figures, summary)
+
+
+@dataclasses.dataclass
+class _Part:
+    """Everything derived from one emulation class (native, or emulated kept apart)."""
+
+    findings: Findings
+    models: list[overhead_model.ScalingModel]
+    recommendations: recommend.RecommendationSet
+    figures: list[figs.FigureFile]
+    prices: PriceTable | None
+    costs: list
+
+    @classmethod
+    def make(cls, findings: Findings, data: StudyData, prices: PriceTable | None, fig_dir: Path) -> "_Part":
+        models = overhead_model.fit_scaling_models(findings.scenarios, data.host_cores)
+        rows = cost_rows(findings.scenarios, prices) if prices else []
+        recs = recommend.recommend(findings, cost_notes(rows, prices) if prices else None)
+        drawn = figs.all_figures(findings, models, fig_dir)
+        return cls(findings, models, recs, drawn, prices, rows)
+
+    @property
+    def tag(self) -> str:
+        return "emulated" if self.findings.emulated else "native"
+
+    def to_dict(self) -> dict:
+        d = {
+            "findings": self.findings.to_dict(),
+            "recommendations": self.recommendations.to_dict(),
+            "models": [m.to_dict() for m in self.models],
+        }
+        if self.prices:
+            d["cost"] = {
+                "currency": self.prices.currency, "rows": [r.to_dict() for r in self.costs],
+                "cheapest": [cheapest(self.costs, app, self.prices.targets, self.prices.currency).to_dict()
+                             for app in sorted({k.app for k in self.findings.scenarios})],
+            }
+        return d
+
+    def sections(self, out_dir: Path) -> list[_Section]:
+        f = self.findings
+        pre = "EMULATED — " if f.emulated else ""
+        anchor = "emu-" if f.emulated else ""
+        if not f.scenarios:
+            if f.emulated:
+                return []
+            return [_Section("answers", "Answers", '<p class="muted">No successful native measurement runs in this study.</p>')]
+        notice = (f'<div class="notice">{esc(figs.EMULATED_BANNER)}. These scenarios ran under QEMU TCG; they are '
+                  f'compared only with each other.</div>') if f.emulated else ""
+        out = [
+            _Section(anchor + "answers", pre + "Answers", notice + _answers(self.recommendations)),
+            _Section(anchor + "practices", pre + "Best practices, evaluated", _practices(self.recommendations)),
+            _Section(anchor + "figures", pre + "Figures", _figures(self.figures, out_dir)),
+            _Section(anchor + "scenarios", pre + "Scenarios", _scenarios(f)),
+            _Section(anchor + "findings", pre + "Findings", _findings(f)),
+            _Section(anchor + "model", pre + "Scaling model (predictions)", _models(self.models)),
+        ]
+        if self.prices:
+            out.append(_Section(anchor + "cost", pre + "Cost", _cost(self)))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def _overview(data: StudyData, store_path: Path, native: Findings, include_emulated: bool,
+              tolerance: float) -> _Section:
+    s = data.study
+    rows = [
+        ("study id", s["id"]), ("name", s["name"]), ("source", s.get("source")), ("created", _iso(s["created_at"])),
+        ("status", s["status"]), ("store", str(store_path)),
+        ("runs used", f"{len(data.used_run_ids)} (phase=measure, status=ok"
+                      + (", outliers included" if data.include_outliers else ", outliers excluded") + ")"),
+        ("runs left out", ", ".join(f"{k}: {v}" for k, v in sorted(data.excluded.items())) or "none"),
+        ("host cores", data.host_cores),
+        ("scale-up knee", f"fewest cores within {tolerance:g}% of the best mean E2E"),
+        ("significance", analysis.SIGNIFICANCE_METHOD),
+    ]
+    config = s.get("config") or {}
+    if config:
+        rows.append(("study configuration", Raw(f'<details><summary>show</summary><pre class="mono">'
+                                                f'{esc(json.dumps(config, indent=1, sort_keys=True))}</pre></details>')))
+    html_text = _meta_table(rows)
+    if data.infeasible:
+        html_text += Raw("<h3>Planned but not feasible on this host</h3>") + table(
+            ["scenario", "why"], [(p.get("scenario"), p.get("reason")) for p in data.infeasible])
+    n_emu = sum(1 for k in data.scenarios if k.emulated)
+    if n_emu:
+        where = "shown in their own sections below, never beside native results" if include_emulated else \
+            "left out of this report (add --include-emulated to see them in their own sections)"
+        html_text += Raw(f'<div class="notice">{n_emu} scenario(s) ran EMULATED (QEMU TCG): {esc(where)}.</div>')
+    return _Section("overview", "Study", html_text)
+
+
+def _answers(recs: recommend.RecommendationSet) -> str:
+    parts = []
+    for a in recs.answers:
+        add = f'<br><span class="muted">To firm this up, add: {esc(", ".join(a.runs_to_add))}</span>' if a.runs_to_add else ""
+        parts.append(f'<div class="answer">{esc(a.text)}{add}</div>')
+    return "\n".join(parts)
+
+
+def _practices(recs: recommend.RecommendationSet) -> str:
+    out = []
+    apps = sorted({r.app for r in recs.practices})
+    for app in apps:
+        rows = []
+        for r in recs.for_app(app):
+            rows.append((r.practice, r.title, badge(r.verdict), r.text, ", ".join(r.runs_to_add) or None))
+        out.append(f"<h3>{esc(app)}</h3>" + table(["#", "best practice (paper, section VI)", "verdict", "what the data say",
+                                                   "scenarios to add"], rows))
+    return "\n".join(out)
+
+
+def _figures(files: Sequence[figs.FigureFile], out_dir: Path) -> str:
+    if not files:
+        return '<p class="muted">No figure: not enough data.</p>'
+    out = []
+    for f in files:
+        data = base64.b64encode(f.png.read_bytes()).decode("ascii")
+        try:
+            svg_rel = f.svg.relative_to(out_dir).as_posix()
+        except ValueError:
+            svg_rel = f.svg.as_posix()
+        out.append(
+            f'<figure><img alt="{esc(f.title)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{_emu_label(f.emulated)} {esc(f.caption)} '
+            f'<a href="{esc(svg_rel)}">SVG</a></figcaption></figure>'
+        )
+    return "\n".join(out)
+
+
+def _scenarios(f: Findings) -> str:
+    rows, classes = [], []
+    for key, s in f.scenarios.items():
+        shares = ", ".join(f"{p} {100 * (s.phase_share(p) or 0):.1f}%" for p in PHASES if p in s.phases_s)
+        rel = f"{s.e2e_s.half_width_pct:.1f}%" if analysis.has_ci(s.e2e_s) and s.e2e_s.mean else "—"
+        rows.append((
+            Raw(esc(key.scenario) + " " + _emu_label(key.emulated)), s.n, fmt_s(s.e2e_s), rel, shares,
+            fmt_s(s.latency_p99_ms).replace(" s", " ms") if s.latency_p99_ms else None,
+            f"{s.throughput_sps.mean:.3g}" if s.throughput_sps else None,
+            fmt_s(s.cold_start_s), s.chr, ", ".join(str(i) for i in s.run_ids),
+        ))
+        classes.append("emulated" if key.emulated else "")
+    return table(["scenario", "runs", "mean E2E ± 95% CI", "CI half-width", "phase shares of E2E", "p99 latency",
+                  "throughput (samples/s)", "cold start", "CHR", "run ids"], rows, classes)
+
+
+def _findings(f: Findings) -> str:
+    out = [f'<p class="muted">{esc(f.method)}.</p>']
+    out.append("<h3>Overhead vs bare metal (BM at the same cores, CPU mode, device)</h3>")
+    rows = []
+    for o in f.overheads:
+        contrib = "; ".join(f"{p}: {fmt_pct(v.contribution_pct, v.contribution_ci_pct)}" for p, v in o.phases.items())
+        rows.append((o.subject.label, fmt_pct(o.e2e.relative_pct, o.e2e.relative_ci_pct), significance_text(o.e2e),
+                     PHASE_TITLES.get(o.largest_phase or "", o.largest_phase), contrib or None))
+    out.append(table(["platform scenario", "E2E overhead ± 95% CI", "significance", "largest phase",
+                      "phase contributions (points of BM's E2E)"], rows))
+
+    out.append(f"<h3>Scale-up knee (fewest cores within {f.knee_tolerance_pct:g}% of the best)</h3>")
+    rows = []
+    for k in f.knees:
+        rows.append((f"{k.app}@{k.platform}/*/{k.cpu_mode}/{k.device}" + ("" if k.mode == "e2e" else f"#{k.mode}"),
+                     ", ".join(f"{c}: {fmt_s(s)}" for c, s in k.points), k.best_cores, k.knee_cores,
+                     fmt_pct(k.knee_vs_best.relative_pct, k.knee_vs_best.relative_ci_pct) if k.knee_vs_best else "0 (same)",
+                     ", ".join(str(c) for c in k.slower_beyond_best) or None))
+    out.append(table(["group", "E2E by cores", "best cores", "knee cores", "knee vs best", "significantly slower beyond best"],
+                     rows))
+
+    out.append("<h3>Pinning gain (PIN vs VNL; positive = pinning faster)</h3>")
+    rows = [(p.pinned.label, fmt_s(f.scenarios[p.vanilla].e2e_s), fmt_s(f.scenarios[p.pinned].e2e_s),
+             fmt_pct(p.gain_pct, p.gain_ci_pct), significance_text(p.comparison), badge(p.verdict)) for p in f.pinning]
+    out.append(table(["pinned scenario", "VNL E2E", "PIN E2E", "time saved ± 95% CI", "significance", "verdict"], rows))
+
+    out.append("<h3>GPU payoff and Amdahl bound</h3>")
+    rows = []
+    for g in f.gpu:
+        rows.append((g.cpu.label, g.gpu.label if g.gpu else "not measured",
+                     f"{100 * g.infer_share:.1f}%" if g.infer_share is not None else None,
+                     PHASE_TITLES.get(g.bounding_phase or "", g.bounding_phase),
+                     f"{100 * g.bounding_phase_share:.1f}%" if g.bounding_phase_share is not None else None,
+                     f"{g.amdahl_bound:.2f}x ({g.amdahl_source})" if g.amdahl_bound else None,
+                     fmt_ratio(g.inference_speedup) if g.inference_speedup else None,
+                     fmt_ratio(g.e2e_speedup) if g.e2e_speedup else None))
+    out.append(table(["CPU scenario", "GPU scenario", "inference share (CPU)", "bounding phase", "its share",
+                      "max E2E speedup (Amdahl)", "inference speedup", "E2E speedup (measured)"], rows))
+
+    out.append("<h3>Container-to-host ratio (CHR)</h3>")
+    rows = [(p.key.label, f"{p.chr:.3g}", p.host_cores, p.host_cores_source,
+             fmt_pct(p.overhead.relative_pct, p.overhead.relative_ci_pct) if p.overhead else "no BM baseline")
+            for p in f.chr.points]
+    out.append(table(["scenario", "CHR", "host cores", "host cores from", "E2E overhead vs BM"], rows))
+    for mode, (rho, p_value, n) in f.chr.correlation.items():
+        out.append(f"<p>{esc(mode)}: Spearman rank correlation of CHR with overhead rho = {rho:.2f} "
+                   f"(p = {p_value:.2g}, {n} scenarios); the paper expects rho &lt; 0 for vanilla CN.</p>")
+
+    out.append("<h3>Idle host cores (deployment cores = host cores, the paper's Fig. 9 case)</h3>")
+    rows = [(i.full.label, fmt_pct(i.full_overhead.relative_pct, i.full_overhead.relative_ci_pct) if i.full_overhead else "no BM baseline",
+             i.idle.label if i.idle else "not measured",
+             fmt_pct(i.idle_overhead.relative_pct, i.idle_overhead.relative_ci_pct) if i.idle_overhead else None,
+             {True: "yes (CIs do not overlap)", False: "no", None: "undetermined"}[i.worse_without_idle_cores])
+            for i in f.idle_cores]
+    out.append(table(["no idle host core", "overhead vs BM", "with idle host cores", "overhead vs BM",
+                      "overhead higher without idle cores?"], rows))
+
+    out.append("<h3>Cold start</h3>")
+    rows = [(c.app, c.platform, c.device, fmt_s(c.total_s),
+             ", ".join(f"{k.removesuffix('_s')} {v.mean:.3g} s" for k, v in c.parts_s.items())) for c in f.cold_starts]
+    out.append(table(["app", "platform", "device", "cold start ± 95% CI", "parts (means)"], rows))
+    return "\n".join(out)
+
+
+def _models(models: Sequence[overhead_model.ScalingModel]) -> str:
+    if not models:
+        return '<p class="muted">No group was measured at two or more core counts: nothing to fit.</p>'
+    out = ['<p>Per phase and for E2E, <b>Amdahl</b> <code>t(n) = serial_s + parallel_s / n</code> and the '
+           '<b>Universal Scalability Law</b> <code>t(n) = t1_s (1 + sigma (n-1) + kappa n (n-1)) / n</code> are fitted '
+           'to every run with scipy.optimize.curve_fit; the preferred model has the lower AICc. A <i>saturated</i> fit '
+           'has as many parameters as measured core counts and passes through the means: its R² shows only run-to-run '
+           'noise. <span class="prediction">PREDICTION</span> rows are model output, not measurements.</p>']
+    for m in models:
+        out.append(f"<h3>{esc(m.label)}</h3>")
+        rows = []
+        for metric, fits in m.fits.items():
+            for name, fit in fits.items():
+                params = ", ".join(f"{k}={v:.4g}" + (f" [{fit.param_ci[k][0]:.3g}, {fit.param_ci[k][1]:.3g}]"
+                                                    if fit.param_ci else "") for k, v in fit.params.items())
+                rows.append((metric, name + (" (preferred)" if m.preferred.get(metric) == name else ""), params,
+                             f"{fit.r2:.4f}" if fit.r2 is not None else None, f"{fit.rmse_s:.3g}",
+                             ", ".join(f"{c}: {_small(v)}" for c, v in fit.residual_by_cores_s.items()),
+                             "yes" if fit.saturated else "no", fit.n_runs))
+        out.append(table(["metric", "model", "parameters [95% CI]", "R²", "RMSE (s)", "mean residual by cores (s)",
+                          "saturated", "runs"], rows))
+        rows = []
+        for p in m.predictions:
+            rows.append((Raw('<span class="prediction">PREDICTION</span>'), p.cores, f"{p.value_s:.4g} s",
+                         f"[{p.ci_s[0]:.4g}, {p.ci_s[1]:.4g}]" if p.ci_s else "no band (no residual dof)",
+                         f"[{p.pi_s[0]:.4g}, {p.pi_s[1]:.4g}]" if p.pi_s else None,
+                         "extrapolated" if p.extrapolated else ("fitted at a measured count" if p.measured else "interpolated"),
+                         p.model))
+        out.append(table(["kind", "cores", "predicted mean E2E", "95% band (mean)", "95% band (one run)", "range", "model"],
+                         rows))
+    return "\n".join(out)
+
+
+def _cost(part: _Part) -> str:
+    prices = part.prices
+    assert prices is not None
+    out = [f"<p>Price table {esc(prices.source)}; currency {esc(prices.currency)}; targets: "
+           f"{esc(prices.targets.describe())}. Cost per 1,000 inferences = price per hour / 3600 × (E2E / completed "
+           "requests) × 1000. A target is met when the conservative end of the 95% CI meets it.</p>"]
+    rows = [(r.key.label, r.pattern, f"{r.price_per_hour:.4g}", f"{r.cost_per_1000:.4g}",
+             f"[{r.cost_per_1000_ci[0]:.4g}, {r.cost_per_1000_ci[1]:.4g}]" if r.cost_per_1000_ci else None,
+             f"{r.p99_ms:.4g}" if r.p99_ms is not None else None,
+             f"{r.throughput_sps:.4g}" if r.throughput_sps is not None else None,
+             {True: "yes", False: "no", None: "no target"}[r.meets_target]) for r in part.costs]
+    out.append(table(["scenario", "price rule", "price per hour", "cost per 1,000", "95% CI", "p99 (ms)",
+                      "throughput (samples/s)", "meets target"], rows))
+    for app in sorted({k.app for k in part.findings.scenarios}):
+        choice = cheapest(part.costs, app, prices.targets, prices.currency)
+        out.append(f"<p><b>{esc(app)}</b>: {esc(choice.reason)}.</p>")
+    return "\n".join(out)
+
+
+def _provenance(data: StudyData) -> _Section:
+    rows, classes = [], []
+    for run in data.runs:
+        r = run.get("result") or {}
+        env = r.get("environment") or {}
+        libs = env.get("libraries") or {}
+        info = r.get("platform_info") or {}
+        used = run["id"] in data.used_run_ids
+        info_html = _details(f"{len(info)} keys", json.dumps(info, indent=1, sort_keys=True, default=str)) if info else None
+        libs_html = None
+        if libs:
+            headline = f"torch {libs['torch']}" if "torch" in libs else f"{len(libs)} libraries"
+            libs_html = _details(headline, "\n".join(f"{k} {v}" for k, v in sorted(libs.items())))
+        rows.append((
+            run["id"], Raw(nowrap(run["scenario"]) + " " + _emu_label(bool(run["emulated"]))), run["phase"], run["seq"],
+            run["status"], "yes" if run["outlier"] else "no", "yes" if used else "no",
+            nowrap(_iso(run["started_at"]).replace("T", " ").replace("+00:00", "Z")),
+            nowrap(f"{run['e2e_s']:.4g} s") if run.get("e2e_s") is not None else None,
+            env.get("hostname"), env.get("kernel"), env.get("cpu_model"), env.get("python"), libs_html, info_html,
+            run.get("error"),
+        ))
+        classes.append("emulated" if run["emulated"] else "")
+    text = table(["run", "scenario", "phase", "seq", "status", "outlier", "used", "started (UTC)", "E2E", "host",
+                  "kernel", "CPU", "Python", "libraries", "platform_info", "error"], rows, classes, cls="provenance")
+    return _Section("provenance", "Provenance of every run", text)

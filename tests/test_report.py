@@ -1,0 +1,252 @@
+"""The HTML report, its figures, cost and the `e2ebench report` command, from a real SQLite store.
+
+The acceptance study: BM and CN at 1 and 2 cores, VNL and PIN.  The screenshot test opens the report in
+headless Chromium (scripts/screenshot-report) and is skipped, with the reason, when no Chromium is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2ebench import analysis, overhead_model
+from e2ebench.cost import PriceError, PriceTable, Targets, cheapest, cost_rows
+from e2ebench.report import figures
+from e2ebench.report.html import build_report, esc
+from e2ebench.store import Store
+from test_analysis import fill_store, make_result, phases, scale
+
+ROOT = Path(__file__).resolve().parents[1]
+EVIL = "<script>alert('x')</script>"
+
+ACCEPTANCE = {
+    "BM/1/VNL/CPU": scale(phases(), 1.9), "BM/1/PIN/CPU": scale(phases(), 1.85),
+    "BM/2/VNL/CPU": phases(), "BM/2/PIN/CPU": scale(phases(), 0.97),
+    "CN/1/VNL/CPU": scale(phases(), 2.1), "CN/1/PIN/CPU": scale(phases(), 1.87),
+    "CN/2/VNL/CPU": scale(phases(), 1.08), "CN/2/PIN/CPU": scale(phases(), 0.99),
+}
+
+
+@pytest.fixture(scope="module")
+def acceptance_store(tmp_path_factory):
+    """BM and CN at 1 and 2 cores, VNL and PIN; a study name and some stored strings carry <script>."""
+    path = tmp_path_factory.mktemp("store") / "results.sqlite"
+    with Store(path) as store:
+        sid = store.create_study(f"acceptance {EVIL}", config={"host": {"cores": 2}, "note": EVIL})
+        fill_store(store, sid, ACCEPTANCE, runs=4, noise=0.02)
+        failed = make_result("ic", "CN/2/VNL/CPU", phases(), hostname=f"host{EVIL}")
+        failed["error"] = f"worker failed: {EVIL}"
+        failed["platform_info"]["engine"] = EVIL
+        store.add_run(failed, study_id=sid, seq=99)
+        fill_store(store, sid, {"VM/2/VNL/CPU": scale(phases(), 230.0)}, runs=2, emulated=True)
+    return path, sid
+
+
+def test_report_from_acceptance_study(acceptance_store, tmp_path):
+    path, sid = acceptance_store
+    with Store(path) as store:
+        out = build_report(store, None, tmp_path / "report")
+    html = out.html_path.read_text()
+    assert out.html_path == tmp_path / "report" / "report.html"
+    assert out.summary["study"]["id"] == sid
+    # one self-contained file: figures embedded, no external scripts or styles
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', html)
+    names = {f.name for f in out.figures}
+    assert {"e2e-by-platform-ic", "scale-up-ic", "overhead-vs-bm-ic", "cold-start",
+            "normalised-e2e-2-VNL-CPU", "normalised-e2e-2-PIN-CPU"} <= names
+    assert len(images) == len(out.figures)
+    assert "<script" not in html.lower().replace("&lt;script", "")
+    assert "<link" not in html
+    for f in out.figures:
+        assert f.png.stat().st_size > 5000 and f.svg.read_text().lstrip().startswith("<?xml")
+    # findings, answers, practices, model, provenance
+    for text in ("Overhead vs bare metal", "Scale-up knee", "Pinning gain", "GPU payoff and Amdahl bound",
+                 "Container-to-host ratio", "Idle host cores", "Cold start", "Best practices, evaluated",
+                 "PREDICTION", "Provenance of every run", "ic on CPU:", "6.1.0-test", "torch 2.13.0"):
+        assert text in html, text
+    for run_id in range(1, 34):
+        assert f"<td class=\"num\">{run_id}</td>" in html
+    # emulated runs: kept apart by default, and said so
+    assert "scenario(s) ran EMULATED (QEMU TCG)" in html and "--include-emulated" in html
+    assert not any(f.emulated for f in out.figures)
+    assert all(not s["emulated"] for s in out.summary["native"]["findings"]["scenarios"])
+    assert out.summary["emulated"] is None and out.summary["emulated_scenarios_kept_apart"] == 1
+    json.dumps(out.summary, allow_nan=False)
+
+
+def test_strings_from_the_store_are_escaped(acceptance_store, tmp_path):
+    path, _ = acceptance_store
+    with Store(path) as store:
+        out = build_report(store, None, tmp_path / "report")
+    html = out.html_path.read_text()
+    assert EVIL not in html
+    assert "<script>" not in html
+    escaped = esc(EVIL)
+    assert escaped == "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;"
+    assert html.count(escaped) >= 5          # title, subtitle, name, config, error, hostname, platform_info
+
+
+def test_include_emulated_draws_them_apart_and_labelled(acceptance_store, tmp_path):
+    path, _ = acceptance_store
+    with Store(path) as store:
+        out = build_report(store, None, tmp_path / "report", include_emulated=True)
+    emulated = [f for f in out.figures if f.emulated]
+    native = [f for f in out.figures if not f.emulated]
+    assert emulated and native
+    assert all(f.name.startswith("emulated-") and "[EMULATED]" in f.title for f in emulated)
+    assert all("[EMULATED]" not in f.title for f in native)
+    html = out.html_path.read_text()
+    assert "EMULATED — Answers" in html and figures.EMULATED_BANNER in html
+    assert all(s["emulated"] for s in out.summary["emulated"]["findings"]["scenarios"])
+
+
+def test_figure_functions_have_titles_labels_and_units(acceptance_store):
+    path, sid = acceptance_store
+    with Store(path) as store:
+        data = analysis.load_study(store, sid)
+    f = analysis.analyse(data)
+    models = overhead_model.fit_scaling_models(f.scenarios, data.host_cores)
+    fig = figures.e2e_by_platform(f.scenarios, "ic")
+    ax = fig.axes[0]
+    assert "(s)" in ax.get_ylabel() and "stacked by phase" in " ".join(fig.get_suptitle().split())
+    assert len(ax.patches) >= 8 * 5                        # 8 bars x 5 phases (+ legend patches elsewhere)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1\nVNL", "1\nPIN", "2\nVNL", "2\nPIN"] * 2
+    fig = figures.scale_up(f.scenarios, f.knees, models, "ic")
+    assert fig.axes[0].get_xlabel() == "cores" and "(s)" in fig.axes[0].get_ylabel()
+    assert any("knee" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert any("prediction" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    fig = figures.overhead_vs_bm(f.overheads, "ic")
+    assert "% of BM" in fig.axes[0].get_ylabel()
+    assert figures.gpu_speedup(f.gpu) is None              # no GPU data -> no Fig. 5
+    assert figures.cold_start(f.cold_starts).axes[0].get_ylabel() == "cold start (s)"
+    emulated = analysis.analyse(data, emulated=True)
+    fig = figures.e2e_by_platform(emulated.scenarios, "ic", emulated=True)
+    assert fig.get_suptitle().startswith("[EMULATED]")
+    assert any(figures.EMULATED_BANNER == t.get_text() for t in fig.texts)
+
+
+def test_gpu_speedup_figure_with_gpu_data(tmp_path):
+    with Store(tmp_path / "r.sqlite") as store:
+        sid = store.create_study("gpu")
+        cpu = phases(pre=0.61, infer=0.35)
+        fill_store(store, sid, {"BM/4/PIN/CPU": cpu, "BM/4/PIN/GPU": dict(cpu, infer=0.035),
+                                "CN/4/PIN/CPU": cpu, "CN/4/PIN/GPU": dict(cpu, infer=0.04)}, runs=3, host_cpus=4)
+        f = analysis.analyse(analysis.load_study(store, sid))
+    fig = figures.gpu_speedup(f.gpu)
+    assert fig is not None and "speedup" in fig.axes[0].get_ylabel()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sorted(labels) == ["Amdahl bound of E2E", "E2E", "inference only"]
+    saved = figures.save(fig, tmp_path / "figs", "gpu <speedup>", "caption")
+    assert saved.png.name == "gpu_speedup.png" and saved.svg.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# cost
+
+
+def test_price_table_matching_and_cost_per_1000(tmp_path):
+    table = PriceTable.from_dict({
+        "currency": "EUR",
+        "prices": {"*/*/*/GPU": {"per_hour": 0.9, "per_core_hour": 0.05}, "VM/16/*/GPU": 1.5,
+                   "BM/*/*/CPU": {"per_core_hour": 1.8}, "BM/2/PIN/CPU": 3.6},
+        "targets": {"throughput_sps": 50},
+    })
+    assert table.match("VM/16/PIN/GPU").per_hour == 1.5              # most specific wins
+    assert table.match("VM/8/PIN/GPU").price_per_hour(8) == pytest.approx(0.9 + 0.4)
+    assert table.match("BM/2/PIN/CPU").price_per_hour(2) == 3.6
+    assert table.match("CN/2/PIN/CPU") is None
+    with Store(tmp_path / "r.sqlite") as store:
+        sid = store.create_study("cost")
+        fill_store(store, sid, {"BM/2/PIN/CPU": phases(), "BM/1/PIN/CPU": scale(phases(), 1.9)}, runs=3, noise=0.0)
+        f = analysis.analyse(analysis.load_study(store, sid))
+    rows = cost_rows(f.scenarios, table)
+    by = {r.key.deployment: r for r in rows}
+    # 1.0 s per 64 requests at 3.6/h: 3.6 / 3600 * (1.0 / 64) * 1000
+    assert by["BM/2/PIN/CPU"].cost_per_1000 == pytest.approx(3.6 / 3600 * (1.0 / 64) * 1000, rel=1e-6)
+    assert by["BM/1/PIN/CPU"].cost_per_1000 == pytest.approx(1.8 / 3600 * (1.9 / 64) * 1000, rel=1e-6)
+    # 64 samples / 1.9 s = 33.7 samples/s misses the 50 target; 64 / 1.0 s meets it
+    assert by["BM/1/PIN/CPU"].meets_target is False and by["BM/2/PIN/CPU"].meets_target is True
+    choice = cheapest(rows, "ic", table.targets, table.currency)
+    assert choice.row.key.deployment == "BM/2/PIN/CPU"
+    no_target = cheapest(cost_rows(f.scenarios, table, Targets()), "ic", Targets())
+    assert no_target.row.key.deployment == "BM/1/PIN/CPU"           # cheaper when nothing is required
+    impossible = cheapest(cost_rows(f.scenarios, table, Targets(p99_ms=1.0)), "ic", Targets(p99_ms=1.0))
+    assert impossible.row is None and "none of the 2" in impossible.reason
+
+
+def test_bad_price_tables_are_rejected(tmp_path):
+    for bad in ({}, {"prices": {"BM/*/CPU": 1.0}}, {"prices": {"BM/*/*/CPU": "cheap"}},
+                {"prices": {"BM/*/*/CPU": -1}}, {"prices": {"BM/*/*/CPU": {"per_day": 3}}},
+                {"prices": {"BM/*/*/CPU": 1}, "targets": {"p50_ms": 3}}):
+        with pytest.raises(PriceError):
+            PriceTable.from_dict(bad)
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text("[prices\n")
+    with pytest.raises(PriceError, match="cannot read"):
+        PriceTable.load(bad_file)
+    example = PriceTable.load(ROOT / "examples" / "prices.toml")
+    assert example.match("CN/4/PIN/CPU").price_per_hour(4) == pytest.approx(4 * 0.048)
+    assert example.targets.p99_ms == 2000
+
+
+# ---------------------------------------------------------------------------------------------
+# the command and the screenshot
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-c", "from e2ebench.cli import main; main()"] + args
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT / "src")})
+
+
+def test_report_command_json_prices_and_errors(acceptance_store, tmp_path):
+    path, sid = acceptance_store
+    proc = _cli(["report", "--store", str(path), "--prices", str(ROOT / "examples" / "prices.toml"), "--json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout.strip().splitlines()[-1])
+    html_path = Path(payload["html"])
+    assert html_path == Path("results/report/report.html")          # default out, relative to the cwd
+    assert (tmp_path / html_path).is_file()
+    assert payload["study"]["id"] == sid
+    assert payload["native"]["cost"]["cheapest"][0]["choice"] is not None
+    assert "Cost per 1,000 inferences" in (tmp_path / html_path).read_text()
+    proc = _cli(["report", "--store", str(path), "--out", str(tmp_path / "o2")], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == str(tmp_path / "o2" / "report.html")
+    proc = _cli(["report", "--store", str(tmp_path / "missing.sqlite")], tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[prices]\n"BM/*" = 1\n')
+    proc = _cli(["report", "--store", str(path), "--prices", str(bad)], tmp_path)
+    assert proc.returncode == 2 and "4 parts" in proc.stderr
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed (Debian: apt-get install -y chromium)")
+def test_screenshot_in_headless_chromium(acceptance_store, tmp_path):
+    from PIL import Image, ImageStat
+
+    path, _ = acceptance_store
+    with Store(path) as store:
+        out = build_report(store, None, tmp_path / "report")
+    png = tmp_path / "shot.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "screenshot-report"), str(out.html_path), str(png)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(png) as image:
+        assert image.size == (1400, 3000)
+        gray = image.convert("L")
+        # a rendered page: mostly white background with dark text and coloured figures, not a blank canvas
+        assert ImageStat.Stat(gray).stddev[0] > 20
+        top = gray.crop((0, 0, 1400, 120))
+        assert top.getextrema()[0] < 80                       # the title's dark text is at the top
