@@ -51,12 +51,13 @@ def stdev(values: Sequence[float]) -> float:
     return math.sqrt(math.fsum((x - m) ** 2 for x in values) / (n - 1))
 
 
-def t_critical(confidence: float, dof: int) -> float:
-    """Two-sided Student-t critical value: ``P(|T| <= t) = confidence`` with ``dof`` degrees of freedom."""
+def t_critical(confidence: float, dof: float) -> float:
+    """Two-sided Student-t critical value: ``P(|T| <= t) = confidence`` with ``dof`` degrees of freedom
+    (``dof`` may be fractional, e.g. Welch-Satterthwaite)."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1 (exclusive), got {confidence!r}")
-    if dof < 1:
-        raise ValueError(f"need at least 1 degree of freedom, got {dof}")
+    if not dof > 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {dof}")
     from scipy.stats import t
 
     return float(t.ppf(1.0 - (1.0 - confidence) / 2.0, dof))

@@ -163,6 +163,20 @@ class Store:
         row = self.db.execute(sql + " ORDER BY created_at DESC, rowid DESC LIMIT 1", args).fetchone()
         return _study_dict(row) if row else None
 
+    def find_study(self, name: str, source: str, config_sha256: str) -> dict | None:
+        """The latest study with this name, source (the study file's resolved path) and configuration hash.
+
+        The hash is read from ``config_json``'s ``identity.config_sha256`` (written by e2ebench.study_runner).
+        """
+        rows = self.db.execute(
+            "SELECT * FROM studies WHERE name=? AND source=? ORDER BY created_at DESC, rowid DESC", (name, source)
+        ).fetchall()
+        for row in rows:
+            study = _study_dict(row)
+            if (study["config"].get("identity") or {}).get("config_sha256") == config_sha256:
+                return study
+        return None
+
     def set_study_status(self, study_id: str, status: str) -> None:
         with self.transaction():
             self.db.execute("UPDATE studies SET status=? WHERE id=?", (status, study_id))

@@ -1,0 +1,453 @@
+"""``e2ebench study``, ``e2ebench show`` and ``e2ebench studies`` (registered on :data:`e2ebench.cli.app`).
+
+Exit codes of ``study``: 0 every feasible scenario answered (CI target or max runs reached), 1 some
+scenario abandoned after repeated failures (or nothing feasible on this host), 2 usage or study-file
+error, 130 interrupted (Ctrl-C / SIGTERM; run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shlex
+import signal
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich import box
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from e2ebench.cli import EXIT_FAILED, EXIT_OK, app, console, emit_json, err_console, fail_usage
+from e2ebench.store import ADHOC_STUDY, DEFAULT_STORE
+
+EXIT_INTERRUPTED = 130
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def _fmt_mean_ci(mean_s: float | None, half_pct: float | None) -> str:
+    if mean_s is None:
+        return "—"
+    if half_pct is None:
+        return f"{mean_s:.3f} s ± ?"
+    return f"{mean_s:.3f} s ± {half_pct:.1f}%"
+
+
+def _fmt_sig(value: float | None) -> str:
+    """Seconds with 3 significant digits, at most 5 characters below 10,000 s (``—`` when unknown)."""
+    if value is None:
+        return "—"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+# ---------------------------------------------------------------------------
+# Progress observers
+
+
+class LiveProgress:
+    """A live display on stderr: per-scenario runs, mean ± CI and status; overall runs and ETA."""
+
+    MAX_ROWS = 14
+
+    def __init__(self) -> None:
+        self.runner = None
+        self.live: Live | None = None
+        self.current: tuple[str, str, int, float] | None = None
+        self.runs_done = 0
+        self.last_finished: dict[str, float] = {}
+
+    # observer protocol
+    def study_started(self, runner) -> None:
+        self.runner = runner
+        self.runs_done = len(runner.store.runs(study_id=runner.study_id, phase=None, with_result=False))
+        self.live = Live(get_renderable=self.render, console=err_console, refresh_per_second=1, transient=False)
+        self.live.start()
+
+    def run_started(self, state, phase: str, seq: int) -> None:
+        self.current = (state.key, phase, seq, time.monotonic())
+
+    def run_finished(self, event, state) -> None:
+        self.current = None
+        self.runs_done += 1
+        self.last_finished[event.scenario] = time.monotonic()
+        if event.status != "ok":
+            err_console.print(f"[yellow]run failed[/] {escape(event.scenario)} {event.phase} #{event.seq}: "
+                              f"{escape(str(event.error))[:300]}")
+        if event.scenario_status == "abandoned":
+            err_console.print(f"[red]abandoned[/] {escape(event.scenario)}: {escape(state.abandon_reason or '')[:300]}")
+
+    def study_finished(self, outcome) -> None:
+        if self.live is not None:
+            self.live.refresh()
+            self.live.stop()
+            self.live = None
+            if not err_console.is_terminal:     # Live's last render in a file or pipe ends without a newline
+                err_console.line()
+
+    # rendering
+    def render(self):
+        runner = self.runner
+        if runner is None:
+            return Text("")
+        policy = runner.policy
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        for column, justify in (("scenario", "left"), ("warm-up", "right"), ("runs", "right"),
+                                ("mean E2E ± CI", "right"), ("status", "left")):
+            table.add_column(column, justify=justify)
+        current_key = self.current[0] if self.current else None
+        states = sorted(runner.states, key=lambda s: (s.key != current_key, not s.needs_run,
+                                                      -self.last_finished.get(s.key, 0.0), s.key))
+        for state in states[: self.MAX_ROWS]:
+            mean_s, hw_pct, n = runner.summary_of(state)
+            status = state.status if state.key != current_key else "▶ " + self.current[1]
+            colour = {"target": "green", "max-runs": "yellow", "abandoned": "red"}.get(state.status, "")
+            table.add_row(
+                escape(state.key), f"{state.warmup_next_seq}/{policy.warmup_runs}",
+                f"{n}/{policy.min_runs}..{policy.max_runs}" + (f" ({state.failures} failed)" if state.failures else ""),
+                _fmt_mean_ci(mean_s, hw_pct), f"[{colour}]{escape(status)}[/]" if colour else escape(status),
+            )
+        if len(states) > self.MAX_ROWS:
+            table.add_row(f"… {len(states) - self.MAX_ROWS} more", "", "", "", "")
+        remaining = runner.remaining_runs_estimate()
+        total = self.runs_done + remaining
+        eta = runner.eta_s()
+        answered = sum(1 for s in runner.states if s.status in ("target", "max-runs"))
+        line = Text.assemble(
+            (f"runs {self.runs_done}/~{total}", "bold"),
+            f" · answered {answered}/{len(runner.states)}",
+            f" · {_fmt_duration(time.monotonic() - runner.started_monotonic)} elapsed",
+            f" · ETA {_fmt_duration(eta)}",
+        )
+        overall = Table.grid(padding=(0, 1))
+        overall.add_column(width=20)
+        overall.add_column()
+        overall.add_row(ProgressBar(total=max(total, 1), completed=self.runs_done, width=20), line)
+        parts = [table, overall]
+        if self.current:
+            key, phase, seq, t0 = self.current
+            parts.append(Text(f"running {key} {phase} #{seq} ({_fmt_duration(time.monotonic() - t0)})", style="dim"))
+        return Group(*parts)
+
+
+class JsonLines:
+    """One JSON line per finished run on stdout."""
+
+    KEYS = ("study_id", "scenario", "seq", "phase", "status", "e2e_s", "mean_s", "ci_halfwidth_pct", "n",
+            "outlier", "error", "run_id", "scenario_status")
+
+    def study_started(self, runner) -> None:
+        pass
+
+    def run_started(self, state, phase: str, seq: int) -> None:
+        pass
+
+    def run_finished(self, event, state) -> None:
+        data = event.as_json()
+        emit_json({k: data[k] for k in self.KEYS})
+
+    def study_finished(self, outcome) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# study
+
+
+def _print_plan(plan) -> None:
+    study = plan.study
+    fewest, most = plan.run_estimate()
+    r = study.repetition
+    title = f"study {study.name}: {len(plan.scenarios)} scenarios, {len(plan.feasible)} feasible here"
+    table = Table(title=escape(title), header_style="bold")
+    for column in ("scenario", "feasible", "why not / note", "origin"):
+        table.add_column(column)
+    for p in plan.scenarios:
+        table.add_row(escape(p.key), "[green]yes[/]" if p.feasible else "[red]no[/]",
+                      escape(p.reason or p.note or ""), p.origin)
+    console.print(table)
+    host = plan.host
+    console.print(f"host: {host.cores} cores, {host.gpus} GPU(s), platforms available: "
+                  f"{', '.join(sorted(host.available_platforms))}")
+    console.print(f"repetition: {r.warmup_runs} warm-up + {r.min_runs}..{r.max_runs} measured runs per scenario, "
+                  f"until the {100 * r.confidence:g}% CI of the mean E2E is within ±{r.target_ci_halfwidth_pct:g}%")
+    console.print(f"estimated runs: {fewest} to {most} ({len(plan.feasible)} feasible scenarios)")
+    console.print(f"study file: {study.source}  (config sha256 {study.config_sha256[:16]})")
+
+
+def _resume_command() -> str:
+    args = [a for a in sys.argv[1:] if a != "--fresh"]
+    return "e2ebench " + shlex.join(args)
+
+
+@app.command()
+def study(
+    study_file: Optional[str] = typer.Argument(
+        None, metavar="FILE",
+        help="Study file (TOML) or preset name: quick (default), paper, edge. See docs/studies.md."),
+    plan_only: bool = typer.Option(False, "--plan", help="Print the expanded matrix and the estimated run count; run nothing."),
+    as_json: bool = typer.Option(False, "--json", help="--plan: one JSON object; otherwise one JSON line per finished run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no table."),
+    store_path: Optional[Path] = typer.Option(None, "--store", help="SQLite results file (default: the study file's `store`)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start a new study id instead of resuming the stored one."),
+    keep_outliers: Optional[bool] = typer.Option(
+        None, "--keep-outliers/--drop-outliers",
+        help="Count runs beyond 3 sigma in the mean and the stopping rule (default: the study file's, normally drop)."),
+    retry_abandoned: bool = typer.Option(False, "--retry-abandoned",
+                                         help="Give scenarios abandoned after repeated failures another chance."),
+) -> None:
+    """Run a study: a matrix of scenarios, each repeated until its mean E2E time is known to the target precision.
+
+    Runs are interleaved across scenarios in a seeded random order and stored one by one; running the same command again after an interruption resumes where it stopped.
+    """
+    from e2ebench.store import Store, StoreError
+    from e2ebench.study import StudyError, load_study, resolve_study_path
+    from e2ebench.study_runner import StudyLockedError, StudyRunner, open_study
+
+    try:
+        path = resolve_study_path(study_file)
+        spec = load_study(path)
+    except StudyError as exc:
+        raise fail_usage(str(exc))
+    if not plan_only and not quiet and not as_json:
+        with err_console.status("checking which platforms this host can run"):
+            plan = spec.plan()
+    else:
+        plan = spec.plan()
+    if plan_only:
+        if as_json:
+            emit_json(plan.as_dict())
+        else:
+            _print_plan(plan)
+        raise typer.Exit(EXIT_OK)
+
+    store_file = store_path or spec.store
+    for p in plan.infeasible:
+        if not quiet and not as_json:
+            err_console.print(f"[dim]not run: {escape(p.key)} — {escape(p.reason or '')}[/]")
+    if not plan.feasible:
+        err_console.print(f"[bold red]study {spec.name}: no scenario is feasible on this host[/] "
+                          f"(see `e2ebench study {escape(str(path))} --plan`)")
+        raise typer.Exit(EXIT_FAILED)
+    try:
+        store = Store(store_file)
+    except StoreError as exc:
+        raise fail_usage(str(exc))
+    previous_sigterm = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops cleanly, like Ctrl-C
+    try:
+        with store:
+            study_id, resumed = open_study(store, spec, plan, fresh=fresh)
+            if not quiet and not as_json:
+                fewest, most = plan.run_estimate()
+                verb = "resuming" if resumed else "starting"
+                err_console.print(f"{verb} study [bold]{escape(study_id)}[/] ({len(plan.feasible)} scenarios, "
+                                  f"{fewest}..{most} runs) → {escape(str(store_file))}")
+            observer = JsonLines() if as_json else (None if quiet else LiveProgress())
+            try:
+                runner = StudyRunner(plan, store, study_id, keep_outliers=keep_outliers, observer=observer,
+                                     retry_abandoned=retry_abandoned, resumed=resumed)
+                outcome = runner.run()
+            except StudyLockedError as exc:
+                raise fail_usage(str(exc))
+            if outcome.status == "interrupted":
+                stored = len(store.runs(study_id=study_id, phase=None, with_result=False))
+                err_console.print(f"[yellow]interrupted[/]: the run in progress was discarded; {stored} runs of "
+                                  f"study {escape(study_id)} are stored in {escape(str(store_file))}.")
+                err_console.print(f"resume with: [bold]{escape(_resume_command())}[/]")
+                raise typer.Exit(EXIT_INTERRUPTED)
+            if not quiet and not as_json:
+                _print_summaries(store, study_id, keep_outliers)
+                err_console.print(f"study {escape(study_id)}: {outcome.status}; {outcome.runs_this_session} runs in "
+                                  f"{_fmt_duration(outcome.wall_s)}")
+            for key, reason in outcome.abandoned:
+                err_console.print(f"[red]abandoned[/] {escape(key)}: {escape(reason or '')[:500]}")
+            raise typer.Exit(outcome.exit_code)
+    except KeyboardInterrupt:       # a second Ctrl-C while cleaning up
+        err_console.print(f"[yellow]interrupted[/]; resume with: [bold]{escape(_resume_command())}[/]")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+# ---------------------------------------------------------------------------
+# show, studies
+
+
+def _find_study(store, wanted: str | None) -> dict:
+    if wanted is None:
+        record = store.latest_study() or store.get_study(ADHOC_STUDY)    # only ad-hoc runs: show those
+        if record is None:
+            raise fail_usage(f"no study in {store.path}; run `e2ebench study` first")
+        return record
+    record = store.get_study(wanted)
+    if record is not None:
+        return record
+    record = store.latest_study(name=wanted)
+    if record is not None:
+        return record
+    matches = [s for s in store.studies() if s["id"].startswith(wanted)]
+    if len(matches) == 1:
+        return store.get_study(matches[0]["id"])
+    known = ", ".join(s["id"] for s in store.studies()) or "none"
+    raise fail_usage(f"no study {wanted!r} in {store.path} ({'ambiguous prefix' if matches else 'known: ' + known})")
+
+
+def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
+    from e2ebench.study_runner import summarize_study
+
+    record = store.get_study(study_id)
+    summaries = summarize_study(store, study_id, keep_outliers)
+    by_app: dict[str, list] = defaultdict(list)
+    for s in summaries:
+        by_app[s.app].append(s)
+    console.print(f"[bold]study {escape(study_id)}[/] ({escape(record['name'])}, {record['status']})")
+    colour = {"target": "green", "max-runs": "yellow", "abandoned": "red", "active": "cyan", "pending": "dim"}
+    for app_name, rows in by_app.items():
+        measured = [s for s in rows if s.status != "infeasible"]
+        confidence = rows[0].confidence
+        if measured:
+            table = Table(title=f"{app_name}: mean E2E time per workload (s) ± {100 * confidence:g}% CI; phase means (s)",
+                          header_style="bold", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False, collapse_padding=True)
+            for column in ("deployment", "E2E", "±CI", "io", "pre", "infer", "post", "other", "n", "out", "fail",
+                           "status"):
+                table.add_column(column, justify="left" if column in ("deployment", "status") else "right",
+                                 no_wrap=True)
+            for s in measured:
+                deployment = escape(s.deployment) + ("" if s.mode == "e2e" else f"#{s.mode}")
+                if s.emulated:
+                    deployment += " [yellow](emulated)[/]"
+                ci = "—" if s.ci_halfwidth_pct is None else f"{s.ci_halfwidth_pct:.1f}%"
+                status = f"[{colour.get(s.status, '')}]{s.status}[/]" if colour.get(s.status) else s.status
+                table.add_row(deployment, _fmt_sig(s.mean_s), ci,
+                              *(_fmt_sig(s.phases_s.get(p)) for p in ("io", "pre", "infer", "post", "other")),
+                              str(s.n), str(s.outliers), str(s.failed), status)
+            console.print(table)
+            for s in measured:
+                if s.reason:
+                    console.print(f"  [red]{escape(s.scenario)}[/]: {escape(s.reason)[:300]}")
+        infeasible = [s for s in rows if s.status == "infeasible"]
+        if infeasible:
+            grouped: dict[str, list[str]] = defaultdict(list)
+            for s in infeasible:
+                grouped[s.reason or "?"].append(s.deployment + ("" if s.mode == "e2e" else f"#{s.mode}"))
+            console.print(f"[dim]{app_name}: {len(infeasible)} scenario(s) not run here:[/]")
+            for reason, deployments in grouped.items():
+                shown = ", ".join(deployments[:6]) + (f", … (+{len(deployments) - 6})" if len(deployments) > 6 else "")
+                console.print(f"[dim]  {escape(reason)}: {escape(shown)}[/]")
+    if any(s.emulated for s in summaries):
+        console.print("[yellow](emulated)[/]: ran under QEMU TCG; not comparable with native results.")
+
+
+SUMMARY_CSV_COLUMNS = ("scenario", "app", "deployment", "mode", "status", "n", "runs_ok", "outliers", "failed",
+                       "warmup_runs", "mean_s", "stdev_s", "ci_halfwidth_s", "ci_halfwidth_pct", "confidence",
+                       "io_s", "pre_s", "infer_s", "post_s", "other_s", "cold_start_s", "throughput_sps", "emulated",
+                       "reason")
+
+
+def _summary_row(s) -> dict:
+    d = s.as_dict()
+    phases = d.pop("phases_s")
+    d.update({f"{p}_s": phases.get(p) for p in ("io", "pre", "infer", "post", "other")})
+    return {k: d.get(k) for k in SUMMARY_CSV_COLUMNS}
+
+
+@app.command()
+def show(
+    study_id: Optional[str] = typer.Option(None, "--study", help="Study id, name or unique id prefix (default: the latest)."),
+    store_path: Path = typer.Option(DEFAULT_STORE, "--store", help="SQLite results file."),
+    keep_outliers: Optional[bool] = typer.Option(
+        None, "--keep-outliers/--drop-outliers", help="Count runs beyond 3 sigma in the means (default: the study's)."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print the table as CSV on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as one JSON object on stdout."),
+    runs: bool = typer.Option(False, "--runs", help="With --csv/--json: export every run instead of the per-scenario table."),
+) -> None:
+    """Per application, every scenario of a study: mean E2E ± CI, phase means, runs, outliers, failures."""
+    from e2ebench.store import Store
+    from e2ebench.study_runner import summarize_study
+
+    if as_csv and as_json:
+        raise fail_usage("--csv and --json are exclusive")
+    if not store_path.exists():
+        raise fail_usage(f"store {store_path} does not exist; run `e2ebench study` first (or pass --store)")
+    with Store(store_path) as store:
+        record = _find_study(store, study_id)
+        if runs and (as_csv or as_json):
+            rows = store.export_rows(record["id"])
+            if as_json:
+                emit_json({"study": {k: record[k] for k in ("id", "name", "source", "status", "created_at")},
+                           "runs": rows})
+            else:
+                _write_csv(rows, list(rows[0].keys()) if rows else ["id"])
+            raise typer.Exit(EXIT_OK)
+        summaries = summarize_study(store, record["id"], keep_outliers)
+        if as_json:
+            emit_json({"study": {k: record[k] for k in ("id", "name", "source", "status", "created_at")},
+                       "scenarios": [s.as_dict() for s in summaries]})
+        elif as_csv:
+            _write_csv([_summary_row(s) for s in summaries], list(SUMMARY_CSV_COLUMNS))
+        else:
+            _print_summaries(store, record["id"], keep_outliers)
+
+
+def _write_csv(rows: list[dict], columns: list[str]) -> None:
+    writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    sys.stdout.flush()
+
+
+@app.command()
+def studies(
+    store_path: Path = typer.Option(DEFAULT_STORE, "--store", help="SQLite results file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list on stdout."),
+) -> None:
+    """List the studies in a store: id, name, status, runs."""
+    from e2ebench.store import Store
+
+    if not store_path.exists():
+        raise fail_usage(f"store {store_path} does not exist")
+    with Store(store_path) as store:
+        rows = store.studies()
+    out = []
+    for r in rows:
+        identity = r["config"].get("identity") or {}
+        out.append({"id": r["id"], "name": r["name"], "status": r["status"], "source": r["source"],
+                    "created_at": r["created_at"], "config_sha256": identity.get("config_sha256"),
+                    "scenarios": r["scenarios"], "runs": r["runs"], "ok_runs": r["ok_runs"],
+                    "failed_runs": r["failed_runs"]})
+    if as_json:
+        emit_json(out)
+        return
+    table = Table(title=f"studies in {escape(str(store_path))}", header_style="bold", box=box.SIMPLE_HEAD,
+                  padding=(0, 0), pad_edge=False, collapse_padding=True)
+    for column in ("id", "status", "scenarios", "ok runs", "failed", "study file"):
+        table.add_column(column, no_wrap=column != "study file", overflow="fold")
+    for r in out:
+        table.add_row(escape(r["id"]), r["status"], str(r["scenarios"]), str(r["ok_runs"]), str(r["failed_runs"]),
+                      escape(r["source"] or ""))
+    console.print(table)

@@ -1,0 +1,599 @@
+"""Runs a study: warm-ups, adaptive repetition, interleaved order, outliers, failures, resume.
+
+Every run provisions its deployment afresh (``platform.session(...)`` around
+:func:`e2ebench.runner.execute`), so each run's cold start is measured and nothing is shared between
+runs except the cached data set.  Each finished run — successful or failed — is committed to the
+store on its own, with ``phase`` (``warmup``/``measure``) and a per-(scenario, phase) ``seq``;
+the store's unique index on (study, scenario, phase, seq) makes resuming idempotent: a resumed study
+reads what is stored and runs only what is missing.  A run that is interrupted (Ctrl-C, SIGTERM,
+SIGKILL, power loss) is never stored; its resources are released by the platform's context managers
+(Ctrl-C/SIGTERM) or by :func:`e2ebench.platforms.cgroups.remove_stale` at the next start (SIGKILL).
+
+Order: the study proceeds in *rounds*; each round gives every still-active scenario one run, in an
+order shuffled by ``random.Random(f"{seed}:{round}")``, so that slow drift of the machine (thermal,
+background load, page cache) is spread over all scenarios instead of biasing the ones measured last.
+A resumed study continues with round numbers after the number of runs already stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from e2ebench.runner import Workload, default_data, execute, failed_result
+from e2ebench.stats import (StopDecision, confidence_interval, outlier_mask, predicted_runs_needed,
+                            stopping_decision)
+from e2ebench.store import Store
+from e2ebench.study import Plan, PlannedScenario, RepetitionPolicy, Study
+
+PHASE_WARMUP, PHASE_MEASURE = "warmup", "measure"
+
+# Scenario states
+PENDING, ACTIVE, TARGET, MAX_RUNS, ABANDONED, INFEASIBLE, ADHOC = (
+    "pending", "active", "target", "max-runs", "abandoned", "infeasible", "ad-hoc")
+ANSWERED = (TARGET, MAX_RUNS)
+STATUS_TITLES = {
+    PENDING: "not started", ACTIVE: "running", TARGET: "CI target reached", MAX_RUNS: "max runs reached",
+    ABANDONED: "abandoned", INFEASIBLE: "infeasible", ADHOC: "ad-hoc runs (e2ebench run)",
+}
+
+# Study states (studies.status in the store)
+STUDY_RUNNING, STUDY_COMPLETE, STUDY_INCOMPLETE, STUDY_INTERRUPTED = "running", "complete", "incomplete", "interrupted"
+
+
+class StudyLockedError(RuntimeError):
+    """Another process is running the same study on the same store."""
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def round_order(keys: list[str], seed: int, round_index: int) -> list[str]:
+    """The order in which the active scenarios run in one round: sorted, then shuffled by
+    ``random.Random(f"{seed}:{round_index}")`` (string seeds are hashed with SHA-512: stable across
+    Python versions and processes)."""
+    order = sorted(keys)
+    random.Random(f"{seed}:{round_index}").shuffle(order)
+    return order
+
+
+# ---------------------------------------------------------------------------
+# Per-scenario state
+
+
+@dataclasses.dataclass
+class ScenarioState:
+    """What the store holds for one scenario of the study, and what it still needs."""
+
+    planned: PlannedScenario
+    warmup_next_seq: int = 0
+    measure_next_seq: int = 0
+    measured: list[tuple[int, float]] = dataclasses.field(default_factory=list)   # (run id, e2e_s) of ok runs
+    outliers: dict[int, bool] = dataclasses.field(default_factory=dict)          # run id -> flagged
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    run_wall_s: list[float] = dataclasses.field(default_factory=list)
+    status: str = PENDING
+    data: Path | None = None
+    _remaining_cache: tuple | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        return self.planned.key
+
+    def values(self, keep_outliers: bool) -> list[float]:
+        """E2E times (s) of the successful measured runs that count for the mean."""
+        return [v for run_id, v in self.measured if keep_outliers or not self.outliers.get(run_id, False)]
+
+    @property
+    def outlier_count(self) -> int:
+        return sum(1 for run_id, _ in self.measured if self.outliers.get(run_id, False))
+
+    def decision(self, policy: RepetitionPolicy, keep_outliers: bool) -> StopDecision:
+        return stopping_decision(self.values(keep_outliers), policy.min_runs, policy.max_runs,
+                                 policy.target_ci_halfwidth_pct, policy.confidence, runs_done=len(self.measured))
+
+    @property
+    def abandon_reason(self) -> str | None:
+        if self.status != ABANDONED:
+            return None
+        return f"failed {self.consecutive_failures} runs in a row; last error: {self.last_error}"
+
+    def refresh_status(self, policy: RepetitionPolicy, keep_outliers: bool) -> str:
+        if self.consecutive_failures >= policy.max_consecutive_failures:
+            self.status = ABANDONED
+        elif self.warmup_next_seq < policy.warmup_runs:
+            self.status = ACTIVE if (self.warmup_next_seq or self.measured or self.failures) else PENDING
+        else:
+            decision = self.decision(policy, keep_outliers)
+            if decision.stop:
+                self.status = TARGET if decision.target_reached else MAX_RUNS
+            else:
+                self.status = ACTIVE if (self.warmup_next_seq or self.measured or self.failures) else PENDING
+        return self.status
+
+    @property
+    def needs_run(self) -> bool:
+        return self.status in (PENDING, ACTIVE)
+
+    def next_run(self, policy: RepetitionPolicy) -> tuple[str, int]:
+        if self.warmup_next_seq < policy.warmup_runs:
+            return PHASE_WARMUP, self.warmup_next_seq
+        return PHASE_MEASURE, self.measure_next_seq
+
+    def remaining_runs_estimate(self, policy: RepetitionPolicy, keep_outliers: bool) -> int:
+        """Runs this scenario probably still needs (warm-ups + measured; see :func:`predicted_runs_needed`).
+
+        Cached until the scenario's runs change (the live display asks for it on every refresh).
+        """
+        version = (self.warmup_next_seq, self.measure_next_seq, len(self.measured), self.status, keep_outliers)
+        if self._remaining_cache is not None and self._remaining_cache[0] == version:
+            return self._remaining_cache[1]
+        remaining = self._remaining_runs(policy, keep_outliers)
+        self._remaining_cache = (version, remaining)
+        return remaining
+
+    def _remaining_runs(self, policy: RepetitionPolicy, keep_outliers: bool) -> int:
+        if not self.needs_run:
+            return 0
+        warmups = max(0, policy.warmup_runs - self.warmup_next_seq)
+        values = self.values(keep_outliers)
+        needed = predicted_runs_needed(values, policy.min_runs, policy.max_runs, policy.target_ci_halfwidth_pct,
+                                       policy.confidence)
+        return warmups + max(1, min(needed - len(values), policy.max_runs - len(self.measured)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEvent:
+    """One finished (stored) run, as reported to observers and by ``e2ebench study --json``."""
+
+    study_id: str
+    scenario: str
+    seq: int
+    phase: str
+    status: str                     # ok | failed
+    e2e_s: float | None
+    mean_s: float | None            # mean E2E of the scenario's counted runs so far
+    ci_halfwidth_pct: float | None  # relative half-width of its confidence interval (None while unbounded)
+    n: int                          # counted runs (outliers excluded unless kept)
+    run_id: int
+    outlier: bool
+    error: str | None
+    scenario_status: str
+    run_wall_s: float
+
+    def as_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class StudyObserver(Protocol):
+    def study_started(self, runner: "StudyRunner") -> None: ...
+    def run_started(self, state: ScenarioState, phase: str, seq: int) -> None: ...
+    def run_finished(self, event: RunEvent, state: ScenarioState) -> None: ...
+    def study_finished(self, outcome: "StudyOutcome") -> None: ...
+
+
+class SilentObserver:
+    def study_started(self, runner: "StudyRunner") -> None:
+        pass
+
+    def run_started(self, state: ScenarioState, phase: str, seq: int) -> None:
+        pass
+
+    def run_finished(self, event: RunEvent, state: ScenarioState) -> None:
+        pass
+
+    def study_finished(self, outcome: "StudyOutcome") -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyOutcome:
+    study_id: str
+    status: str                      # complete | incomplete | interrupted
+    resumed: bool
+    runs_this_session: int
+    wall_s: float
+    scenarios: tuple[tuple[str, str, str | None], ...]    # (scenario, status, reason)
+
+    @property
+    def abandoned(self) -> list[tuple[str, str | None]]:
+        return [(k, r) for k, s, r in self.scenarios if s == ABANDONED]
+
+    @property
+    def exit_code(self) -> int:
+        """0: every feasible scenario answered; 1: some abandoned (or nothing feasible); 130: interrupted."""
+        if self.status == STUDY_INTERRUPTED:
+            return 130
+        if not self.scenarios or any(s not in ANSWERED for _, s, _ in self.scenarios):
+            return 1
+        return 0
+
+
+# ---------------------------------------------------------------------------
+# Study identity in the store
+
+
+def study_record(study: Study, plan: Plan) -> dict:
+    """What ``studies.config_json`` holds: identity, normalised configuration and the plan."""
+    return {
+        "identity": study.identity(),
+        "config": study.config,
+        "plan": [{"scenario": p.key, "feasible": p.feasible, "reason": p.reason, "origin": p.origin, "note": p.note}
+                 for p in plan.scenarios],
+        "host": {"cores": plan.host.cores, "gpus": plan.host.gpus},
+    }
+
+
+def open_study(store: Store, study: Study, plan: Plan, fresh: bool = False) -> tuple[str, bool]:
+    """The study id to run under: the stored study with the same identity (resume) or a new one.
+
+    Returns ``(study_id, resumed)``.
+    """
+    if not fresh:
+        existing = store.find_study(study.name, study.source, study.config_sha256)
+        if existing is not None:
+            return existing["id"], True
+    return store.create_study(study.name, study_record(study, plan), source=study.source), False
+
+
+# ---------------------------------------------------------------------------
+# The runner
+
+
+class StudyRunner:
+    """Runs the feasible scenarios of a plan into ``store`` under ``study_id``."""
+
+    def __init__(self, plan: Plan, store: Store, study_id: str, keep_outliers: bool | None = None,
+                 observer: StudyObserver | None = None, results_dir: Path | None = None,
+                 retry_abandoned: bool = False, resumed: bool = False):
+        self.plan = plan
+        self.study = plan.study
+        self.policy = plan.study.repetition
+        self.store = store
+        self.study_id = study_id
+        self.keep_outliers = self.policy.keep_outliers if keep_outliers is None else keep_outliers
+        self.observer = observer or SilentObserver()
+        self.results_dir = (results_dir or store.path.resolve().parent)
+        self.retry_abandoned = retry_abandoned
+        self.resumed = resumed
+        self.states: list[ScenarioState] = [ScenarioState(p) for p in plan.feasible]
+        self.runs_this_session = 0
+        self.started_monotonic = time.monotonic()
+        self.current: tuple[ScenarioState, str, int] | None = None
+        self._round = 0
+        self._load()
+
+    # -- state from the store ---------------------------------------------------------
+    def _load(self) -> None:
+        by_key = {s.key: s for s in self.states}
+        rows = self.store.runs(study_id=self.study_id, phase=None, with_result=False)
+        for row in rows:                      # ordered by id = the order the runs finished
+            state = by_key.get(row["scenario"])
+            if state is None:
+                continue
+            seq = row["seq"] if row["seq"] is not None else -1
+            if row["phase"] == PHASE_WARMUP:
+                state.warmup_next_seq = max(state.warmup_next_seq, seq + 1)
+            else:
+                state.measure_next_seq = max(state.measure_next_seq, seq + 1)
+            if row["status"] == "ok":
+                state.consecutive_failures = 0
+                if row["phase"] == PHASE_MEASURE and row["e2e_s"] is not None:
+                    state.measured.append((row["id"], float(row["e2e_s"])))
+                    state.outliers[row["id"]] = bool(row["outlier"])
+            else:
+                state.failures += 1
+                state.consecutive_failures += 1
+                state.last_error = row["error"]
+            if row["finished_at"] and row["started_at"]:
+                state.run_wall_s.append(max(0.0, float(row["finished_at"]) - float(row["started_at"])))
+        self._round = len(rows)
+        for state in self.states:
+            self._update_outliers(state)
+            if self.retry_abandoned:
+                state.consecutive_failures = 0
+            state.refresh_status(self.policy, self.keep_outliers)
+
+    def _update_outliers(self, state: ScenarioState) -> dict[int, bool]:
+        ids = [run_id for run_id, _ in state.measured]
+        mask = outlier_mask([v for _, v in state.measured], self.policy.outlier_sigmas)
+        changed = {run_id: flag for run_id, flag in zip(ids, mask) if state.outliers.get(run_id, False) != flag}
+        if changed:
+            self.store.mark_outliers(changed)
+            state.outliers.update(changed)
+        return changed
+
+    # -- progress helpers -------------------------------------------------------------
+    def remaining_runs_estimate(self) -> int:
+        return sum(s.remaining_runs_estimate(self.policy, self.keep_outliers) for s in self.states)
+
+    def mean_run_wall_s(self) -> float | None:
+        walls = [w for s in self.states for w in s.run_wall_s]
+        return sum(walls) / len(walls) if walls else None
+
+    def eta_s(self) -> float | None:
+        """Seconds left: estimated remaining runs (see :func:`predicted_runs_needed`) x each scenario's mean run wall time."""
+        total, known = 0.0, False
+        fallback = self.mean_run_wall_s()
+        for state in self.states:
+            remaining = state.remaining_runs_estimate(self.policy, self.keep_outliers)
+            if not remaining:
+                continue
+            per_run = (sum(state.run_wall_s) / len(state.run_wall_s)) if state.run_wall_s else fallback
+            if per_run is None:
+                return None
+            total += remaining * per_run
+            known = True
+        return total if known else 0.0
+
+    def summary_of(self, state: ScenarioState) -> tuple[float | None, float | None, int]:
+        values = state.values(self.keep_outliers)
+        ci = confidence_interval(values, self.policy.confidence)
+        return (finite_or_none(ci.mean) if values else None), finite_or_none(ci.half_width_pct), ci.n
+
+    # -- running ----------------------------------------------------------------------
+    def run(self) -> StudyOutcome:
+        """Run until every scenario is answered or abandoned; Ctrl-C (KeyboardInterrupt) stops cleanly.
+
+        The interrupted run is discarded (never stored) and the study is marked ``interrupted``;
+        running the same study again resumes it.
+        """
+        from e2ebench.platforms import cgroups
+
+        with contextlib.suppress(Exception):
+            cgroups.remove_stale()
+        status = STUDY_INTERRUPTED
+        with self._lock():
+            self.store.set_study_status(self.study_id, STUDY_RUNNING)
+            self.observer.study_started(self)
+            try:
+                while True:
+                    active = [s for s in self.states if s.needs_run]
+                    if not active:
+                        break
+                    by_key = {s.key: s for s in active}
+                    for key in round_order(list(by_key), self.study.seed, self._round):
+                        state = by_key[key]
+                        if state.needs_run:
+                            self._run_one(state)
+                    self._round += 1
+                status = STUDY_COMPLETE if all(s.status in ANSWERED for s in self.states) and self.states \
+                    else STUDY_INCOMPLETE
+            except KeyboardInterrupt:
+                status = STUDY_INTERRUPTED
+            finally:
+                self.current = None
+                with contextlib.suppress(Exception):
+                    self.store.set_study_status(self.study_id, status)
+        outcome = StudyOutcome(
+            study_id=self.study_id, status=status, resumed=self.resumed, runs_this_session=self.runs_this_session,
+            wall_s=time.monotonic() - self.started_monotonic,
+            scenarios=tuple((s.key, s.status, s.abandon_reason) for s in self.states),
+        )
+        self.observer.study_finished(outcome)
+        return outcome
+
+    def _run_one(self, state: ScenarioState) -> None:
+        phase, seq = state.next_run(self.policy)
+        self.current = (state, phase, seq)
+        if state.status == PENDING:
+            state.status = ACTIVE
+        self.observer.run_started(state, phase, seq)
+        t0 = time.perf_counter()
+        result = self.execute_run(state, phase, seq)           # KeyboardInterrupt: nothing stored
+        wall_s = time.perf_counter() - t0
+        result["run_wall_s"] = wall_s
+        result["study_id"] = self.study_id
+        run_id = self.store.add_run(result, study_id=self.study_id, phase=phase, seq=seq)
+        self.current = None
+        self.runs_this_session += 1
+        ok = not result.get("error")
+        state.run_wall_s.append(wall_s)
+        if phase == PHASE_WARMUP:
+            state.warmup_next_seq = seq + 1
+        else:
+            state.measure_next_seq = seq + 1
+        if ok:
+            state.consecutive_failures = 0
+            if phase == PHASE_MEASURE:
+                state.measured.append((run_id, float(result["e2e_s"])))
+                state.outliers[run_id] = False
+                self._update_outliers(state)
+        else:
+            state.failures += 1
+            state.consecutive_failures += 1
+            state.last_error = str(result.get("error"))
+        state.refresh_status(self.policy, self.keep_outliers)
+        mean_s, hw_pct, n = self.summary_of(state)
+        event = RunEvent(
+            study_id=self.study_id, scenario=state.key, seq=seq, phase=phase, status="ok" if ok else "failed",
+            e2e_s=finite_or_none(result.get("e2e_s")) if ok else None, mean_s=mean_s, ci_halfwidth_pct=hw_pct, n=n,
+            run_id=run_id, outlier=state.outliers.get(run_id, False), error=None if ok else str(result.get("error")),
+            scenario_status=state.status, run_wall_s=wall_s,
+        )
+        self.observer.run_finished(event, state)
+
+    def execute_run(self, state: ScenarioState, phase: str, seq: int) -> dict:
+        """One run: provision the deployment, run the worker, tear down.  Never raises for a failed run."""
+        from e2ebench.platforms import get_platform
+
+        planned = state.planned
+        scenario, workload = planned.scenario, planned.workload
+        assert workload is not None
+        started = time.time()
+        try:
+            data = self._data_for(state, workload)
+        except Exception as exc:
+            return failed_result(scenario, workload, f"preparing the data set failed: {type(exc).__name__}: {exc}",
+                                 started)
+        slug = str(scenario).replace("/", "_").replace("@", "_").replace("#", "_")
+        logs_dir = (self.results_dir / "logs" / self.study_id / f"{slug}-{phase}-{seq}").resolve()
+        with tempfile.TemporaryDirectory(prefix="e2ebench-") as tmp:
+            try:
+                platform = get_platform(scenario.deployment.platform)
+                with platform.session(scenario.deployment, Path(tmp)) as session:
+                    return execute(session, scenario, workload, data, logs_dir)
+            except Exception as exc:
+                return failed_result(scenario, workload, f"provisioning failed: {type(exc).__name__}: {exc}", started)
+
+    def _data_for(self, state: ScenarioState, workload: Workload) -> Path:
+        if state.data is None:
+            if workload.data:
+                state.data = Path(workload.data).resolve()
+            else:
+                state.data = default_data(state.planned.scenario.app, int(workload.requests), variant=workload.variant,
+                                          seed=workload.seed).resolve()
+        return state.data
+
+    # -- single-runner lock -----------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """An exclusive ``flock`` next to the store, so that two processes never run the same study at once.
+
+        The kernel drops the lock when the process dies, also on SIGKILL.
+        """
+        path = self.store.path.resolve().with_name(f".{self.store.path.name}.{self.study_id}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise StudyLockedError(f"study {self.study_id} is being run by another process (pid {owner}) "
+                                           f"on {self.store.path}") from None
+                raise
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# Summaries (``e2ebench show``)
+
+
+PHASES = ("io", "pre", "infer", "post", "other")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioSummary:
+    """One row of ``e2ebench show``: a scenario's mean E2E time and what it rests on."""
+
+    scenario: str
+    app: str
+    deployment: str
+    mode: str
+    status: str
+    n: int                            # runs in the mean
+    runs_ok: int                      # successful measured runs (outliers included)
+    outliers: int
+    failed: int                       # failed runs (warm-up and measured)
+    warmup_runs: int
+    mean_s: float | None
+    stdev_s: float | None
+    ci_halfwidth_s: float | None
+    ci_halfwidth_pct: float | None
+    confidence: float
+    phases_s: dict                    # phase -> mean over the runs in the mean
+    cold_start_s: float | None        # mean cold start over the runs in the mean
+    throughput_sps: float | None
+    emulated: bool
+    reason: str | None                # why infeasible / last error of an abandoned scenario
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = None) -> list[ScenarioSummary]:
+    """Per-scenario summaries of a stored study (scenarios in the study's plan order, then any others)."""
+    from e2ebench.scenario import Scenario
+
+    record = store.get_study(study_id)
+    if record is None:
+        raise KeyError(study_id)
+    config = record["config"].get("config")
+    adhoc = config is None                      # runs of `e2ebench run`, not of a study: no policy to judge them by
+    config = config or {}
+    repetition = config.get("repetition") or {}
+    policy = RepetitionPolicy(**{k: v for k, v in repetition.items()
+                                 if k in {f.name for f in dataclasses.fields(RepetitionPolicy)}})
+    keep = policy.keep_outliers if keep_outliers is None else keep_outliers
+    plan = record["config"].get("plan") or []
+    runs = store.runs(study_id=study_id, phase=None)
+    by_scenario: dict[str, list[dict]] = {}
+    for run in runs:
+        by_scenario.setdefault(run["scenario"], []).append(run)
+    order = [p["scenario"] for p in plan] + [k for k in by_scenario if k not in {p["scenario"] for p in plan}]
+    infeasible = {p["scenario"]: p.get("reason") for p in plan if not p.get("feasible", True)}
+    out = []
+    for key in order:
+        try:
+            scenario = Scenario.parse(key)
+        except ValueError:
+            continue
+        rows = by_scenario.get(key, [])
+        if key in infeasible and not rows:
+            out.append(ScenarioSummary(key, scenario.app, str(scenario.deployment), scenario.mode, INFEASIBLE, 0, 0, 0,
+                                       0, 0, None, None, None, None, policy.confidence, {p: None for p in PHASES},
+                                       None, None, False, infeasible[key]))
+            continue
+        measured_ok = [r for r in rows if r["phase"] == PHASE_MEASURE and r["status"] == "ok" and r["e2e_s"] is not None]
+        counted = [r for r in measured_ok if keep or not r["outlier"]]
+        values = [float(r["e2e_s"]) for r in counted]
+        ci = confidence_interval(values, policy.confidence)
+        trailing_failures, last_error = 0, None
+        for r in rows:
+            if r["status"] == "ok":
+                trailing_failures = 0
+            else:
+                trailing_failures += 1
+                last_error = r["error"]
+        if adhoc:
+            status = ADHOC
+        elif trailing_failures >= policy.max_consecutive_failures:
+            status = ABANDONED
+        elif sum(1 for r in rows if r["phase"] == PHASE_WARMUP) < policy.warmup_runs:
+            status = ACTIVE if rows else PENDING
+        else:
+            decision = stopping_decision(values, policy.min_runs, policy.max_runs, policy.target_ci_halfwidth_pct,
+                                         policy.confidence, runs_done=len(measured_ok))
+            status = (TARGET if decision.target_reached else MAX_RUNS) if decision.stop else (ACTIVE if rows else PENDING)
+        phases = {p: _mean_or_none([(r["result"].get("phases_s") or {}).get(p) for r in counted]) for p in PHASES}
+        out.append(ScenarioSummary(
+            scenario=key, app=scenario.app, deployment=str(scenario.deployment), mode=scenario.mode, status=status,
+            n=ci.n, runs_ok=len(measured_ok), outliers=sum(1 for r in measured_ok if r["outlier"]),
+            failed=sum(1 for r in rows if r["status"] != "ok"),
+            warmup_runs=sum(1 for r in rows if r["phase"] == PHASE_WARMUP),
+            mean_s=finite_or_none(ci.mean) if values else None, stdev_s=finite_or_none(ci.stdev),
+            ci_halfwidth_s=finite_or_none(ci.half_width), ci_halfwidth_pct=finite_or_none(ci.half_width_pct),
+            confidence=policy.confidence, phases_s=phases,
+            cold_start_s=_mean_or_none([r["result"].get("cold_start_s") for r in counted]),
+            throughput_sps=_mean_or_none([r["result"].get("throughput_sps") for r in counted]),
+            emulated=any(r["emulated"] for r in rows),
+            reason=(f"failed {trailing_failures} runs in a row; last error: {last_error}" if status == ABANDONED
+                    else None),
+        ))
+    return out

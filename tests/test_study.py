@@ -1,0 +1,368 @@
+"""Study files (e2ebench.study): validation messages, matrix expansion, feasibility, presets, identity."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from e2ebench.scenario import PLATFORMS, HostFacts, Scenario
+from e2ebench.store import Store
+from e2ebench.study import (PRESETS, StudyError, load_study, parse_study, preset_path, resolve_study_path)
+from e2ebench.study_runner import open_study, round_order
+
+BIG_HOST = HostFacts(cores=64, gpus=1, available_platforms=frozenset(PLATFORMS))
+SMALL_HOST = HostFacts(cores=2, gpus=0, available_platforms=frozenset({"BM"}),
+                       platform_reasons=(("VM", "no KVM here"), ("CN", "runc missing")))
+
+MINIMAL = """
+apps = ["ic"]
+platforms = ["BM"]
+cores = [1]
+"""
+
+
+def study_from(text: str, path: Path | None = None):
+    return parse_study(textwrap.dedent(text), path=path)
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(StudyError) as info:
+        study_from(text)
+    return str(info.value)
+
+
+# -- validation ------------------------------------------------------------------------------------------
+
+
+def test_typo_in_a_top_level_key_names_it_the_closest_and_the_accepted_ones():
+    message = error_of(MINIMAL + 'platfroms = ["BM"]\n')
+    assert "'platfroms'" in message
+    assert "did you mean 'platforms'" in message
+    for key in ("apps", "platforms", "cores", "cpu_modes", "devices", "repetition", "workload", "scenarios"):
+        assert key in message
+
+
+def test_typo_in_a_section_key_names_the_section():
+    message = error_of(MINIMAL + "[repetition]\nmin_run = 3\n")
+    assert "'repetition.min_run'" in message and "did you mean 'min_runs'" in message
+    assert "target_ci_halfwidth_pct" in message
+    message = error_of(MINIMAL + "[workload.ic]\nreqests = 4\n")
+    assert "'workload.ic.reqests'" in message and "did you mean 'requests'" in message
+    message = error_of(MINIMAL + "[workload.ic]\noptions = { sed = 1 }\n")
+    assert "'workload.ic.options.sed'" in message and "did you mean 'seed'" in message
+
+
+@pytest.mark.parametrize("extra, bad_value", [
+    ('platforms = ["BX"]', "'BX'"),
+    ('cpu_modes = ["PINNED"]', "'PINNED'"),
+    ('devices = ["TPU"]', "'TPU'"),
+    ("cores = [0]", "0"),
+    ('cores = "many"', "'many'"),
+    ('apps = ["icc"]', "'icc'"),
+    ("seed = -1", "-1"),
+    ("timeout_s = 0", "0"),
+    ('scenarios = ["ic@BM/two/PIN/CPU"]', "'ic@BM/two/PIN/CPU'"),
+    ("[repetition]\nconfidence = 1.5", "1.5"),
+    ("[repetition]\nmin_runs = 0", "0"),
+    ("[repetition]\nmin_runs = 5\nmax_runs = 3", "max_runs = 3"),
+    ("[repetition]\ntarget_ci_halfwidth_pct = -2", "-2"),
+    ("[repetition]\nkeep_outliers = 'yes'", "'yes'"),
+    ('[workload.ic]\nloadgen_scenario = "online"', "'online'"),
+    ('[workload.ic]\nbackend = "tensorflow"', "'tensorflow'"),
+    ('[workload.ic]\nvariant = "huge"', "'huge'"),
+    ('[workload.ic]\nmode = "training"', "'training'"),
+    ("[workload.ic]\nrequests = 2.5", "2.5"),
+    ('[workload.ic]\ndata = "no/such/folder"', "'no/such/folder'"),
+])
+def test_bad_values_are_named(extra, bad_value):
+    text = MINIMAL + extra + "\n"
+    if extra.startswith(("apps", "platforms", "cores", "cpu_modes", "devices")):
+        key = extra.split()[0]
+        text = "\n".join(line for line in MINIMAL.splitlines() if not line.startswith(key)) + "\n" + extra + "\n"
+    message = error_of(text)
+    assert bad_value in message, message
+
+
+def test_unknown_app_gets_a_suggestion():
+    message = error_of('apps = ["icc"]\n')
+    assert "'icc'" in message and "did you mean 'ic'" in message
+    message = error_of(MINIMAL + "[workload.nl]\nrequests = 4\n")
+    assert "'nl'" in message and "did you mean 'nlp'" in message
+
+
+def test_exclusions_need_a_reason_and_a_field():
+    assert "reason is missing" in error_of(MINIMAL + '[[exclude]]\napps = ["ic"]\n')
+    assert "matches every scenario" in error_of(MINIMAL + '[[exclude]]\nreason = "x"\n')
+    assert "'exclude.devics'" in error_of(MINIMAL + '[[exclude]]\ndevics = ["GPU"]\nreason = "x"\n')
+
+
+def test_toml_syntax_errors_and_missing_apps():
+    assert "not valid TOML" in error_of("apps = [\n")
+    assert "nothing to run" in error_of('platforms = ["BM"]\n')
+
+
+def test_error_messages_name_the_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(MINIMAL + "cors = [1]\n")
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    assert str(path) in str(info.value) and "did you mean 'cores'" in str(info.value)
+
+
+# -- expansion and feasibility ---------------------------------------------------------------------------
+
+
+def test_matrix_expands_every_combination_in_order():
+    study = study_from("""
+        apps = ["ic", "rs"]
+        platforms = ["bm", "CN"]
+        cores = [1, 2]
+        cpu_modes = ["vnl", "PIN"]
+        devices = ["CPU"]
+    """)
+    plan = study.plan(BIG_HOST)
+    keys = [p.key for p in plan.scenarios]
+    assert len(keys) == 2 * 2 * 2 * 2
+    assert keys[0] == "ic@BM/1/VNL/CPU" and keys[-1] == "rs@CN/2/PIN/CPU"
+    assert all(p.feasible for p in plan.scenarios)
+
+
+def test_infeasible_scenarios_are_listed_with_their_reason():
+    study = study_from("""
+        apps = ["ic"]
+        platforms = ["BM", "VM", "MVM"]
+        cores = [2, 4]
+        cpu_modes = ["VNL", "PIN"]
+        devices = ["CPU", "GPU"]
+    """)
+    plan = study.plan(SMALL_HOST)
+    reasons = {p.key: p.reason for p in plan.scenarios}
+    assert len(reasons) == 3 * 2 * 2 * 2                      # nothing silently dropped
+    assert reasons["ic@BM/2/VNL/CPU"] is None and reasons["ic@BM/2/PIN/CPU"] is None
+    assert "4 cores requested but the host has 2" in reasons["ic@BM/4/VNL/CPU"]
+    assert "no GPU" in reasons["ic@BM/2/PIN/GPU"]
+    assert "MVM supports only VNL/CPU" in reasons["ic@MVM/2/PIN/CPU"]
+    assert "platform VM unavailable: no KVM here" == reasons["ic@VM/2/VNL/CPU"]
+    assert [p.key for p in plan.feasible] == ["ic@BM/2/VNL/CPU", "ic@BM/2/PIN/CPU"]
+    assert plan.run_estimate() == (2 * (1 + 5), 2 * (1 + 50))     # defaults: 1 warm-up, 5..50 runs
+
+
+def test_cores_all_and_explicit_scenarios():
+    study = study_from("""
+        apps = ["ic"]
+        cores = "all"
+        cpu_modes = ["VNL"]
+        scenarios = ["ic@BM/2/PIN/CPU#inference-only", "ic@BM/2/VNL/CPU", "rs@bm/1/pin/cpu"]
+        [workload.ic]
+        requests = 4
+        variant = "tiny"
+    """)
+    plan = study.plan(SMALL_HOST)
+    by_key = {p.key: p for p in plan.scenarios}
+    assert list(by_key) == ["ic@BM/2/VNL/CPU", "ic@BM/2/PIN/CPU#inference-only", "rs@BM/1/PIN/CPU"]
+    assert by_key["ic@BM/2/VNL/CPU"].origin == "matrix"              # the explicit duplicate is merged
+    assert by_key["ic@BM/2/PIN/CPU#inference-only"].scenario.mode == "inference-only"
+    assert by_key["ic@BM/2/PIN/CPU#inference-only"].origin == "explicit"
+    workload = by_key["ic@BM/2/VNL/CPU"].workload
+    assert workload.requests == 4 and workload.variant == "tiny" and workload.batch_size >= 1
+    # rs has no [workload.rs]: the app's defaults
+    from e2ebench.apps import get_app_class
+
+    assert by_key["rs@BM/1/PIN/CPU"].workload.requests == get_app_class("rs").default_requests
+    big = study.plan(BIG_HOST)
+    assert "ic@BM/64/VNL/CPU" in {p.key for p in big.scenarios}
+
+
+def test_modes_multiply_the_matrix_and_exclusions_give_reasons():
+    study = study_from("""
+        apps = ["ic", "sr"]
+        cores = [1]
+        cpu_modes = ["VNL"]
+        devices = ["CPU", "GPU"]
+        [workload.ic]
+        mode = ["e2e", "inference-only"]
+        [[exclude]]
+        apps = ["sr"]
+        devices = ["GPU"]
+        reason = "SR was evaluated on CPUs only"
+    """)
+    plan = study.plan(BIG_HOST)
+    reasons = {p.key: p.reason for p in plan.scenarios}
+    assert set(reasons) == {"ic@BM/1/VNL/CPU", "ic@BM/1/VNL/GPU", "ic@BM/1/VNL/CPU#inference-only",
+                            "ic@BM/1/VNL/GPU#inference-only", "sr@BM/1/VNL/CPU", "sr@BM/1/VNL/GPU"}
+    assert reasons["sr@BM/1/VNL/GPU"] == "excluded by the study: SR was evaluated on CPUs only"
+    assert sum(r is None for r in reasons.values()) == 5
+
+
+def test_data_paths_are_relative_to_the_study_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    path = tmp_path / "s.toml"
+    path.write_text(MINIMAL + '[workload.ic]\ndata = "images"\n')
+    study = load_study(path)
+    assert study.workload_for("ic").data == str((tmp_path / "images").resolve())
+
+
+# -- presets -------------------------------------------------------------------------------------------
+
+
+def test_presets_load_and_quick_is_the_default():
+    for name in PRESETS:
+        assert preset_path(name).is_file()
+        load_study(preset_path(name))
+    assert resolve_study_path(None) == preset_path("quick")
+    assert resolve_study_path("paper") == preset_path("paper")
+    with pytest.raises(StudyError):
+        resolve_study_path("no-such-study.toml")
+
+
+def test_quick_preset_is_small_and_uses_full_models():
+    study = load_study(preset_path("quick"))
+    assert {"ic", "rs"} <= set(study.apps)
+    assert set(study.cpu_modes) == {"VNL", "PIN"} and study.platforms == ("BM",)
+    assert all(study.workload_for(app).variant == "full" for app in study.apps)
+    plan = study.plan(HostFacts(cores=2, gpus=0, available_platforms=frozenset({"BM"})))
+    assert len(plan.feasible) == len(plan.scenarios) >= 4
+    fewest, most = plan.run_estimate()
+    assert most <= 60
+
+
+def test_paper_preset_is_figure_3():
+    study = load_study(preset_path("paper"))
+    plan = study.plan(BIG_HOST)
+    assert len(plan.scenarios) == 5 * 5 * 2 * 2 * 4          # every path of Fig. 3, feasible or not
+    feasible = {p.key for p in plan.feasible}
+    # BM, CN, VM, VMCN: 4 x 5 x 2 x 2 x 4 = 320, minus SR on GPU (40) and RS on GPU in CN/VMCN (20);
+    # MVM: only MVM/16/VNL/CPU for the 4 apps
+    assert len(feasible) == 320 - 40 - 20 + 4
+    assert {k for k in feasible if "@MVM/" in k} == {f"{a}@MVM/16/VNL/CPU" for a in ("ic", "sr", "nlp", "rs")}
+    reasons = {p.key: p.reason for p in plan.scenarios}
+    assert "CPUs only" in reasons["sr@VM/32/PIN/GPU"]
+    assert "containers" in reasons["rs@CN/8/VNL/GPU"]
+    assert "rs@VM/8/VNL/GPU" in feasible and "nlp@VM/32/PIN/GPU" in feasible
+    assert "MVM/16/VNL/CPU" in reasons["ic@MVM/4/VNL/CPU"]
+    assert "MVM supports only VNL/CPU" in reasons["ic@MVM/16/PIN/CPU"]
+    assert study.workload_for("ic").requests == 1000 and study.workload_for("sr").requests == 1200
+    # on a 2-core host without GPU every scenario is listed, each with a reason
+    small = study.plan(SMALL_HOST)
+    assert len(small.scenarios) == 400 and all(p.reason for p in small.infeasible)
+
+
+def test_edge_preset_uses_all_cores_and_vanilla_cpus():
+    study = load_study(preset_path("edge"))
+    assert study.cores == ("all",) and study.cpu_modes == ("VNL",)
+    plan = study.plan(HostFacts(cores=4, gpus=0, available_platforms=frozenset(PLATFORMS)))
+    assert sorted(p.key for p in plan.feasible) == sorted(
+        f"{a}@{p}/4/VNL/CPU" for a in ("ic", "sr") for p in ("BM", "CN", "VM", "VMCN"))
+
+
+# -- identity --------------------------------------------------------------------------------------------
+
+
+def test_identity_ignores_formatting_but_not_the_matrix(tmp_path):
+    a = study_from(MINIMAL)
+    b = study_from("# a comment\n" + MINIMAL.replace("cores = [1]", "cores   =   [ 1 ]") + 'store = "elsewhere.sqlite"\n')
+    c = study_from(MINIMAL.replace("cores = [1]", "cores = [1, 2]"))
+    d = study_from(MINIMAL + "[repetition]\nmin_runs = 7\n")
+    assert a.config_sha256 == b.config_sha256
+    assert len({a.config_sha256, c.config_sha256, d.config_sha256}) == 3
+
+
+def test_open_study_resumes_by_identity_and_fresh_starts_a_new_one(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(MINIMAL)
+    study = load_study(path)
+    plan = study.plan(SMALL_HOST)
+    with Store(tmp_path / "r.sqlite") as store:
+        first, resumed = open_study(store, study, plan)
+        assert not resumed
+        again, resumed = open_study(store, load_study(path), plan)
+        assert again == first and resumed
+        fresh, resumed = open_study(store, study, plan, fresh=True)
+        assert fresh != first and not resumed
+        assert open_study(store, study, plan)[0] == fresh            # the latest one is resumed
+        path.write_text(MINIMAL.replace("cores = [1]", "cores = [2]"))
+        edited, resumed = open_study(store, load_study(path), load_study(path).plan(SMALL_HOST))
+        assert edited not in (first, fresh) and not resumed
+        record = store.get_study(first)
+        assert record["source"] == str(path.resolve())
+        assert record["config"]["identity"]["config_sha256"] == study.config_sha256
+        assert [p["scenario"] for p in record["config"]["plan"]] == ["ic@BM/1/VNL/CPU", "ic@BM/1/PIN/CPU"]
+
+
+def test_round_order_is_seeded_and_varies_between_rounds():
+    keys = [f"ic@BM/{n}/VNL/CPU" for n in range(1, 9)]
+    assert round_order(keys, seed=0, round_index=3) == round_order(list(reversed(keys)), seed=0, round_index=3)
+    orders = {tuple(round_order(keys, seed=0, round_index=r)) for r in range(10)}
+    assert len(orders) > 5
+    assert round_order(keys, 0, 0) != round_order(keys, 1, 0)
+    expected = sorted(keys)
+    random.Random("0:0").shuffle(expected)
+    assert round_order(keys, 0, 0) == expected
+
+
+# -- the runner's view of a store ----------------------------------------------------------------------
+
+
+def stored_result(scenario: str, e2e_s: float | None, error: str | None = None) -> dict:
+    """A RunResult as the store keeps it (only the keys the store and the summaries read)."""
+    parsed = Scenario.parse(scenario)
+    phases = None if e2e_s is None else {"io": 0.1 * e2e_s, "pre": 0.2 * e2e_s, "infer": 0.6 * e2e_s,
+                                         "post": 0.05 * e2e_s, "other": 0.05 * e2e_s}
+    return {"scenario": scenario, "app": parsed.app, "mode": parsed.mode, "deployment": parsed.deployment.as_dict(),
+            "e2e_s": e2e_s, "phases_s": phases, "error": error, "started_at": 1.0, "finished_at": 3.0}
+
+
+def test_runner_reads_the_store_flags_outliers_and_has_nothing_left_to_do(tmp_path):
+    from e2ebench.study_runner import StudyRunner, summarize_study
+
+    study = study_from("""
+        name = "from-store"
+        apps = ["ic"]
+        cores = [1]
+        cpu_modes = ["VNL", "PIN"]
+        [repetition]
+        warmup_runs = 1
+        min_runs = 3
+        max_runs = 12
+        max_consecutive_failures = 2
+    """)
+    plan = study.plan(SMALL_HOST)
+    vnl, pin = "ic@BM/1/VNL/CPU", "ic@BM/1/PIN/CPU"
+    values = [1.000, 1.002, 0.999, 1.001, 0.998, 1.000, 1.003, 0.999, 1.001, 1.6]    # the last is an outlier
+    with Store(tmp_path / "s.sqlite") as store:
+        study_id, _ = open_study(store, study, plan)
+        store.add_run(stored_result(vnl, 1.2), study_id, phase="warmup", seq=0)
+        for seq, value in enumerate(values):
+            store.add_run(stored_result(vnl, value), study_id, phase="measure", seq=seq)
+        store.add_run(stored_result(pin, 1.0), study_id, phase="warmup", seq=0)
+        store.add_run(stored_result(pin, None, "worker failed: boom"), study_id, phase="measure", seq=0)
+        store.add_run(stored_result(pin, None, "worker failed: boom again"), study_id, phase="measure", seq=1)
+
+        runner = StudyRunner(plan, store, study_id)
+        by_key = {s.key: s for s in runner.states}
+        assert by_key[vnl].outlier_count == 1 and by_key[vnl].status == "target"
+        assert 1.6 not in by_key[vnl].values(keep_outliers=False) and 1.6 in by_key[vnl].values(keep_outliers=True)
+        flagged = [r["e2e_s"] for r in store.runs(study_id=study_id, scenario=vnl) if r["outlier"]]
+        assert flagged == [1.6]                                   # kept in the store with outlier = 1
+        assert by_key[pin].status == "abandoned" and by_key[pin].measure_next_seq == 2
+        assert "failed 2 runs in a row" in by_key[pin].abandon_reason and "boom again" in by_key[pin].abandon_reason
+        outcome = runner.run()                                    # nothing is missing: no run is made
+        assert outcome.runs_this_session == 0 and outcome.status == "incomplete" and outcome.exit_code == 1
+        assert store.get_study(study_id)["status"] == "incomplete"
+
+        # kept outliers widen the interval past the target: the study would need more runs
+        assert StudyRunner(plan, store, study_id, keep_outliers=True).states[0].status == "active"
+        # a retry gives the abandoned scenario another chance
+        assert {s.key: s.status for s in StudyRunner(plan, store, study_id, retry_abandoned=True).states}[pin] == "active"
+
+        rows = {s.scenario: s for s in summarize_study(store, study_id)}
+        assert rows[vnl].n == 9 and rows[vnl].outliers == 1 and rows[vnl].runs_ok == 10 and rows[vnl].status == "target"
+        assert rows[vnl].mean_s == pytest.approx(sum(values[:-1]) / 9)
+        assert rows[vnl].phases_s["infer"] == pytest.approx(0.6 * sum(values[:-1]) / 9)
+        assert rows[vnl].ci_halfwidth_pct < 2.0
+        kept = {s.scenario: s for s in summarize_study(store, study_id, keep_outliers=True)}[vnl]
+        assert kept.n == 10 and kept.mean_s == pytest.approx(sum(values) / 10)
+        assert rows[pin].status == "abandoned" and rows[pin].failed == 2 and "boom again" in rows[pin].reason
