@@ -78,6 +78,7 @@ def test_run_pinned_json_schema_and_limits(tmp_path, ic_data):
     assert set(result["latency_ms"]) >= {"p50", "p90", "p99"}
     assert result["latency_ms"]["p50"] <= result["latency_ms"]["p90"] <= result["latency_ms"]["p99"]
     assert result["emulated"] is False and result["errors"]["count"] == 0
+    assert result["environment"]["in_container"] is False  # BM is not a container, even on a containerised host
     assert result["cold_start_s"] > 0 and result["throughput_sps"] > 0
     assert {"voluntary_ctx_switches", "involuntary_ctx_switches", "cpu_migrations", "nr_throttled",
             "peak_rss_bytes"} <= set(result["counters"])
@@ -153,6 +154,8 @@ def test_usage_errors_exit_2_with_one_clear_line(tmp_path):
         (["run", "ic", "MVM/1/PIN/CPU"], "MVM supports only VNL/CPU"),
         (["run", "ic", "BM/1/PIN/GPU"], "no GPU"),
         (["run", "ic", "BM/1/PIN/CPU", "--scenario", "server"], "offline, single-stream"),
+        (["run", "ic", "BM/1/PIN/CPU", "--engine", "podman"], "CN deployments only"),
+        (["run", "ic", "CN/1/PIN/CPU", "--engine", "lxc"], "runc, podman, docker"),
         (["run", "ic", "BM/1/PIN/CPU", "--data", str(tmp_path / "missing")], "does not exist"),
     ]:
         proc = run_cli(args + ["--store", str(tmp_path / "r.sqlite")], timeout=120)

@@ -159,6 +159,8 @@ def run(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Real model checkpoint to load instead of seeded random weights."),
     variant: str = typer.Option("full", "--variant", help="Model size: full (the real one) or tiny (for tests only)."),
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="App option KEY=VALUE (repeatable)."),
+    engine: Optional[str] = typer.Option(None, "--engine",
+                                         help="Container engine for CN: runc (default), podman or docker."),
     store_path: Path = typer.Option(DEFAULT_STORE, "--store", help="SQLite results file."),
     timeout: float = typer.Option(1800.0, "--timeout", min=1, help="Seconds before the run is killed."),
     max_error_fraction: float = typer.Option(0.01, "--max-error-fraction", min=0, max=1,
@@ -194,13 +196,21 @@ def run(
         raise fail_usage(f"data path {data} does not exist")
     if weights is not None and not weights.exists():
         raise fail_usage(f"weights file {weights} does not exist")
+    platform_options: dict = {}
+    if engine is not None:
+        engine = engine.strip().lower()
+        if sc.deployment.platform != "CN":
+            raise fail_usage(f"--engine applies to CN deployments only, not {sc.deployment.platform}")
+        if engine not in ("runc", "podman", "docker"):
+            raise fail_usage(f"unknown container engine {engine!r}; accepted: runc, podman, docker")
+        platform_options["engine"] = engine
     host = HostFacts.detect()
     reason = infeasibility(sc.deployment, host)
     if reason is None and sc.deployment.platform != "BM":
         from e2ebench.platforms import PlatformError, get_platform
 
         try:
-            availability = get_platform(sc.deployment.platform).probe()
+            availability = get_platform(sc.deployment.platform, **platform_options).probe()
         except PlatformError as exc:
             reason = str(exc)
         else:
@@ -218,10 +228,10 @@ def run(
         progress = lambda message: err_console.print(f"[dim]… {escape(message)}[/]")  # noqa: E731
     with Store(store_path) as store:
         if as_json:
-            result = run_single(sc, workload, store=store)
+            result = run_single(sc, workload, store=store, platform_options=platform_options)
         else:
             with err_console.status(f"measuring {sc}"):
-                result = run_single(sc, workload, store=store, progress=progress)
+                result = run_single(sc, workload, store=store, progress=progress, platform_options=platform_options)
     if as_json:
         emit_json(public_result(result))
     else:

@@ -180,7 +180,8 @@ def execute(session: Session, scenario: Scenario, workload: Workload, data: Path
 
 
 def run_single(scenario: Scenario, workload: Workload, store=None, study_id: str | None = None,
-               results_dir: Path = Path("results"), progress: Callable[[str], None] | None = None) -> dict:
+               results_dir: Path = Path("results"), progress: Callable[[str], None] | None = None,
+               platform_options: dict | None = None) -> dict:
     """Provision, run once, tear down, store.  Returns the RunResult (``error`` set on failure)."""
     from e2ebench.platforms import get_platform
     from e2ebench.store import ADHOC_STUDY
@@ -194,7 +195,7 @@ def run_single(scenario: Scenario, workload: Workload, store=None, study_id: str
         say(f"preparing the default {scenario.app} data set")
         data = default_data(scenario.app, int(workload.requests), seed=workload.seed, options=None)
     data = data.resolve()
-    platform = get_platform(scenario.deployment.platform)
+    platform = get_platform(scenario.deployment.platform, **(platform_options or {}))
     run_tag = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     logs_dir = (results_dir / "logs" / f"{scenario.app}-{str(scenario.deployment).replace('/', '_')}-{run_tag}").resolve()
     with tempfile.TemporaryDirectory(prefix="e2ebench-") as tmp:

@@ -1,0 +1,1056 @@
+"""Container (CN): the worker as a container's process, run by runc, podman or docker.
+
+Engines (constructor option ``engine`` or ``E2EBENCH_CN_ENGINE``):
+
+* ``runc`` (default) — e2ebench writes an OCI bundle (``config.json`` + root directory) and runs
+  ``runc run --bundle B ID``; no daemon, no image, nothing but the OCI runtime.
+* ``podman`` — ``podman run --rootfs DIR`` (or an image), rootful, cgroupfs manager, file events.
+* ``docker`` — the ``docker`` CLI (argument lists) against a daemon that answers
+  (``docker_host`` option, ``E2EBENCH_DOCKER_HOST`` or ``DOCKER_HOST``); the empty root becomes a
+  tiny imported image ``e2ebench/hostroot:<tag>``.
+
+CPU limits, the same for every engine:
+
+* ``VNL`` — a CFS quota of N cores (OCI ``linux.resources.cpu.quota/period``; ``--cpus=N``); the
+  container may run on every host core.
+* ``PIN`` — a cpuset of N dedicated host cores chosen by :func:`cgroups.choose_pinned_cpus`
+  (OCI ``linux.resources.cpu.cpus``; ``--cpuset-cpus``); the worker binds its compute threads one
+  per listed CPU (host CPU ids are what a container sees).
+
+Every container's cgroup lives under the ``e2ebench`` parent and is named
+``cn-<owner pid>-<random>`` (for podman and docker that name is the per-session
+``--cgroup-parent``), so :func:`cgroups.list_children` and :func:`remove_stale_containers` find
+what a killed run left.  There is no network inside (a new network namespace with only loopback;
+``--network none``) unless ``network=True``.
+
+The root filesystem (see :mod:`e2ebench.platforms.rootfs`) is by default an empty read-only
+directory with the host's system directories, the Python environment, the project's ``src``, the
+data set and the cache bind-mounted read-only under their own paths, a tmpfs ``/tmp``, and the
+LoadGen log directory read-write: the same interpreter and libraries as on bare metal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+from e2ebench.measure import CGROUP_ROOT, cgroup_version, format_cpu_list, own_cgroups
+from e2ebench.platforms import cgroups
+from e2ebench.platforms import rootfs as rootfs_lib
+from e2ebench.platforms.base import (Availability, CommandResult, Platform, PlatformError, Session,
+                                     kill_process_group, result_from_command)
+from e2ebench.scenario import Deployment
+from e2ebench.spec import WorkerFailure, WorkerSpec
+
+ENGINES: tuple[str, ...] = ("runc", "podman", "docker")
+DEFAULT_ENGINE = "runc"
+ENGINE_ENV = "E2EBENCH_CN_ENGINE"
+ROOTFS_ENV = "E2EBENCH_CN_ROOTFS"
+NETWORK_ENV = "E2EBENCH_CN_NETWORK"
+DOCKER_HOST_ENV = "E2EBENCH_DOCKER_HOST"
+CONTAINER_PREFIX = "e2ebench-"          # container ids/names: e2ebench-cn-<owner pid>-<random>
+CGROUP_KIND = "cn"
+DEFAULT_PERIOD_US = cgroups.DEFAULT_PERIOD_US
+OCI_VERSION = "1.0.2-dev"
+HOSTNAME = "e2ebench"
+# podman refuses RLIMIT_NPROC above this without CAP_SYS_RESOURCE (measured with podman 4.3)
+PODMAN_NPROC_CAP = 32768
+ENGINE_CALL_TIMEOUT_S = 60.0
+
+DEFAULT_CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+MASKED_PATHS = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+# environment variables passed from the caller into the container (besides the ones set here)
+PASSED_ENV_PREFIXES = ("E2EBENCH_", "LC_", "MALLOC_", "KMP_", "ONEDNN_", "DNNL_", "TORCH_", "HF_", "TRANSFORMERS_")
+PASSED_ENV_NAMES = ("LANG", "LANGUAGE", "TZ")
+DROPPED_ENV_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_CPU_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES",
+                     "E2EBENCH_CN_ENGINE", "E2EBENCH_CN_ROOTFS", "E2EBENCH_CN_NETWORK", "E2EBENCH_DOCKER_HOST")
+
+
+# ---------------------------------------------------------------------------
+# OCI runtime bundle (pure; shared with the container-in-VM platform)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bind:
+    """A bind mount: ``source`` on the host at ``destination`` inside the container."""
+
+    source: str
+    destination: str
+    writable: bool = False
+
+    @classmethod
+    def parse(cls, text: str, writable: bool = False) -> "Bind":
+        """``"/path"`` (identity) or ``"/host/path:/container/path"``."""
+        source, sep, destination = text.partition(":")
+        return cls(os.path.normpath(source), os.path.normpath(destination if sep else source), writable)
+
+
+def _depth_order(binds: list[Bind]) -> list[Bind]:
+    return sorted(binds, key=lambda b: (b.destination.rstrip("/").count("/"), b.destination))
+
+
+def _covers(outer: Bind, inner: Bind) -> bool:
+    """True when ``outer`` already shows ``inner``'s source at ``inner``'s destination."""
+    if not rootfs_lib.is_within(inner.destination, outer.destination):
+        return False
+    relative = os.path.relpath(inner.destination, outer.destination)
+    return os.path.normpath(os.path.join(outer.source, relative)) == inner.source
+
+
+def plan_binds(readonly_binds: list[str], writable_binds: list[str]) -> list[Bind]:
+    """Bind mounts in mount order: outermost destinations first, so that a bind inside another
+    one (a writable log directory inside a read-only tree) is mounted on top of it.
+
+    A read-only bind already visible through another read-only bind (the same source under the
+    same destination) is dropped; at the same destination a writable bind wins.
+    """
+    kept: list[Bind] = []
+    for b in _depth_order([Bind.parse(t) for t in readonly_binds]):
+        if not any(_covers(k, b) for k in kept):
+            kept.append(b)
+    for b in _depth_order([Bind.parse(t, writable=True) for t in writable_binds]):
+        if b not in kept:
+            kept.append(b)
+    # stable: at equal depth read-only binds stay before writable ones
+    return sorted(kept, key=lambda b: b.destination.rstrip("/").count("/"))
+
+
+def oci_config(argv: list[str], env: dict[str, str], *, root: str, readonly_binds: list[str],
+               writable_binds: list[str], quota_cores: float | None, cpuset: list[int] | None,
+               cgroups_path: str | None, network: bool = False, cwd: str = "/", hostname: str = HOSTNAME,
+               period_us: int = DEFAULT_PERIOD_US, rlimits: dict[str, tuple[int, int]] | None = None,
+               root_readonly: bool = True) -> dict:
+    """An OCI runtime ``config.json`` (runtime-spec 1.0.2) for one worker process.
+
+    Namespaces: pid, ipc, uts, mount, cgroup and — unless ``network`` — a new network namespace
+    (only loopback).  Mounts: proc, a tmpfs ``/dev`` (runc adds the OCI default devices), devpts,
+    ``/dev/shm``, mqueue, sysfs (a read-only rbind of ``/sys`` when the host network is shared,
+    where a fresh sysfs may not be mounted), the cgroup filesystem (read-only), a tmpfs ``/tmp``,
+    then the bind mounts.  ``quota_cores`` becomes ``cpu.quota = round(cores * period)``;
+    ``cpuset`` becomes ``cpu.cpus``.  ``rlimits`` (``{"RLIMIT_NOFILE": (soft, hard)}``) is
+    omitted by default: the process keeps the runtime's own limits, as a bare-metal process would.
+    """
+    if quota_cores is not None and quota_cores <= 0:
+        raise ValueError(f"quota_cores must be positive, got {quota_cores}")
+    if cpuset is not None and not cpuset:
+        raise ValueError("cpuset must list at least one CPU")
+    mounts: list[dict] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=1g"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+        ({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+         if not network else
+         {"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}),
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
+    ]
+    for b in plan_binds(readonly_binds, writable_binds):
+        mounts.append({"destination": b.destination, "type": "bind", "source": b.source,
+                       "options": ["rbind", "rw" if b.writable else "ro"]})
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
+    if not network:
+        namespaces.append({"type": "network"})
+    cpu: dict = {}
+    if quota_cores is not None:
+        cpu["quota"] = int(round(quota_cores * period_us))
+        cpu["period"] = int(period_us)
+    if cpuset is not None:
+        cpu["cpus"] = format_cpu_list(cpuset)
+    resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
+    if cpu:
+        resources["cpu"] = cpu
+    process: dict = {
+        "terminal": False,
+        "user": {"uid": 0, "gid": 0},
+        "args": [str(a) for a in argv],
+        "env": [f"{k}={v}" for k, v in env.items()],
+        "cwd": cwd,
+        "capabilities": {k: list(DEFAULT_CAPABILITIES) for k in ("bounding", "effective", "permitted", "ambient")},
+        "noNewPrivileges": True,
+    }
+    if rlimits:
+        process["rlimits"] = [{"type": k, "soft": int(s), "hard": int(h)} for k, (s, h) in rlimits.items()]
+    linux: dict = {
+        "resources": resources,
+        "namespaces": namespaces,
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+    }
+    if cgroups_path:
+        linux["cgroupsPath"] = cgroups_path
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {"path": root, "readonly": bool(root_readonly)},
+        "hostname": hostname,
+        "mounts": mounts,
+        "linux": linux,
+    }
+
+
+def make_oci_bundle(bundle_dir: Path, argv: list[str], env: dict[str, str], *, root: Path,
+                    readonly_binds: list[str], writable_binds: list[str], quota_cores: float | None,
+                    cpuset: list[int] | None, cgroups_path: str | None, network: bool = False, cwd: str = "/",
+                    symlinks: dict[str, str] | None = None, hostname: str = HOSTNAME,
+                    rlimits: dict[str, tuple[int, int]] | None = None, create_mount_targets: bool = True) -> Path:
+    """Write an OCI bundle for ``runc run --bundle bundle_dir ID`` and return ``bundle_dir``.
+
+    ``root`` is the root filesystem directory (relative paths are inside the bundle).  A root
+    inside the bundle is created when missing, with ``symlinks`` (``{"/lib": "usr/lib"}``) and —
+    because a read-only root cannot grow mount points at run time and runc cannot create them
+    inside a read-only bind — an empty directory (or file, for a file source) for every mount
+    destination.  Bind strings are identity paths (``"/data"``) or ``"SRC:DEST"``.  Nothing else
+    about the calling host is assumed: the same bundle is used by runc inside a VM guest.
+    """
+    bundle_dir = Path(bundle_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(root)
+    root_abs = root if root.is_absolute() else bundle_dir / root
+    inside_bundle = rootfs_lib.is_within(os.path.abspath(root_abs), os.path.abspath(bundle_dir))
+    if inside_bundle:
+        rootfs_lib.make_empty_root(root_abs, symlinks or {})
+        root_text = os.path.relpath(root_abs, bundle_dir)
+    else:
+        root_text = str(root_abs)
+        if symlinks and root_abs.is_dir() and os.access(root_abs, os.W_OK):
+            rootfs_lib.make_empty_root(root_abs, symlinks)
+    config = oci_config(argv, env, root=root_text, readonly_binds=readonly_binds, writable_binds=writable_binds,
+                        quota_cores=quota_cores, cpuset=cpuset, cgroups_path=cgroups_path, network=network,
+                        cwd=cwd, hostname=hostname, rlimits=rlimits)
+    if create_mount_targets:
+        prepare_mount_targets(root_abs, config["mounts"], extra_dirs=[cwd])
+    (bundle_dir / "config.json").write_text(json.dumps(config, indent=1))
+    return bundle_dir
+
+
+def prepare_mount_targets(root: Path, mounts: list[dict], extra_dirs: list[str] = ()) -> list[Path]:
+    """Create the mount points that a read-only root cannot grow at run time; return what was made.
+
+    Each destination is backed by the deepest earlier mount that contains it: inside the root
+    itself the empty directory (or file, for a file bind) is created there; inside a tmpfs, proc
+    or sysfs nothing is needed (the runtime creates it in the fresh file system); inside a
+    non-identity bind (a directory of a cached image) it is created in that bind's source; inside
+    an identity bind of a host directory nothing is created on the host.  Never follows a
+    symlink out of the root.
+    """
+    made: list[Path] = []
+    root = Path(root)
+    if not root.is_dir() or not os.access(root, os.W_OK):
+        return made
+    entries = [(m["destination"], m.get("type"), m.get("source", "")) for m in mounts]
+    entries += [(d, "dir", "") for d in extra_dirs]
+    for index, (destination, kind, source) in enumerate(entries):
+        outer = None
+        for earlier in entries[:index]:
+            if earlier[1] == "dir":
+                continue
+            if earlier[0] != destination and rootfs_lib.is_within(destination, earlier[0]):
+                if outer is None or len(earlier[0]) > len(outer[0]):
+                    outer = earlier
+        is_file = kind == "bind" and os.path.isfile(source)
+        if outer is None:
+            base, relative = root, destination.lstrip("/")
+        elif outer[1] == "bind" and os.path.normpath(outer[2]) != os.path.normpath(outer[0]):
+            base, relative = Path(outer[2]), os.path.relpath(destination, outer[0])
+        else:
+            continue
+        target = _make_mount_target(base, relative, is_file)
+        if target is not None:
+            made.append(target)
+    return made
+
+
+def _make_mount_target(base: Path, relative: str, is_file: bool) -> Path | None:
+    """Create ``base/relative`` (a directory, or an empty file) unless it exists; stay inside ``base``."""
+    target = base / relative
+    if relative in ("", ".") or os.path.lexists(target):
+        return None
+    real_base = os.path.realpath(base)
+    parent = target.parent
+    existing = parent
+    while not os.path.lexists(existing) and existing != base:
+        existing = existing.parent
+    if not rootfs_lib.is_within(os.path.realpath(existing), real_base):
+        return None   # a symlink inside the root points elsewhere: leave it to the runtime
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if is_file:
+            target.touch()
+        else:
+            target.mkdir()
+    except OSError:
+        return None   # e.g. read-only: the runtime reports it if it matters
+    return target
+
+
+# ---------------------------------------------------------------------------
+# cgroups of containers (v1: one directory per hierarchy)
+
+
+def cgroup_hierarchies(root: Path = CGROUP_ROOT) -> list[tuple[Path, str]]:
+    """(mount directory, this process's cgroup path in it) for every mounted hierarchy.
+
+    v2: just ``root``.  v1/hybrid: every directory under ``root`` that is a mount point
+    (``cpu``, ``cpuset``, ``memory``, ``systemd``, ``unified``...), co-mounted ones once.
+    """
+    own = own_cgroups()
+    if cgroup_version(root) == 2:
+        return [(root, own.get("", "/"))]
+    out = []
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return []
+    for name in entries:
+        d = root / name
+        if d.is_symlink() or not d.is_dir() or not os.path.ismount(d):
+            continue
+        if name == "unified":
+            path = own.get("", "/")
+        else:
+            keys = [("name=" + name) if name == "systemd" else c for c in name.split(",")]
+            path = next((own[k] for k in keys if k in own), "/")
+        out.append((d, path))
+    return out
+
+
+def runc_cgroups_path(name: str, root: Path = CGROUP_ROOT) -> str:
+    """The ``linux.cgroupsPath`` for a runc container named ``name``.
+
+    On v1, when this process sits in the root cpu and cpuset cgroups, a *relative* path
+    ``e2ebench/<name>`` puts the container's cpu/cpuset cgroups at ``/e2ebench/<name>`` (where
+    :func:`cgroups.list_children` looks) while the other hierarchies (memory, pids...) nest under
+    the caller's own cgroups, so that an outer memory accounting keeps covering the worker.
+    Otherwise (v2, or a caller in a nested cpu cgroup) the path is absolute ``/e2ebench/<name>``.
+    """
+    if cgroup_version(root) == 1:
+        own = own_cgroups()
+        if own.get("cpu", "/") == "/" and own.get("cpuset", "/") == "/":
+            return f"{cgroups.PARENT}/{name}"
+    return f"/{cgroups.PARENT}/{name}"
+
+
+def cgroup_dirs_of(cgroups_path: str, root: Path = CGROUP_ROOT) -> list[Path]:
+    """Every directory a runtime creates for ``cgroups_path`` (runc's rule for relative paths)."""
+    out = []
+    for mount, own in cgroup_hierarchies(root):
+        if cgroups_path.startswith("/"):
+            out.append(mount / cgroups_path.lstrip("/"))
+        else:
+            out.append(mount / own.lstrip("/") / cgroups_path)
+    return out
+
+
+def remove_cgroup_tree(d: Path, timeout_s: float = 10.0) -> None:
+    """Kill every process in ``d`` and its descendants, then remove the directories, deepest first."""
+    if not d.is_dir():
+        return
+    dirs = [Path(p) for p, _, _ in os.walk(d)]
+    for sub in sorted(dirs, key=lambda p: -len(p.parts)):
+        _kill_and_rmdir(sub, timeout_s)
+
+
+def _kill_and_rmdir(d: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise cgroups.CgroupError(f"cannot remove cgroup {d}: {exc.strerror or exc}") from exc
+            time.sleep(0.05)
+
+
+def remove_cgroup_dirs(dirs: list[Path], timeout_s: float = 10.0) -> list[str]:
+    """Remove each tree; return the errors (one line each) instead of stopping at the first."""
+    errors = []
+    for d in dirs:
+        try:
+            remove_cgroup_tree(d, timeout_s)
+        except (cgroups.CgroupError, OSError) as exc:
+            errors.append(str(exc))
+    return errors
+
+
+def container_cgroup_leftovers(root: Path = CGROUP_ROOT, only_dead_owners: bool = True) -> list[Path]:
+    """``cn-<pid>-*`` cgroup directories in every hierarchy (at ``/e2ebench`` and under this process's
+    own cgroup), optionally only those whose owner process is gone."""
+    out: set[Path] = set()
+    for mount, own in cgroup_hierarchies(root):
+        for parent in {mount / cgroups.PARENT, mount / own.lstrip("/") / cgroups.PARENT}:
+            try:
+                children = [parent / c for c in os.listdir(parent)]
+            except OSError:
+                continue
+            for child in children:
+                if not child.name.startswith(CGROUP_KIND + "-") or not child.is_dir():
+                    continue
+                owner = cgroups.owner_pid(child.name)
+                if only_dead_owners and (owner is None or Path(f"/proc/{owner}").exists()):
+                    continue
+                out.add(child)
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------------
+# Engines
+
+
+def _quiet(argv: list[str], timeout: float = ENGINE_CALL_TIMEOUT_S, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A short engine call (argument list) that must not raise: rc 127 when the tool is missing."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                              stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        return subprocess.CompletedProcess(argv, 127, "", str(exc))
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(argv, 124, "", f"timed out after {timeout:.0f} s: {' '.join(argv[:4])}")
+
+
+def _owner_of(container_name: str) -> int | None:
+    """Owner pid in ``e2ebench-cn-<pid>-<random>``."""
+    if not container_name.startswith(CONTAINER_PREFIX):
+        return None
+    return cgroups.owner_pid(container_name[len(CONTAINER_PREFIX):])
+
+
+def _owner_dead(container_name: str) -> bool:
+    owner = _owner_of(container_name)
+    return owner is not None and not Path(f"/proc/{owner}").exists()
+
+
+def runc_containers() -> list[dict]:
+    """``runc list`` as dicts (id, pid, status, bundle...); [] when runc is missing."""
+    proc = _quiet(["runc", "list", "--format", "json"], timeout=20)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return []
+    try:
+        return json.loads(proc.stdout) or []
+    except json.JSONDecodeError:
+        return []
+
+
+def podman_base_argv(storage_root: str | None = None, run_root: str | None = None) -> list[str]:
+    """``podman`` with the global options this machine needs (no containers.conf required):
+    cgroupfs manager, file event log, runc as the OCI runtime."""
+    argv = ["podman", "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc"]
+    if storage_root:
+        argv += ["--root", storage_root]
+    if run_root:
+        argv += ["--runroot", run_root]
+    return argv
+
+
+def docker_base_argv(host: str | None) -> list[str]:
+    return ["docker"] + (["-H", host] if host else [])
+
+
+def engine_rlimits(engine: str) -> dict[str, tuple[int, int]]:
+    """The caller's own open-files and process limits (podman: nproc capped at 32768).
+
+    Given explicitly to podman and docker, whose defaults (1048576 open files) fail here without
+    CAP_SYS_RESOURCE; runc bundles carry none, so the worker keeps the runtime's limits.
+    """
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)
+    limits = {"nofile": nofile, "nproc": nproc}
+    out = {}
+    for key, (soft, hard) in limits.items():
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft == resource.RLIM_INFINITY or soft > hard:
+            soft = hard
+        if key == "nproc" and engine == "podman":
+            soft, hard = min(soft, PODMAN_NPROC_CAP), min(hard, PODMAN_NPROC_CAP)
+        out[key] = (soft, hard)
+    return out
+
+
+@dataclasses.dataclass
+class EngineCheck:
+    """What :meth:`Container.probe` found about one engine."""
+
+    installed: bool
+    works: bool
+    version: str = ""
+    reason: str = ""
+    path: str = ""
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _version_line(argv: list[str]) -> str:
+    proc = _quiet(argv, timeout=20)
+    return (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr).strip() else ""
+
+
+def check_runc(workdir: Path | None = None) -> EngineCheck:
+    """Installed, and does a real container start (``/bin/true`` in an empty root with ``/usr``)?"""
+    path = shutil.which("runc")
+    if not path:
+        return EngineCheck(False, False, reason="runc is not installed (apt-get install runc)")
+    version = _version_line(["runc", "--version"])
+    if os.geteuid() != 0:
+        return EngineCheck(True, False, version, "e2ebench drives runc as root (rootless runc is not supported)", path)
+    ok, why = cgroups.writable()
+    if not ok:
+        return EngineCheck(True, False, version, f"cgroups not writable: {why}", path)
+    with tempfile.TemporaryDirectory(prefix="e2ebench-runc-probe-", dir=workdir) as tmp:
+        name = cgroups.cgroup_name(CGROUP_KIND)
+        cid = CONTAINER_PREFIX + name
+        binds, links = rootfs_lib.host_layout()
+        cg_path = runc_cgroups_path(name)
+        bundle = make_oci_bundle(Path(tmp) / "bundle", ["/bin/sh", "-c", "exit 0"], {"PATH": "/usr/bin:/bin"},
+                                 root=Path("rootfs"), readonly_binds=binds, writable_binds=[], quota_cores=None,
+                                 cpuset=None, cgroups_path=cg_path, symlinks=links)
+        try:
+            proc = _quiet(["runc", "run", "--bundle", str(bundle), cid], timeout=60)
+        finally:
+            _quiet(["runc", "delete", "--force", cid], timeout=20)
+            remove_cgroup_dirs(cgroup_dirs_of(cg_path))
+    if proc.returncode != 0:
+        return EngineCheck(True, False, version, f"runc run failed: {(proc.stderr or proc.stdout).strip()[-300:]}", path)
+    return EngineCheck(True, True, version, "a test container ran", path)
+
+
+def check_podman(storage_root: str | None = None, run_root: str | None = None, workdir: Path | None = None) -> EngineCheck:
+    path = shutil.which("podman")
+    if not path:
+        return EngineCheck(False, False, reason="podman is not installed (apt-get install podman)")
+    version = _version_line(["podman", "--version"])
+    if os.geteuid() != 0:
+        return EngineCheck(True, False, version, "e2ebench drives podman as root (rootless is not supported)", path)
+    if not shutil.which("runc"):
+        return EngineCheck(True, False, version, "podman needs runc here (crun refuses hybrid cgroups)", path)
+    with tempfile.TemporaryDirectory(prefix="e2ebench-podman-probe-", dir=workdir) as tmp:
+        name = cgroups.cgroup_name(CGROUP_KIND)
+        binds, links = rootfs_lib.host_layout()
+        root = rootfs_lib.make_empty_root(Path(tmp) / "rootfs", links)
+        argv = podman_base_argv(storage_root, run_root) + [
+            "run", "--rm", "--name", CONTAINER_PREFIX + name, "--read-only", "--network", "none",
+            "--cgroup-parent", f"/{cgroups.PARENT}/{name}"]
+        for key, (soft, hard) in engine_rlimits("podman").items():
+            argv += ["--ulimit", f"{key}={soft}:{hard}"]
+        for b in binds:
+            argv += ["-v", f"{b}:{b}:ro"]
+        argv += ["--rootfs", str(root), "/bin/sh", "-c", "exit 0"]
+        try:
+            proc = _quiet(argv, timeout=90)
+        finally:
+            _quiet(podman_base_argv(storage_root, run_root) + ["rm", "--force", "--time", "0", CONTAINER_PREFIX + name], timeout=30)
+            remove_cgroup_dirs([m / cgroups.PARENT / name for m, _ in cgroup_hierarchies()])
+    if proc.returncode != 0:
+        return EngineCheck(True, False, version, f"podman run failed: {(proc.stderr or proc.stdout).strip()[-300:]}", path)
+    return EngineCheck(True, True, version, "a test container ran", path)
+
+
+def check_docker(host: str | None) -> EngineCheck:
+    path = shutil.which("docker")
+    if not path:
+        return EngineCheck(False, False, reason="the docker CLI is not installed (apt-get install docker.io)")
+    proc = _quiet(docker_base_argv(host) + ["version", "--format", "{{.Server.Version}}"], timeout=15)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        err = (proc.stderr or proc.stdout).strip().splitlines()
+        return EngineCheck(True, False, _version_line(["docker", "--version"]),
+                           f"no docker daemon answers at {host or 'the default socket'}: {err[-1] if err else 'no answer'}",
+                           path)
+    return EngineCheck(True, True, f"daemon {proc.stdout.strip()}", f"daemon at {host or 'the default socket'} answers",
+                       path)
+
+
+# ---------------------------------------------------------------------------
+# Session
+
+
+def run_container_command(argv: list[str], timeout: float, stop_container) -> CommandResult:
+    """Run an engine's foreground command (``runc run``, ``podman run``...) in its own process group.
+
+    On timeout or Ctrl-C the container is killed first (``stop_container``), then the engine's
+    process group; a timeout raises :class:`WorkerFailure`, anything else is re-raised.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_container()
+        kill_process_group(proc)
+        out, err = proc.communicate()
+        raise WorkerFailure(f"timed out after {timeout:g} s; the container was killed",
+                            output_tail=((out or "") + (err or ""))[-4000:]) from None
+    except BaseException:
+        stop_container()
+        kill_process_group(proc)
+        raise
+    return CommandResult(proc.returncode, out or "", err or "", time.perf_counter() - t0)
+
+
+
+def container_env(extra: dict[str, str] | None = None, source: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment inside a container: a clean one, not the caller's whole environment.
+
+    PATH (the venv first), HOME, PYTHONPATH (the project's src), PYTHONUNBUFFERED,
+    E2EBENCH_IN_CONTAINER=1, E2EBENCH_CACHE, plus the caller's locale, timezone, allocator and
+    library tuning variables (``E2EBENCH_*``, ``LC_*``, ``MALLOC_*``, ``KMP_*``, ``TORCH_*`` ...);
+    thread-count variables are left to the worker.
+    """
+    source = dict(os.environ if source is None else source)
+    from e2ebench.runner import cache_dir
+
+    env: dict[str, str] = {}
+    for key, value in source.items():
+        if key in DROPPED_ENV_NAMES:
+            continue
+        if key in PASSED_ENV_NAMES or key.startswith(PASSED_ENV_PREFIXES):
+            env[key] = value
+    venv_bin = str(Path(sys.prefix) / "bin")
+    env.update({
+        "PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": source.get("HOME", "/root"),
+        "TMPDIR": "/tmp",
+        "PYTHONPATH": str(rootfs_lib.project_src_dir()),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "E2EBENCH_IN_CONTAINER": "1",
+        "E2EBENCH_CACHE": str(cache_dir()),
+    })
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _is_mount_free(path: Path) -> bool:
+    """True when nothing is mounted at or below ``path`` (safe to delete)."""
+    prefix = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                mount_point = line.split()[4].replace("\\040", " ")
+                if rootfs_lib.is_within(mount_point, prefix):
+                    return False
+    except OSError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _deferred_interrupts() -> Iterator[None]:
+    """Hold back Ctrl-C while tearing down (main thread only), then deliver it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def remember(signum, frame):  # noqa: ARG001
+        pending.append(signum)
+
+    old = signal.signal(signal.SIGINT, remember)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if pending and callable(old):
+            old(signal.SIGINT, None)
+
+
+class ContainerSession(Session):
+    """One provisioned container deployment; one container per :meth:`run_worker` call."""
+
+    def __init__(self, platform: "Container", deployment: Deployment, workdir: Path, plan: cgroups.CpuLimitPlan):
+        super().__init__(deployment, workdir)
+        self.platform = platform
+        self.engine = platform.engine
+        self.plan = plan
+        self.name = cgroups.cgroup_name(CGROUP_KIND)               # cn-<pid>-<random>
+        self.container_id = CONTAINER_PREFIX + self.name            # e2ebench-cn-<pid>-<random>
+        self.bundle_dir = workdir / f"bundle-{self.name}"
+        self.spec_dir = workdir / f"specs-{self.name}"
+        self.root_dir: Path | None = None
+        self.rootfs_source: str | None = None
+        self.image: str | None = None
+        self.symlinks: dict[str, str] = {}
+        self.system_binds: list[str] = []
+        self.cgroups_path: str | None = None          # runc
+        self.cgroup_parent: str | None = None         # podman, docker
+        self.runs = 0
+        self.teardown_errors: list[str] = []
+
+    # -- provisioning -------------------------------------------------------------------------
+
+    def provision(self) -> None:
+        """Prepare the root filesystem, the cgroup location and (docker) the image; no container yet.
+
+        The container's root is always this session's own empty directory (runc, podman) or a tiny
+        empty image (docker); system directories come in as read-only binds from the host or from
+        the chosen image directory, so a cached image is shared without being written to.
+        """
+        choice = self.platform.rootfs
+        self.spec_dir.mkdir(parents=True, exist_ok=True)
+        source: Path | None = None
+        if choice.kind == "host":
+            source = Path("/")
+        elif choice.kind == "debootstrap":
+            from e2ebench.runner import cache_dir
+
+            try:
+                source = rootfs_lib.build_debootstrap_root(cache_dir())
+            except rootfs_lib.RootfsError as exc:
+                raise PlatformError(f"debootstrap root filesystem: {exc}") from None
+        elif choice.kind == "directory":
+            source = Path(choice.value)
+            if not source.is_dir():
+                raise PlatformError(f"container root filesystem {choice.value} is not a directory")
+        else:
+            if self.engine == "runc":
+                raise PlatformError("runc needs a root filesystem directory, not an image name; "
+                                    "use rootfs=host, debootstrap or a directory")
+            self.image = choice.value
+        if source is not None:
+            self.system_binds, self.symlinks = rootfs_lib.system_layout(source)
+        self.rootfs_source = str(source) if source is not None else None
+        if self.engine in ("runc", "podman") and self.image is None:
+            self.root_dir = rootfs_lib.make_empty_root(self.bundle_dir / "rootfs", self.symlinks)
+        if self.engine == "runc":
+            self.cgroups_path = runc_cgroups_path(self.name)
+        else:
+            self.cgroup_parent = f"/{cgroups.PARENT}/{self.name}"
+        if self.engine == "docker" and self.image is None:
+            self.image = self._docker_empty_image()
+        self.info = {
+            "platform": "CN",
+            "engine": self.engine,
+            "engine_version": self.platform.engine_version(),
+            "container_id": self.container_id,
+            "rootfs": str(choice),
+            "rootfs_source": self.rootfs_source,
+            "image": self.image,
+            "cgroups_path": self.cgroups_path or self.cgroup_parent,
+            "cgroup_version": cgroup_version(),
+            "pinned_cpus": list(self.plan.cpus) if self.plan.cpus else None,
+            "quota_cores": self.plan.quota_cores,
+            "network": self.platform.network,
+            "limit_mechanism": "cgroup (container runtime)",
+        }
+
+    def _docker_empty_image(self) -> str:
+        """``e2ebench/hostroot:<tag>``: an empty root with the layout's symlinks, imported once per daemon."""
+        base = docker_base_argv(self.platform.docker_host)
+        tag = "e2ebench/hostroot:" + rootfs_lib.layout_tag(self.symlinks)
+        if _quiet(base + ["image", "inspect", tag], timeout=30).returncode == 0:
+            return tag
+        self.bundle_dir.mkdir(parents=True, exist_ok=True)
+        tar = rootfs_lib.empty_root_tar(self.bundle_dir / "root.tar", self.symlinks)
+        proc = _quiet(base + ["import", str(tar), tag], timeout=120)
+        tar.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            raise PlatformError(f"docker import failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
+        return tag
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def expected_limits(self) -> tuple[list[int] | None, float | None]:
+        if self.plan.cpus is not None:
+            return list(self.plan.cpus), None
+        return sorted(os.sched_getaffinity(0)), self.plan.quota_cores
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _binds_for(self, spec: WorkerSpec) -> tuple[list[str], list[str]]:
+        """(read-only, writable) identity binds for one run: system directories (host root),
+        the Python environment, the project's src, the spec directory, the cache, the data set
+        and weights; the LoadGen log directory writable."""
+        from e2ebench.runner import cache_dir
+
+        readonly = list(self.system_binds) + rootfs_lib.python_environment_dirs() + [str(self.spec_dir)]
+        cache = cache_dir()
+        if cache.is_dir():
+            readonly.append(os.path.abspath(cache))
+        for path in (spec.data, spec.weights):
+            if path and os.path.exists(path):
+                readonly.append(os.path.abspath(path))
+        writable = []
+        if spec.output_dir:
+            Path(spec.output_dir).mkdir(parents=True, exist_ok=True)
+            writable.append(os.path.abspath(spec.output_dir))
+        return readonly, writable
+
+    def run_worker(self, spec: WorkerSpec, timeout: float) -> dict:
+        spec.threads = self.deployment.cores
+        spec.bind_cpus = list(self.plan.cpus) if self.plan.cpus else None
+        self.runs += 1
+        spec.platform_info = {**self.info, "run": self.runs}
+        spec_path = self.spec_dir / f"spec-{self.runs}.json"
+        readonly, writable = self._binds_for(spec)
+        env = container_env()
+        argv = [sys.executable, "-m", "e2ebench.worker", "--spec", str(spec_path)]
+        if self.engine == "runc":
+            make_oci_bundle(self.bundle_dir, argv, env, root=self.root_dir, readonly_binds=readonly,
+                            writable_binds=writable, quota_cores=self.plan.quota_cores,
+                            cpuset=list(self.plan.cpus) if self.plan.cpus else None,
+                            cgroups_path=self.cgroups_path, network=self.platform.network, symlinks=self.symlinks)
+            command = ["runc", "run", "--bundle", str(self.bundle_dir), self.container_id]
+        elif self.engine == "podman":
+            command = self._podman_run_argv(argv, env, readonly, writable)
+        else:
+            command = self._docker_run_argv(argv, env, readonly, writable)
+        spec.platform_info["launched_at"] = time.time()
+        spec.write(spec_path)
+        try:
+            cmd = run_container_command(command, timeout, stop_container=self._kill_container)
+        finally:
+            self._remove_container()
+        result = result_from_command(cmd)
+        result.setdefault("platform_info", {}).update(self.info)
+        result["worker_wall_s"] = cmd.wall_s
+        return result
+
+    def _limit_args(self) -> list[str]:
+        if self.plan.cpus is not None:
+            return ["--cpuset-cpus", format_cpu_list(self.plan.cpus)]
+        quota = self.plan.quota_cores
+        return [] if quota is None else ["--cpus", f"{quota:g}"]
+
+    def _common_run_args(self, env: dict[str, str], readonly: list[str], writable: list[str]) -> list[str]:
+        args = ["run", "--rm", "--name", self.container_id, "--hostname", HOSTNAME, "--read-only",
+                "--cgroup-parent", self.cgroup_parent, "--workdir", "/"]
+        args += ["--network", "host"] if self.platform.network else ["--network", "none"]
+        args += self._limit_args()
+        for key, (soft, hard) in engine_rlimits(self.engine).items():
+            args += ["--ulimit", f"{key}={soft}:{hard}"]
+        for b in plan_binds(readonly, writable):
+            args += ["-v", f"{b.source}:{b.destination}:{'rw' if b.writable else 'ro'}"]
+        for key, value in env.items():
+            args += ["-e", f"{key}={value}"]
+        return args
+
+    def _podman_run_argv(self, argv: list[str], env: dict[str, str], readonly: list[str], writable: list[str]) -> list[str]:
+        base = podman_base_argv(self.platform.podman_root, self.platform.podman_runroot)
+        # --read-only also gives tmpfs /tmp, /var/tmp and /run (podman's --read-only-tmpfs default)
+        args = self._common_run_args(env, readonly, writable) + ["--shm-size", "1g"]
+        if self.image is not None:
+            return base + args + [self.image] + argv
+        mounts = [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}]
+        mounts += [{"destination": b.destination, "type": "bind", "source": b.source} for b in plan_binds(readonly, writable)]
+        prepare_mount_targets(self.root_dir, mounts)
+        return base + args + ["--rootfs", str(self.root_dir)] + argv
+
+    def _docker_run_argv(self, argv: list[str], env: dict[str, str], readonly: list[str], writable: list[str]) -> list[str]:
+        args = self._common_run_args(env, readonly, writable) + ["--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
+                                                                   "--shm-size", "1g"]
+        return docker_base_argv(self.platform.docker_host) + args + [self.image] + argv
+
+    def _kill_container(self) -> None:
+        """SIGKILL the container's processes now (the worker is PID 1 in its namespace and would
+        ignore the SIGTERM that the engine forwards)."""
+        if self.engine == "runc":
+            _quiet(["runc", "kill", self.container_id, "KILL"], timeout=20)
+        elif self.engine == "podman":
+            base = podman_base_argv(self.platform.podman_root, self.platform.podman_runroot)
+            _quiet(base + ["kill", "--signal", "KILL", self.container_id], timeout=30)
+        else:
+            _quiet(docker_base_argv(self.platform.docker_host) + ["kill", self.container_id], timeout=30)
+
+    def _remove_container(self) -> None:
+        """Force-remove this session's container if it still exists (timeout, Ctrl-C, crash)."""
+        if self.engine == "runc":
+            # `runc run` removes the container when its process exits; after a kill it may remain
+            state = _quiet(["runc", "state", self.container_id], timeout=20)
+            if state.returncode == 0:
+                _quiet(["runc", "kill", self.container_id, "KILL"], timeout=20)
+                proc = _quiet(["runc", "delete", "--force", self.container_id], timeout=30)
+                if proc.returncode != 0 and _quiet(["runc", "state", self.container_id], timeout=20).returncode == 0:
+                    self.teardown_errors.append(f"runc delete {self.container_id}: {proc.stderr.strip()[-200:]}")
+        elif self.engine == "podman":
+            base = podman_base_argv(self.platform.podman_root, self.platform.podman_runroot)
+            _quiet(base + ["rm", "--force", "--time", "0", "--ignore", self.container_id], timeout=60)
+        else:
+            _quiet(docker_base_argv(self.platform.docker_host) + ["rm", "--force", self.container_id], timeout=60)
+
+    # -- teardown -----------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        """Remove the container, its cgroups (every hierarchy) and the bundle; idempotent."""
+        self._remove_container()
+        if self.cgroups_path:
+            dirs = cgroup_dirs_of(self.cgroups_path)
+        else:
+            dirs = [m / cgroups.PARENT / self.name for m, _ in cgroup_hierarchies()]
+        self.teardown_errors += remove_cgroup_dirs(dirs)
+        for d in (self.bundle_dir, self.spec_dir):
+            if d.exists():
+                if _is_mount_free(d):
+                    shutil.rmtree(d, ignore_errors=True)
+                else:
+                    self.teardown_errors.append(f"{d} still has mounts; left in place")
+        if self.teardown_errors:
+            warnings.warn("container teardown incomplete: " + "; ".join(self.teardown_errors), RuntimeWarning,
+                          stacklevel=2)
+
+
+# ---------------------------------------------------------------------------
+# Platform
+
+
+def remove_stale_containers(engine: str | None = None, docker_host: str | None = None,
+                            podman_root: str | None = None, podman_runroot: str | None = None) -> list[str]:
+    """Remove containers and cgroups that e2ebench runs which died (SIGKILL) left behind.
+
+    Only names ``e2ebench-cn-<pid>-*`` / ``cn-<pid>-*`` whose owner process no longer exists are
+    touched; a live run's container is never removed.  Returns what was removed.
+    """
+    removed = []
+    if engine in (None, "runc") and shutil.which("runc"):
+        for c in runc_containers():
+            cid = c.get("id", "")
+            if _owner_dead(cid):
+                _quiet(["runc", "kill", cid, "KILL"], timeout=20)
+                _quiet(["runc", "delete", "--force", cid], timeout=30)
+                removed.append(f"runc:{cid}")
+    if engine == "podman" and shutil.which("podman"):
+        base = podman_base_argv(podman_root, podman_runroot)
+        proc = _quiet(base + ["ps", "--all", "--format", "{{.Names}}", "--filter", f"name=^{CONTAINER_PREFIX}{CGROUP_KIND}-"],
+                      timeout=60)
+        for name in proc.stdout.split():
+            if _owner_dead(name):
+                _quiet(base + ["rm", "--force", "--time", "0", name], timeout=60)
+                removed.append(f"podman:{name}")
+    if engine == "docker" and shutil.which("docker"):
+        base = docker_base_argv(docker_host)
+        proc = _quiet(base + ["ps", "--all", "--format", "{{.Names}}", "--filter", f"name=^{CONTAINER_PREFIX}{CGROUP_KIND}-"],
+                      timeout=30)
+        for name in proc.stdout.split():
+            if _owner_dead(name):
+                _quiet(base + ["rm", "--force", name], timeout=60)
+                removed.append(f"docker:{name}")
+    for d in container_cgroup_leftovers():
+        try:
+            remove_cgroup_tree(d, 5.0)
+            removed.append(str(d))
+        except (cgroups.CgroupError, OSError):
+            continue
+    return removed
+
+
+class Container(Platform):
+    NAME = "CN"
+    TITLE = "container"
+
+    def __init__(self, engine: str | None = None, rootfs: str | None = None, network: bool | None = None,
+                 docker_host: str | None = None, podman_root: str | None = None, podman_runroot: str | None = None):
+        engine = (engine or os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE).strip().lower()
+        if engine not in ENGINES:
+            raise PlatformError(f"unknown container engine {engine!r}; accepted: {', '.join(ENGINES)}")
+        self.engine = engine
+        self.rootfs = rootfs_choice = rootfs_lib.RootfsChoice.parse(rootfs or os.environ.get(ROOTFS_ENV))
+        if rootfs_choice.kind == "image" and engine == "runc":
+            raise PlatformError("runc needs a root filesystem directory, not an image name "
+                                f"({rootfs_choice.value!r}); use host, debootstrap or a directory")
+        if network is None:
+            network = os.environ.get(NETWORK_ENV, "0").strip().lower() in ("1", "true", "yes")
+        self.network = bool(network)
+        self.docker_host = docker_host or os.environ.get(DOCKER_HOST_ENV) or os.environ.get("DOCKER_HOST") or None
+        self.podman_root = podman_root
+        self.podman_runroot = podman_runroot
+        self._version: str | None = None
+
+    def engine_version(self) -> str:
+        if self._version is None:
+            if self.engine == "docker":
+                proc = _quiet(docker_base_argv(self.docker_host) + ["version", "--format", "{{.Server.Version}}"], timeout=15)
+                self._version = f"docker daemon {proc.stdout.strip()}" if proc.returncode == 0 else "docker (no daemon)"
+            else:
+                self._version = _version_line([self.engine, "--version"])
+        return self._version
+
+    def check_engines(self) -> dict[str, EngineCheck]:
+        return {
+            "runc": check_runc(),
+            "podman": check_podman(self.podman_root, self.podman_runroot),
+            "docker": check_docker(self.docker_host),
+        }
+
+    def probe(self) -> Availability:
+        checks = self.check_engines()
+        details = {"engine": self.engine, "rootfs": str(self.rootfs), "network": self.network,
+                   "engines": {k: v.as_dict() for k, v in checks.items()}}
+        chosen = checks[self.engine]
+        if chosen.works:
+            others = [k for k, v in checks.items() if v.works and k != self.engine]
+            return Availability(True, f"{self.engine}: {chosen.reason}" + (f"; also usable: {', '.join(others)}" if others else ""),
+                                details=details)
+        fix = {
+            "runc": "install runc and run as root with writable cpu/cpuset cgroups",
+            "podman": "install podman and runc and run as root",
+            "docker": "start dockerd (e.g. dockerd --iptables=false --bridge=none) or set E2EBENCH_DOCKER_HOST",
+        }[self.engine]
+        usable = [k for k, v in checks.items() if v.works]
+        if usable:
+            fix += f"; or choose a working engine with {ENGINE_ENV}={usable[0]}"
+        return Availability(False, f"{self.engine}: {chosen.reason}", fix=fix, details=details)
+
+    @contextlib.contextmanager
+    def session(self, deployment: Deployment, workdir: Path) -> Iterator[ContainerSession]:
+        if deployment.device != "CPU":
+            raise PlatformError("CN supports CPU deployments only in this version (no GPU passthrough)")
+        if self.engine in ("runc", "podman") and os.geteuid() != 0:
+            raise PlatformError(f"the {self.engine} engine needs root here")
+        host_cpus = sorted(os.sched_getaffinity(0))
+        try:
+            plan = cgroups.plan_limits(deployment.cores, deployment.cpu_mode, host_cpus, cgroups.numa_nodes())
+        except ValueError as exc:
+            raise PlatformError(str(exc)) from None
+        # housekeeping first (not part of provisioning): what SIGKILLed runs left behind
+        remove_stale_containers(self.engine, self.docker_host, self.podman_root, self.podman_runroot)
+        cgroups.remove_stale()
+        self.engine_version()   # cached for session.info
+        t0 = time.perf_counter()
+        session = ContainerSession(self, deployment, Path(workdir), plan)
+        try:
+            session.provision()
+            session.provision_s = time.perf_counter() - t0
+            yield session
+        finally:
+            with _deferred_interrupts():
+                session.teardown()
+
+
+__all__ = [
+    "Bind", "Container", "ContainerSession", "ENGINES", "EngineCheck", "cgroup_dirs_of", "cgroup_hierarchies",
+    "container_cgroup_leftovers", "container_env", "make_oci_bundle", "oci_config", "plan_binds",
+    "remove_stale_containers", "runc_cgroups_path", "runc_containers",
+]
