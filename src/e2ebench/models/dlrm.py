@@ -49,6 +49,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from e2ebench.models.checkpoints import WeightsError, read_state_dict
+
 from e2ebench.datasets.criteo import KAGGLE_CARDINALITIES
 
 #: Rows of the 26 categorical features of Criteo Kaggle Display Advertising Challenge (C1..C26), as used by
@@ -67,8 +69,8 @@ TINY_MAX_ROWS_PER_TABLE = 1000
 VARIANTS = ("full", "tiny")
 
 
-class CheckpointError(ValueError):
-    """A weights file that cannot be read or does not fit the model (names, shapes, table sizes)."""
+# a weights file that cannot be read or does not fit the model (names, shapes, table sizes)
+CheckpointError = WeightsError
 
 
 def table_rows(max_rows_per_table: int, cardinalities: Sequence[int] = CRITEO_KAGGLE_CARDINALITIES) -> tuple[int, ...]:
@@ -207,29 +209,6 @@ def build_dlrm(
     if seed is not None:
         model.reset_parameters(torch.Generator().manual_seed(int(seed)))
     return model.to(device)
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint: ``.safetensors`` or a ``torch.save`` file (``.pt``/``.pth``, read with
-    ``weights_only=True``).  A reference training checkpoint (a dict with a ``state_dict`` entry) is unwrapped."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            # load_file maps the file: copy every tensor into memory so that no timed inference pages in weights
-            loaded = {name: tensor.clone() for name, tensor in load_file(str(path), device="cpu").items()}
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the libraries raise many kinds; all mean "not a readable checkpoint"
-        raise CheckpointError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise CheckpointError(f"weights file {path} does not hold a state dict (a mapping of names to tensors)")
-    return {str(k).removeprefix("module."): v for k, v in loaded.items()}
 
 
 def check_state_dict(model: DLRM, state: Mapping[str, torch.Tensor], source: str, shown_keys: int = 5) -> None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
+
+from e2ebench.models.checkpoints import WeightsError, read_state_dict, state_dict_problems
 
 NUM_CLASSES = 1000
 
@@ -118,10 +119,6 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
-class WeightsError(ValueError):
-    """A checkpoint that does not fit the network (missing / unexpected keys, wrong shapes, unreadable)."""
-
-
 def build_resnet50(variant: str = "full", seed: int = 0, device: str | torch.device = "cpu") -> ResNet:
     """ResNet50-v1.5 (``variant`` "full" or "tiny") with weights drawn after ``torch.manual_seed(seed)``.
 
@@ -135,34 +132,6 @@ def build_resnet50(variant: str = "full", seed: int = 0, device: str | torch.dev
     return model.eval()
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint: ``.safetensors`` or a ``torch.save`` file (loaded with ``weights_only=True``).
-
-    A torch checkpoint that wraps the tensors under ``"state_dict"`` or ``"model"`` is unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded = load_file(str(path), device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the libraries raise many kinds; all mean "not a readable checkpoint"
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(loaded, Mapping):
-        for wrapper in ("state_dict", "model"):
-            inner = loaded.get(wrapper)
-            if isinstance(inner, Mapping) and len(loaded) <= 3:
-                loaded = inner
-                break
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise WeightsError(f"weights file {path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(loaded)
-
-
 def load_weights(model: ResNet, path: Path, shown_keys: int = 5) -> None:
     """Load a torchvision-format state dict into ``model``; :class:`WeightsError` names the first bad keys.
 
@@ -170,18 +139,7 @@ def load_weights(model: ResNet, path: Path, shown_keys: int = 5) -> None:
     """
     state = read_state_dict(path)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    problems = []
-    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape)):
-        if keys:
-            more = f" and {len(keys) - shown_keys} more" if len(keys) > shown_keys else ""
-            problems.append(f"{what}: {', '.join(keys[:shown_keys])}{more}")
+    problems = state_dict_problems(expected, state, shown_keys, optional=lambda k: k.endswith("num_batches_tracked"))
     if problems:
         raise WeightsError(
             f"weights file {path} does not fit ResNet50-v1.5 ({model.config.base_width}-wide stem, "

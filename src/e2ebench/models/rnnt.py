@@ -36,6 +36,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from e2ebench.models.checkpoints import WeightsError, read_state_dict, state_dict_problems
+
 #: Output symbols: space, a-z, apostrophe (28 characters) and the blank (id 28, the last one).
 ALPHABET: tuple[str, ...] = (" ", *"abcdefghijklmnopqrstuvwxyz", "'")
 BLANK_ID = len(ALPHABET)
@@ -384,10 +386,6 @@ class GreedyTransducerDecoder:
         ]
 
 
-class WeightsError(ValueError):
-    """A checkpoint that does not fit the network (missing / unexpected keys, wrong shapes, unreadable)."""
-
-
 def build_rnnt(variant: str = "full", seed: int = 0, device: str | torch.device = "cpu") -> RNNT:
     """RNN-T (``variant`` "full" or "tiny") in fp32 with weights drawn after ``torch.manual_seed(seed)``.
 
@@ -403,35 +401,6 @@ def build_rnnt(variant: str = "full", seed: int = 0, device: str | torch.device 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint: ``.safetensors`` or a ``torch.save`` file (loaded with ``weights_only=True``).
-
-    A torch checkpoint that wraps the tensors under ``"state_dict"`` or ``"model"`` (MLPerf's ``rnnt.pt``
-    does) is unwrapped; other entries beside it (epoch, config) are ignored.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded = load_file(str(path), device="cpu")
-        else:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the libraries raise many kinds; all mean "not a readable checkpoint"
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from exc
-    if isinstance(loaded, Mapping):
-        for wrapper in ("state_dict", "model"):
-            inner = loaded.get(wrapper)
-            if isinstance(inner, Mapping):
-                loaded = inner
-                break
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise WeightsError(f"weights file {path} does not hold a state dict (a mapping of names to tensors)")
-    return dict(loaded)
 
 
 def _migrate_mlperf_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -452,18 +421,7 @@ def load_weights(model: RNNT, path: Path, shown_keys: int = 5) -> None:
     """Load an MLPerf-layout state dict into ``model`` as fp32; :class:`WeightsError` names the first bad keys."""
     state = _migrate_mlperf_keys(read_state_dict(path))
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    problems = []
-    for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape)):
-        if keys:
-            more = f" and {len(keys) - shown_keys} more" if len(keys) > shown_keys else ""
-            problems.append(f"{what}: {', '.join(keys[:shown_keys])}{more}")
+    problems = state_dict_problems(expected, state, shown_keys)
     if problems:
         config = model.config
         raise WeightsError(
