@@ -25,20 +25,12 @@ VERDICT_STYLES = {
 
 
 def resolve_study(store, wanted: str | None) -> dict:
-    """A study by id, by name (its latest), or by unique id prefix; the latest study when ``wanted`` is None."""
-    if wanted is None:
-        record = store.latest_study()
-        if record is None:
-            raise fail_usage(f"no study in {store.path}; run `e2ebench study` first")
-        return record
-    record = store.get_study(wanted) or store.latest_study(name=wanted)
-    if record is not None:
-        return record
-    matches = [s for s in store.studies() if s["id"].startswith(wanted)]
-    if len(matches) == 1:
-        return store.get_study(matches[0]["id"])
-    known = ", ".join(s["id"] for s in store.studies()) or "none"
-    raise fail_usage(f"no study {wanted!r} in {store.path} ({'ambiguous prefix' if matches else 'known: ' + known})")
+    from e2ebench.store import StoreError
+
+    try:
+        return store.resolve_study(wanted)
+    except StoreError as exc:
+        raise fail_usage(str(exc))
 
 
 def _open_store(store_path: Path):

@@ -298,22 +298,12 @@ def study(
 
 
 def _find_study(store, wanted: str | None) -> dict:
-    if wanted is None:
-        record = store.latest_study() or store.get_study(ADHOC_STUDY)    # only ad-hoc runs: show those
-        if record is None:
-            raise fail_usage(f"no study in {store.path}; run `e2ebench study` first")
-        return record
-    record = store.get_study(wanted)
-    if record is not None:
-        return record
-    record = store.latest_study(name=wanted)
-    if record is not None:
-        return record
-    matches = [s for s in store.studies() if s["id"].startswith(wanted)]
-    if len(matches) == 1:
-        return store.get_study(matches[0]["id"])
-    known = ", ".join(s["id"] for s in store.studies()) or "none"
-    raise fail_usage(f"no study {wanted!r} in {store.path} ({'ambiguous prefix' if matches else 'known: ' + known})")
+    from e2ebench.store import StoreError
+
+    try:
+        return store.resolve_study(wanted, fallback_adhoc=True)    # only ad-hoc runs: show those
+    except StoreError as exc:
+        raise fail_usage(str(exc))
 
 
 def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:

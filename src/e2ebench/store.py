@@ -177,6 +177,23 @@ class Store:
                 return study
         return None
 
+    def resolve_study(self, wanted: str | None, fallback_adhoc: bool = False) -> dict:
+        """A study by id, by name (its latest), or by unique id prefix; the latest one when ``wanted`` is None
+        (or, with ``fallback_adhoc``, the ad-hoc runs when there is no study).  Raises StoreError naming what exists."""
+        if wanted is None:
+            record = self.latest_study() or (self.get_study(ADHOC_STUDY) if fallback_adhoc else None)
+            if record is None:
+                raise StoreError(f"no study in {self.path}; run `e2ebench study` first")
+            return record
+        record = self.get_study(wanted) or self.latest_study(name=wanted)
+        if record is not None:
+            return record
+        matches = [s for s in self.studies() if s["id"].startswith(wanted)]
+        if len(matches) == 1:
+            return self.get_study(matches[0]["id"])
+        known = ", ".join(s["id"] for s in self.studies()) or "none"
+        raise StoreError(f"no study {wanted!r} in {self.path} ({'ambiguous prefix' if matches else 'known: ' + known})")
+
     def set_study_status(self, study_id: str, status: str) -> None:
         with self.transaction():
             self.db.execute("UPDATE studies SET status=? WHERE id=?", (status, study_id))

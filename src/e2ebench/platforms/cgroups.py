@@ -240,13 +240,22 @@ class CpuCgroup:
     def remove(self, timeout_s: float = 10.0) -> None:
         """Kill whatever still runs in the cgroup and remove its directories."""
         for d in reversed(self.dirs):
-            _remove_dir(d, timeout_s)
+            remove_cgroup_tree(d, timeout_s)
         self.dirs.clear()
 
 
-def _remove_dir(d: Path, timeout_s: float) -> None:
+def remove_cgroup_tree(d: Path, timeout_s: float = 10.0) -> None:
+    """SIGKILL every process in ``d`` and its descendant cgroups, then remove the directories, deepest first."""
+    if not d.is_dir():
+        return
+    dirs = [Path(p) for p, _, _ in os.walk(d)]
+    for sub in sorted(dirs, key=lambda p: -len(p.parts)):
+        _kill_and_rmdir(sub, timeout_s)
+
+
+def _kill_and_rmdir(d: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while d.exists():
+    while True:
         try:
             pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
         except OSError:
@@ -306,7 +315,7 @@ def remove_stale(root: Path = CGROUP_ROOT, only_dead_owners: bool = True) -> lis
             if owner is None or Path(f"/proc/{owner}").exists():
                 continue
         try:
-            _remove_dir(d, 5.0)
+            remove_cgroup_tree(d, 5.0)
             removed.append(d)
         except CgroupError:
             continue

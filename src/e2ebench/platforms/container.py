@@ -362,36 +362,7 @@ def cgroup_dirs_of(cgroups_path: str, root: Path = CGROUP_ROOT) -> list[Path]:
     return out
 
 
-def remove_cgroup_tree(d: Path, timeout_s: float = 10.0) -> None:
-    """Kill every process in ``d`` and its descendants, then remove the directories, deepest first."""
-    if not d.is_dir():
-        return
-    dirs = [Path(p) for p, _, _ in os.walk(d)]
-    for sub in sorted(dirs, key=lambda p: -len(p.parts)):
-        _kill_and_rmdir(sub, timeout_s)
-
-
-def _kill_and_rmdir(d: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
-        except OSError:
-            pids = []
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            d.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise cgroups.CgroupError(f"cannot remove cgroup {d}: {exc.strerror or exc}") from exc
-            time.sleep(0.05)
+remove_cgroup_tree = cgroups.remove_cgroup_tree
 
 
 def remove_cgroup_dirs(dirs: list[Path], timeout_s: float = 10.0) -> list[str]:
