@@ -1,0 +1,93 @@
+#!/bin/busybox sh
+# e2ebench guest init: PID 1 inside the initramfs built by e2ebench.platforms.guest.initramfs.
+#
+# Kernel command line parameters (all optional except e2ebench.job in run mode):
+#   e2ebench.mode=run|probe|hold  probe: print the probe marker right after loading the modules, power off;
+#                             hold: print it and stay up until QEMU is stopped
+#   e2ebench.job=PATH         where to mount the job directory (a 9p share tagged "job"), e.g. /run/e2ebench/job
+#   e2ebench.root=9p|/dev/vdX the host root: 9p share tagged "hostroot" (default) or a block device
+#   e2ebench.msize=BYTES      9p msize (default 524288)
+#   e2ebench.cache=MODE       9p cache mode of the read-only host root (default loose)
+#   e2ebench.data=PATH        mount the data disk read-only at PATH (inside the new root)
+#   e2ebench.datadev=/dev/vdX the data disk's device (default /dev/vda)
+#   e2ebench.jobdev=/dev/vdX  the job directory as a writable ext4 disk instead of the 9p share (Firecracker)
+#   virtio_mmio.device=...    added by QEMU's microvm machine; handed to the virtio_mmio module
+# Markers on the console: @@E2EBENCH_PROBE_OK@@, @@E2EBENCH_GUEST_ERROR@@ <why>, @@E2EBENCH_GUEST_EXIT@@.
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+$B mount -t devtmpfs devtmpfs /dev
+
+MODE=run; JOB=; ROOT=9p; MSIZE=524288; CACHE=loose; DATA=; DATADEV=/dev/vda; JOBDEV=; MMIO=
+for arg in $($B cat /proc/cmdline); do
+    case "$arg" in
+        e2ebench.mode=*) MODE=${arg#*=} ;;
+        e2ebench.job=*) JOB=${arg#*=} ;;
+        e2ebench.root=*) ROOT=${arg#*=} ;;
+        e2ebench.msize=*) MSIZE=${arg#*=} ;;
+        e2ebench.cache=*) CACHE=${arg#*=} ;;
+        e2ebench.data=*) DATA=${arg#*=} ;;
+        e2ebench.datadev=*) DATADEV=${arg#*=} ;;
+        e2ebench.jobdev=*) JOBDEV=${arg#*=} ;;
+        virtio_mmio.device=*) MMIO="$MMIO device=${arg#virtio_mmio.device=}" ;;
+    esac
+done
+
+halt() {
+    $B sync
+    $B poweroff -f
+    $B sleep 30
+}
+die() {
+    echo "@@E2EBENCH_GUEST_ERROR@@ $*"
+    halt
+}
+
+for m in $($B cat /modules.load); do
+    if [ "$m" = virtio_mmio ]; then
+        $B insmod /lib/modules/$m.ko $MMIO || die "insmod $m failed"
+    else
+        $B insmod /lib/modules/$m.ko || die "insmod $m failed"
+    fi
+done
+
+if [ "$MODE" = probe ] || [ "$MODE" = hold ]; then
+    echo "@@E2EBENCH_PROBE_OK@@ uptime=$($B cut -d' ' -f1 /proc/uptime) cpus=$($B nproc)"
+    # hold: stay up (for inspecting a running guest from the host) until QEMU is stopped
+    while [ "$MODE" = hold ]; do $B sleep 3600; done
+    halt
+fi
+
+P9="trans=virtio,version=9p2000.L,msize=$MSIZE"
+R=/newroot
+if [ "$ROOT" = 9p ]; then
+    $B mount -t 9p -o "$P9,ro,cache=$CACHE" hostroot $R || die "cannot mount the host root over 9p"
+else
+    $B mount -t ext4 -o ro,noload "$ROOT" $R || die "cannot mount the root disk $ROOT"
+fi
+$B mount -t proc proc $R/proc || die "no /proc in the new root"
+$B mount -t sysfs sysfs $R/sys || die "no /sys in the new root"
+$B mount -t devtmpfs devtmpfs $R/dev || die "no /dev in the new root"
+$B mkdir -p $R/dev/shm $R/dev/pts
+$B mount -t tmpfs -o mode=1777 shm $R/dev/shm
+$B mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
+$B mount -t tmpfs -o mode=1777 tmp $R/tmp || die "no /tmp in the new root"
+$B mount -t tmpfs -o mode=0755 run $R/run || die "no /run in the new root"
+$B mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || die "cannot mount cgroup2 in the guest"
+if [ -n "$DATA" ]; then
+    $B mkdir -p "$R$DATA"
+    $B mount -t ext4 -o ro,noload "$DATADEV" "$R$DATA" || die "cannot mount the data disk $DATADEV at $DATA"
+fi
+[ -n "$JOB" ] || die "no e2ebench.job= on the kernel command line"
+$B mkdir -p "$R$JOB"
+if [ -n "$JOBDEV" ]; then
+    $B mount -t ext4 "$JOBDEV" "$R$JOB" || die "cannot mount the job disk $JOBDEV"
+else
+    $B mount -t 9p -o "$P9,cache=none" job "$R$JOB" || die "cannot mount the job directory $JOB over 9p"
+fi
+
+$B chroot $R /bin/sh "$JOB/job.sh"
+rc=$?
+echo "@@E2EBENCH_GUEST_EXIT@@ rc=$rc uptime=$($B cut -d' ' -f1 /proc/uptime)"
+$B umount "$R$JOB" 2>/dev/null
+halt

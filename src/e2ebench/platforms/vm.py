@@ -1,0 +1,1010 @@
+"""Virtual machine (VM): the worker inside a QEMU guest; the QEMU machinery MVM and VMCN share.
+
+The guest
+    Debian's kernel (or a configured one) with an initramfs e2ebench builds (busybox-static plus the
+    virtio, 9p, virtio-blk and ext4 modules).  The host root is shared read-only over virtio-9p
+    (``msize=524288,cache=loose``), so the guest runs the very same Python, PyTorch and e2ebench as
+    the host, under the same absolute paths.  A writable job directory (9p, ``cache=none``) carries
+    the worker spec in and the RunResult and LoadGen logs out.  The data set is an ext4 disk image
+    on a virtio-blk disk mounted read-only at ``/run/e2ebench/data``: guest file I/O goes through the
+    virtual disk, as in the paper.  cgroup2 is mounted in the guest.
+
+One guest per run
+    ``session()`` prepares what does not depend on the data (kernel, initramfs, accelerator verdict,
+    host cgroup); every ``run_worker`` boots a fresh guest with that run's data disk, runs exactly one
+    worker and powers off.  ``provision_s`` is the host time from starting QEMU to the guest printing
+    ``@@E2EBENCH_GUEST_READY@@`` (modules loaded, file systems mounted, about to start the worker).
+
+CPU modes (host side; the guest always gets one vCPU per deployment core)
+    ``VNL``  the vCPU threads float over every host core; the whole QEMU process sits in a cgroup
+             with a CFS quota of N cores.
+    ``PIN``  vCPU i's host thread (QMP ``query-cpus-fast``) is bound to its own dedicated host core
+             with ``sched_setaffinity``; QEMU sits in a cpuset cgroup of those cores.  The guest is
+             started paused (``-S``) and resumed only once every vCPU is pinned.  Inside the guest the
+             worker binds its compute threads to guest CPUs 0..N-1.
+    The guest sees N vCPUs and no quota in both modes: ``expected_limits() == (0..N-1, None)``.  The
+    host-side limits are verified from ``/proc/<qemu>/task/<tid>/status`` and the cgroup files when
+    the guest is ready; a mismatch fails the run.  They are recorded in ``platform_info.host_limits``.
+
+Acceleration
+    KVM only where it really works: a probe guest is booted with ``-accel kvm`` and must print a
+    marker within ``kvm_probe_timeout_s`` (the verdict is cached per QEMU version, guest kernel and
+    host kernel in ``<cache>/guest/kvm-verdict.json``).  Otherwise TCG (``-accel tcg,thread=multi
+    -cpu max``): ~100-230x slower than native, and every result is labelled ``emulated``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import functools
+import json
+import os
+import platform as _platform
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+from e2ebench import measure
+from e2ebench.platforms import cgroups
+from e2ebench.platforms.base import Availability, Platform, PlatformError, Session, worker_env
+from e2ebench.platforms.guest import guest_cache_dir, template
+from e2ebench.platforms.guest import disk as guest_disk
+from e2ebench.platforms.guest.initramfs import InitramfsError, build_initramfs, find_busybox
+from e2ebench.platforms.guest.kernel import META_PACKAGE, GuestKernel, KernelError, ensure_kernel, find_kernel
+from e2ebench.platforms.guest.qmp import QmpClient, QmpError
+from e2ebench.scenario import Deployment
+from e2ebench.spec import WorkerFailure, WorkerSpec, extract_result
+
+QEMU_BINARY = "qemu-system-x86_64"
+MARK_READY = "@@E2EBENCH_GUEST_READY@@"
+MARK_ERROR = "@@E2EBENCH_GUEST_ERROR@@"
+MARK_GUEST_EXIT = "@@E2EBENCH_GUEST_EXIT@@"
+MARK_WORKER_EXIT = "@@E2EBENCH_WORKER_EXIT@@"
+MARK_PROBE = "@@E2EBENCH_PROBE_OK@@"
+MARKERS = (MARK_READY, MARK_ERROR, MARK_GUEST_EXIT, MARK_WORKER_EXIT, MARK_PROBE)
+GUEST_DATA_MOUNT = "/run/e2ebench/data"
+GUEST_JOB_DIR = "/run/e2ebench/job"   # where the guest mounts the job directory (a tmpfs under /run)
+# directories the guest mounts its own file systems on: host paths below them are hidden in the guest
+GUEST_PRIVATE_DIRS = ("/tmp", "/run", "/dev", "/proc", "/sys")
+TCG_REASON = "no usable KVM (/dev/kvm is PVM / missing); TCG emulation ~100-200x slower"
+PACKAGES_FIX = "apt-get install qemu-system-x86 busybox-static e2fsprogs"
+ACCEL_ENV = "E2EBENCH_VM_ACCEL"
+MEMORY_ENV = "E2EBENCH_VM_MEMORY_MIB"
+
+
+# ---------------------------------------------------------------------------
+# Options
+
+
+@dataclasses.dataclass
+class VmOptions:
+    """Settings of the QEMU platforms (``get_platform("VM", memory_mib=2048, ...)``)."""
+
+    memory_mib: int = 4096              # guest RAM; capped at 75% of the host's memory
+    kernel: str | None = None           # bzImage to boot; default $E2EBENCH_GUEST_KERNEL, the cache, or Debian's
+    modules_dir: str | None = None      # its lib/modules/<version>; default $E2EBENCH_GUEST_MODULES or a guess
+    accel: str = "auto"                 # auto | kvm | tcg ($E2EBENCH_VM_ACCEL)
+    machine: str = "q35"                # q35 | pc (MVM always uses microvm)
+    p9_msize: int = 524288              # 9p message size of both shares
+    p9_cache: str = "loose"             # 9p cache mode of the read-only host root (loose: ~2x faster imports)
+    boot_timeout_s: float = 600.0       # QEMU start -> guest ready, at most
+    kvm_probe_timeout_s: float = 20.0   # a KVM probe guest must print its marker within this
+    cache_disk_images: bool = True      # keep data-set disk images in <cache>/guest/disks
+    fetch_kernel: bool = True           # apt-get download Debian's kernel when none is configured or cached
+    qemu_binary: str = QEMU_BINARY
+
+    def __post_init__(self) -> None:
+        if self.accel == "auto" and os.environ.get(ACCEL_ENV):
+            self.accel = os.environ[ACCEL_ENV].strip().lower()
+        if os.environ.get(MEMORY_ENV) and self.memory_mib == 4096:
+            self.memory_mib = int(os.environ[MEMORY_ENV])
+        if self.accel not in ("auto", "kvm", "tcg"):
+            raise ValueError(f"accel must be auto, kvm or tcg, not {self.accel!r}")
+        if self.machine not in ("q35", "pc", "microvm"):
+            raise ValueError(f"machine must be q35, pc or microvm, not {self.machine!r}")
+        if int(self.memory_mib) < 256:
+            raise ValueError(f"memory_mib must be at least 256, not {self.memory_mib}")
+        if self.p9_cache not in ("none", "loose", "fscache", "mmap"):
+            raise ValueError(f"p9_cache must be none, loose, fscache or mmap, not {self.p9_cache!r}")
+        self.memory_mib = int(self.memory_mib)
+
+
+def host_memory_mib() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def bounded_memory_mib(requested_mib: int, host_mib: int | None = None) -> int:
+    """Guest RAM: the request, at most 75% of the host's memory (never below 256 MiB)."""
+    host_mib = host_memory_mib() if host_mib is None else host_mib
+    if host_mib <= 0:
+        return requested_mib
+    return max(256, min(requested_mib, int(host_mib * 0.75)))
+
+
+@functools.lru_cache(maxsize=8)
+def qemu_version(binary: str = QEMU_BINARY) -> str | None:
+    path = shutil.which(binary)
+    if not path:
+        return None
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"version\s+(\S+)", out)
+    return match.group(1) if match else out.strip().splitlines()[0] if out.strip() else None
+
+
+@functools.lru_cache(maxsize=8)
+def qemu_machines(binary: str = QEMU_BINARY) -> frozenset[str]:
+    path = shutil.which(binary)
+    if not path:
+        return frozenset()
+    try:
+        out = subprocess.run([path, "-machine", "help"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(line.split()[0] for line in out.splitlines()[1:] if line.strip())
+
+
+# ---------------------------------------------------------------------------
+# The QEMU command line (pure)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestLaunch:
+    """Everything that decides one QEMU command line."""
+
+    kernel_image: Path
+    initramfs: Path
+    vcpus: int
+    memory_mib: int
+    accel: str                          # kvm | tcg
+    machine: str                        # q35 | pc | microvm
+    qmp_socket: Path
+    job_dir: Path | None = None         # host directory shared writable over 9p; None in probe mode
+    data_image: Path | None = None      # read-only virtio-blk disk
+    data_mount: str | None = None       # where the guest mounts it
+    p9_msize: int = 524288
+    p9_cache: str = "loose"
+    mode: str = "run"                   # run | probe | hold
+    name: str = "e2ebench"
+    tsc_khz: int | None = None          # TCG: the guest's TSC frequency (= the host's), skips calibration
+
+    @property
+    def is_microvm(self) -> bool:
+        return self.machine == "microvm"
+
+
+def kernel_cmdline(launch: GuestLaunch) -> str:
+    parts = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "rdinit=/init", f"e2ebench.mode={launch.mode}"]
+    if launch.tsc_khz:
+        # Under TCG the guest's TSC ticks at the host's TSC rate; calibrating it against the emulated PIT
+        # fails now and then on a busy host, and a microvm (no HPET, no PM timer) then hangs at boot.
+        parts.append(f"tsc_early_khz={launch.tsc_khz}")
+    if launch.mode == "run":
+        if launch.job_dir is None:
+            raise ValueError("a run needs a job directory")
+        parts += [f"e2ebench.job={GUEST_JOB_DIR}", f"e2ebench.msize={launch.p9_msize}", f"e2ebench.cache={launch.p9_cache}"]
+        if launch.data_image is not None and launch.data_mount:
+            parts.append(f"e2ebench.data={launch.data_mount}")
+    for part in parts:
+        if any(c.isspace() for c in part):
+            raise ValueError(f"kernel command line argument {part!r} contains whitespace")
+    return " ".join(parts)
+
+
+def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
+    """The host's constant TSC frequency in kHz (``cpu MHz`` when the CPU has ``constant_tsc``), or None."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = re.search(r"^flags\s*:(.*)$", text, re.M)
+    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.M)
+    if not flags or not mhz or "constant_tsc" not in flags.group(1).split():
+        return None
+    return int(round(float(mhz.group(1)) * 1000))
+
+
+def accel_args(accel: str) -> list[str]:
+    if accel == "kvm":
+        return ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
+    if accel == "tcg":
+        return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    raise ValueError(f"unknown accelerator {accel!r}")
+
+
+def qemu_argv(launch: GuestLaunch, binary: str = QEMU_BINARY) -> list[str]:
+    """The QEMU argument list: paused at start (``-S``), QMP on a unix socket, console on stdio."""
+    suffix = "device" if launch.is_microvm else "pci"
+    machine = "microvm,x-option-roms=off,rtc=off" if launch.is_microvm else launch.machine
+    argv = [
+        binary, "-name", f"{launch.name},debug-threads=on", "-machine", machine, *accel_args(launch.accel),
+        "-smp", f"cpus={launch.vcpus},sockets=1,cores={launch.vcpus},threads=1", "-m", str(launch.memory_mib),
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio", "-monitor", "none",
+        "-kernel", str(launch.kernel_image), "-initrd", str(launch.initramfs), "-append", kernel_cmdline(launch),
+        "-qmp", f"unix:{launch.qmp_socket},server=on,wait=off", "-S",
+    ]
+    if launch.mode == "run":
+        argv += [
+            "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device", f"virtio-9p-{suffix},fsdev=hostroot,mount_tag=hostroot",
+            "-fsdev", f"local,id=job,path={launch.job_dir},security_model=none",
+            "-device", f"virtio-9p-{suffix},fsdev=job,mount_tag=job",
+        ]
+        if launch.data_image is not None:
+            argv += [
+                "-drive", f"file={launch.data_image},if=none,id=data,format=raw,readonly=on",
+                "-device", f"virtio-blk-{suffix},drive=data,serial=e2ebench-data",
+            ]
+    for value in (str(launch.job_dir or ""), str(launch.data_image or "")):
+        if "," in value:
+            raise ValueError(f"QEMU option values cannot contain ',': {value}")
+    return argv
+
+
+# ---------------------------------------------------------------------------
+# A running QEMU process
+
+
+def thread_affinity(pid: int, tid: int) -> list[int]:
+    """``Cpus_allowed_list`` of one thread, from ``/proc/<pid>/task/<tid>/status``."""
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return measure.parse_cpu_list(line.split(":", 1)[1])
+    return []
+
+
+def _libc_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+PR_SET_PDEATHSIG = 1
+
+
+class Console:
+    """Reads QEMU's stdout (the guest's serial console, plus QEMU's own messages) in a thread."""
+
+    def __init__(self, stream, log_path: Path):
+        self.lines: list[str] = []
+        self.markers: dict[str, tuple[float, str]] = {}
+        self.closed = False
+        self._cond = threading.Condition()
+        self._stream = stream
+        self._log_path = log_path
+        self._thread = threading.Thread(target=self._pump, name="e2ebench-console", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            with open(self._log_path, "w", errors="replace") as log:
+                for raw in iter(self._stream.readline, b""):
+                    now = time.perf_counter()
+                    line = raw.decode("utf-8", "replace").replace("\r", "").rstrip("\n")
+                    log.write(line + "\n")
+                    log.flush()
+                    with self._cond:
+                        self.lines.append(line)
+                        for marker in MARKERS:
+                            if marker in line and marker not in self.markers:
+                                self.markers[marker] = (now, line)
+                        self._cond.notify_all()
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._cond:
+                self.closed = True
+                self._cond.notify_all()
+
+    def wait_for(self, markers: tuple[str, ...], deadline: float) -> str | None:
+        """The first of ``markers`` seen, or None when the console closed or ``deadline`` (perf_counter) passed."""
+        with self._cond:
+            while True:
+                seen = [m for m in markers if m in self.markers]
+                if seen:
+                    return min(seen, key=lambda m: self.markers[m][0])
+                remaining = deadline - time.perf_counter()
+                if self.closed or remaining <= 0:
+                    return None
+                self._cond.wait(timeout=min(remaining, 1.0))
+
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.text()[-chars:]
+
+    def join(self, timeout_s: float = 5.0) -> None:
+        self._thread.join(timeout_s)
+
+
+@dataclasses.dataclass
+class VcpuThread:
+    vcpu: int
+    tid: int
+    host_cpus: list[int] = dataclasses.field(default_factory=list)
+
+
+class QemuGuest:
+    """One QEMU process, started paused; vCPUs optionally pinned through QMP before it resumes.
+
+    ``start()`` and ``stop()`` bracket its life; ``stop()`` (QMP ``quit``, then SIGKILL to QEMU's
+    process group) is idempotent and runs from ``__exit__``, also on errors and Ctrl-C.  QEMU gets
+    ``PR_SET_PDEATHSIG=SIGKILL`` so that it dies with the e2ebench process even on SIGKILL.
+    """
+
+    def __init__(self, argv: list[str], qmp_socket: Path, console_log: Path,
+                 cgroup_procs_files: list[str] | None = None, pin_cpus: tuple[int, ...] | None = None):
+        self.argv = argv
+        self.qmp_socket = qmp_socket
+        self.console_log = console_log
+        self.cgroup_procs_files = list(cgroup_procs_files or [])
+        self.pin_cpus = pin_cpus
+        self.proc: subprocess.Popen | None = None
+        self.console: Console | None = None
+        self.qmp: QmpClient | None = None
+        self.started_at = 0.0          # perf_counter when QEMU was started
+        self.vcpus: list[VcpuThread] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self) -> "QemuGuest":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        procs_files = self.cgroup_procs_files
+        prctl = _PRCTL
+
+        def in_child() -> None:  # between fork and exec
+            if prctl is not None:
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            pid = str(os.getpid())
+            for f in procs_files:
+                with open(f, "w") as fh:
+                    fh.write(pid)
+
+        self.qmp_socket.unlink(missing_ok=True)
+        self.started_at = time.perf_counter()
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=in_child)
+        self.console = Console(self.proc.stdout, self.console_log)
+        try:
+            self.qmp = QmpClient(self.qmp_socket).connect(deadline_s=60.0, alive=self.alive)
+        except QmpError as exc:
+            time.sleep(0.2)
+            raise PlatformError(f"QEMU did not start: {exc}: {self.console.tail(1500)}") from None
+        self.vcpus = [VcpuThread(int(c["cpu-index"]), int(c["thread-id"]))
+                      for c in sorted(self.qmp.execute("query-cpus-fast"), key=lambda c: c["cpu-index"])]
+        if self.pin_cpus is not None:
+            self.pin(self.pin_cpus)
+        self.refresh_affinities()
+        self.qmp.execute("cont")
+
+    def pin(self, host_cpus: tuple[int, ...]) -> None:
+        """Bind vCPU i's host thread to ``host_cpus[i]`` (one dedicated host core per vCPU)."""
+        if len(host_cpus) != len(self.vcpus):
+            raise PlatformError(f"{len(self.vcpus)} vCPUs but {len(host_cpus)} host CPUs to pin them to")
+        if len({v.tid for v in self.vcpus}) != len(self.vcpus):
+            raise PlatformError("the vCPUs share one host thread (single-threaded TCG?): they cannot be pinned 1:1")
+        for vcpu, cpu in zip(self.vcpus, host_cpus):
+            os.sched_setaffinity(vcpu.tid, {cpu})
+
+    def refresh_affinities(self) -> list[VcpuThread]:
+        assert self.proc is not None
+        for vcpu in self.vcpus:
+            vcpu.host_cpus = thread_affinity(self.proc.pid, vcpu.tid)
+        return self.vcpus
+
+    def wait_exit(self, deadline: float) -> bool:
+        """Wait (until ``deadline``, perf_counter) for QEMU to exit by itself (the guest powered off)."""
+        assert self.proc is not None
+        remaining = deadline - time.perf_counter()
+        try:
+            self.proc.wait(timeout=max(0.0, remaining))
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None and self.qmp is not None:
+            try:
+                self.qmp.execute("quit")
+            except (QmpError, OSError, ValueError):
+                pass
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.console is not None:
+            self.console.join()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+        self.qmp_socket.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# KVM or TCG
+
+
+def kvm_verdict_path() -> Path:
+    return guest_cache_dir() / "kvm-verdict.json"
+
+
+def _verdict_key(kernel_version: str, binary: str) -> str:
+    return f"qemu {qemu_version(binary)} | guest {kernel_version} | host {_platform.release()}"
+
+
+def cached_kvm_verdict(kernel_version: str, binary: str = QEMU_BINARY) -> dict | None:
+    try:
+        verdicts = json.loads(kvm_verdict_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return verdicts.get(_verdict_key(kernel_version, binary))
+
+
+def _store_kvm_verdict(kernel_version: str, binary: str, verdict: dict) -> None:
+    path = kvm_verdict_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        verdicts = json.loads(path.read_text())
+    except (OSError, ValueError):
+        verdicts = {}
+    verdicts[_verdict_key(kernel_version, binary)] = verdict
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(verdicts, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def kvm_device_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def is_pvm_host() -> bool:
+    """/dev/kvm provided by kvm_pvm (software nested virtualisation): stock guest kernels hang under it."""
+    return Path("/sys/module/kvm_pvm").exists()
+
+
+def boot_probe(kernel: GuestKernel, initramfs: Path, accel: str, timeout_s: float, workdir: Path,
+               binary: str = QEMU_BINARY) -> tuple[bool, float, str]:
+    """Boot a 1-vCPU guest that prints a marker from its initramfs and powers off.
+
+    Returns (marker seen, seconds to the marker or to giving up, console tail)."""
+    scratch = Path(tempfile.mkdtemp(prefix="e2ebench-probe-", dir=_short_dir(workdir)))
+    try:
+        launch = GuestLaunch(kernel.image, initramfs, 1, 256, accel, "q35", scratch / "qmp.sock", mode="probe",
+                             name="e2ebench-probe", tsc_khz=host_tsc_khz() if accel == "tcg" else None)
+        with QemuGuest(qemu_argv(launch, binary), launch.qmp_socket, scratch / "console.log") as guest:
+            assert guest.console is not None
+            seen = guest.console.wait_for((MARK_PROBE, MARK_ERROR), guest.started_at + timeout_s) == MARK_PROBE
+            elapsed = time.perf_counter() - guest.started_at
+            return seen, elapsed, guest.console.tail(1000)
+    except PlatformError as exc:
+        return False, 0.0, str(exc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def choose_accel(options: VmOptions, kernel: GuestKernel, initramfs: Path, workdir: Path) -> tuple[str, str]:
+    """(accelerator, why): KVM only when a probe guest really boots under it (verdict cached)."""
+    if options.accel in ("kvm", "tcg"):
+        return options.accel, f"accelerator forced to {options.accel} (option accel / ${ACCEL_ENV})"
+    if not kvm_device_usable():
+        return "tcg", TCG_REASON
+    verdict = cached_kvm_verdict(kernel.version, options.qemu_binary)
+    if verdict is None:
+        ok, elapsed, tail = boot_probe(kernel, initramfs, "kvm", options.kvm_probe_timeout_s, workdir, options.qemu_binary)
+        verdict = {"kvm_usable": ok, "probe_s": round(elapsed, 3), "pvm": is_pvm_host(), "checked_at": time.time(),
+                   "console_tail": tail[-400:]}
+        _store_kvm_verdict(kernel.version, options.qemu_binary, verdict)
+    if verdict.get("kvm_usable"):
+        return "kvm", f"KVM verified by a probe boot ({verdict.get('probe_s')} s)"
+    return "tcg", TCG_REASON + f" (a KVM probe guest gave no marker within {options.kvm_probe_timeout_s:.0f} s)"
+
+
+def _short_dir(preferred: Path) -> Path:
+    """A directory whose paths fit a unix socket address (108 bytes)."""
+    return preferred if len(str(preferred)) < 60 else Path(tempfile.gettempdir())
+
+
+# ---------------------------------------------------------------------------
+# The session
+
+
+GUEST_ENV_PREFIXES = ("E2EBENCH_", "HF_", "TRANSFORMERS_", "TORCH_", "PYTHON", "LC_", "KMP_", "ONNX")
+GUEST_ENV_KEYS = ("LANG", "TZ", "VIRTUAL_ENV", "PATH")
+HOST_ONLY_ENV = ("E2EBENCH_GUEST_KERNEL", "E2EBENCH_GUEST_MODULES", ACCEL_ENV, MEMORY_ENV)
+
+
+def guest_worker_env() -> dict[str, str]:
+    """The worker's environment in the guest: the host worker's, restricted to what matters in there."""
+    host = worker_env()
+    env = {k: v for k, v in host.items()
+           if (k.startswith(GUEST_ENV_PREFIXES) or k in GUEST_ENV_KEYS) and k not in HOST_ONLY_ENV}
+    env["HOME"] = "/tmp"
+    env["TMPDIR"] = "/tmp"
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["E2EBENCH_CACHE"] = str(Path(os.environ.get("E2EBENCH_CACHE", Path.home() / ".cache" / "e2ebench")).resolve())
+    return env
+
+
+def guest_sees(host_path: str) -> bool:
+    """True when the guest sees this host path through the 9p root (not hidden under /tmp, /run...)."""
+    return not any(host_path == d or host_path.startswith(d + "/") for d in GUEST_PRIVATE_DIRS)
+
+
+def shell_script(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """``exec env -i K=V ... argv`` with every word quoted (shlex): the guest runs it with /bin/sh."""
+    words = ["exec"]
+    if env is not None:
+        words += ["env", "-i"] + [f"{k}={v}" for k, v in sorted(env.items())]
+    words += argv
+    return "#!/bin/sh\n" + " ".join(shlex.quote(w) for w in words) + "\n"
+
+
+def shell_assignments(values: dict[str, str]) -> str:
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
+
+
+class VirtualMachineSession(Session):
+    """A prepared QEMU deployment; ``run_worker`` boots one guest per run."""
+
+    guest_mode: ClassVar[str] = "vm"
+
+    def __init__(self, platform: "VirtualMachine", deployment: Deployment, workdir: Path, kernel: GuestKernel,
+                 initramfs: Path, accel: str, accel_reason: str, plan: cgroups.CpuLimitPlan,
+                 group: cgroups.CpuCgroup | None, memory_mib: int):
+        super().__init__(deployment, workdir)
+        self.platform = platform
+        self.options = platform.options
+        self.kernel = kernel
+        self.initramfs = initramfs
+        self.accel = accel
+        self.plan = plan
+        self.group = group
+        self.memory_mib = memory_mib
+        self.emulated = accel != "kvm"
+        self.runs = 0
+        self.job_dirs: list[Path] = []
+        self._data_host: Path | None = None
+        self.guest: QemuGuest | None = None      # the running guest, while a run is in progress
+        self.info = {
+            "platform": platform.NAME,
+            "engine": "qemu",
+            "qemu_version": qemu_version(self.options.qemu_binary),
+            "machine": platform.machine_type(),
+            "accel": accel,
+            "accel_reason": accel_reason,
+            "emulated": self.emulated,
+            "vcpus": deployment.cores,
+            "memory_mib": memory_mib,
+            "memory_requested_mib": self.options.memory_mib,
+            "guest_kernel": kernel.as_dict(),
+            "initramfs": str(initramfs),
+            "root_share": {"transport": "virtio-9p", "msize": self.options.p9_msize, "cache": self.options.p9_cache,
+                           "readonly": True},
+            "data_transport": "virtio-blk (ext4 image, read-only)",
+            "host_cpu_mode": self.describe_host_cpu_mode(),
+            "pinned_host_cpus": list(plan.cpus) if plan.cpus else None,
+            "quota_cores": plan.quota_cores,
+            "cgroup_version": group.version if group else None,
+            "cgroup_dirs": [str(d) for d in group.dirs] if group else [],
+        }
+
+    # -- what the worker must see ---------------------------------------------------------
+    def guest_cpus(self) -> list[int]:
+        return list(range(self.deployment.cores))
+
+    def expected_limits(self) -> tuple[list[int] | None, float | None]:
+        return self.guest_cpus(), None
+
+    def bind_cpus(self) -> list[int] | None:
+        return self.guest_cpus() if self.deployment.cpu_mode == "PIN" else None
+
+    def describe_host_cpu_mode(self) -> str:
+        n = self.deployment.cores
+        if self.deployment.cpu_mode == "PIN":
+            return f"{n} vCPU thread(s) each pinned to a dedicated host core; QEMU in a cpuset cgroup of those cores"
+        return f"{n} vCPU thread(s) unpinned; QEMU in a cgroup with a CFS quota of {n} core(s)"
+
+    # -- paths -----------------------------------------------------------------------------
+    def host_path(self, path: Path) -> str:
+        """The data set (an existing file or non-empty folder) maps to the data disk's mount point;
+        anything else keeps its path (the host root is visible read-only; the LoadGen log directory
+        is made writable by a bind mount from the job directory)."""
+        p = Path(path).resolve()
+        is_input = p.is_file() or (p.is_dir() and any(p.iterdir()))
+        if is_input and (self._data_host is None or self._data_host == p):
+            self._data_host = p
+            return self._guest_data_path(p)
+        return str(p)
+
+    def _guest_data_path(self, host: Path) -> str:
+        return GUEST_DATA_MOUNT if host.is_dir() else f"{GUEST_DATA_MOUNT}/{host.name}"
+
+    def _data_for(self, guest_or_host: str | None) -> Path | None:
+        if not guest_or_host:
+            return None
+        if guest_or_host == GUEST_DATA_MOUNT or guest_or_host.startswith(GUEST_DATA_MOUNT + "/"):
+            if self._data_host is None:
+                raise PlatformError(f"{guest_or_host} is not a data set this session mapped")
+            return self._data_host
+        host = Path(guest_or_host)
+        if host.exists():
+            self.host_path(host)
+            if self._data_host != host.resolve():
+                raise PlatformError(f"this session already serves {self._data_host} as its data disk")
+            return self._data_host
+        raise PlatformError(f"data set {guest_or_host} does not exist on the host")
+
+    def _guest_visible(self, host: Path, job: Path) -> str:
+        """A host path as the guest sees it: the same path, unless the guest mounts its own file
+        system over it (/tmp, /run, /dev...): then it is copied into the job directory."""
+        host = host.resolve()
+        if guest_sees(str(host)):
+            return str(host)
+        target = job / "inputs" / host.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if host.is_dir():
+            shutil.copytree(host, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(host, target)
+        return f"{GUEST_JOB_DIR}/inputs/{host.name}"
+
+    # -- the guest-side command --------------------------------------------------------------
+    def job_settings(self, job: Path, spec: WorkerSpec) -> dict[str, str]:
+        return {"E2EBENCH_GUEST_MODE": self.guest_mode, "E2EBENCH_OUTPUT_DIR": spec.output_dir or "",
+                "E2EBENCH_CGROUP_SUBTREE": "", "E2EBENCH_DATA_MOUNT": GUEST_DATA_MOUNT if self._data_host else ""}
+
+    def worker_script(self, job: Path, spec: WorkerSpec) -> str:
+        argv = [sys.executable, "-m", "e2ebench.worker", "--spec", f"{GUEST_JOB_DIR}/spec/spec.json",
+                "--out", f"{GUEST_JOB_DIR}/result/result.json"]
+        return shell_script(argv, guest_worker_env())
+
+    def prepare_job(self, job: Path, spec: WorkerSpec) -> None:
+        """Write spec.json, job.sh, job.env and worker.sh into the job directory (subclasses add more)."""
+        spec.write(job / "spec" / "spec.json")
+        (job / "job.sh").write_text(template("job.sh"))
+        (job / "job.env").write_text(shell_assignments(self.job_settings(job, spec)))
+        (job / "worker.sh").write_text(self.worker_script(job, spec))
+
+    # -- one run ---------------------------------------------------------------------------
+    def run_worker(self, spec: WorkerSpec, timeout: float) -> dict:
+        self.runs += 1
+        job = (self.workdir / f"vm-job-{self.runs}").resolve()
+        self.job_dirs.append(job)
+        for sub in ("spec", "output", "result"):
+            (job / sub).mkdir(parents=True, exist_ok=True)
+        spec = dataclasses.replace(spec)
+        spec.threads = self.deployment.cores
+        spec.bind_cpus = self.bind_cpus()
+        spec.emulated = self.emulated
+        data_host = self._data_for(spec.data)
+        image: guest_disk.DataImage | None = None
+        output_host = Path(spec.output_dir).resolve() if spec.output_dir else None
+        if output_host is not None:
+            output_host.mkdir(parents=True, exist_ok=True)   # the bind mount's target must exist in the shared root
+            spec.output_dir = str(output_host)
+        if spec.weights:
+            spec.weights = self._guest_visible(Path(spec.weights), job)
+        try:
+            if data_host is not None:
+                t0 = time.perf_counter()
+                image = guest_disk.data_image(data_host, job / "disk", use_cache=self.options.cache_disk_images)
+                self.info["data_disk"] = {"image": str(image.image), "size_bytes": image.size_bytes, "cached": image.cached,
+                                          "source": str(image.source), "guest_path": self._guest_data_path(data_host),
+                                          "prepare_s": round(time.perf_counter() - t0, 3)}
+                spec.data = self._guest_data_path(data_host)
+            spec.platform_info = {**self.info}
+            self.prepare_job(job, spec)
+            result = self._boot_and_run(job, spec, image, timeout)
+        finally:
+            if image is not None and not image.cached:
+                image.image.unlink(missing_ok=True)
+        if output_host is not None:
+            _copy_tree(job / "output", output_host)
+        result.setdefault("platform_info", {}).update(self.info)
+        return result
+
+    def _boot_and_run(self, job: Path, spec: WorkerSpec, image: guest_disk.DataImage | None, timeout: float) -> dict:
+        qmp_dir = _short_dir(self.workdir)
+        qmp_socket = qmp_dir / f"e2ebench-qmp-{os.getpid()}-{self.runs}-{uuid.uuid4().hex[:6]}.sock"
+        launch = GuestLaunch(
+            kernel_image=self.kernel.image, initramfs=self.initramfs, vcpus=self.deployment.cores,
+            memory_mib=self.memory_mib, accel=self.accel, machine=self.platform.machine_type(), qmp_socket=qmp_socket,
+            job_dir=job, data_image=image.image if image else None, data_mount=GUEST_DATA_MOUNT if image else None,
+            p9_msize=self.options.p9_msize, p9_cache=self.options.p9_cache, name=f"e2ebench-{self.platform.NAME.lower()}",
+            tsc_khz=host_tsc_khz() if self.accel == "tcg" else None,
+        )
+        argv = qemu_argv(launch, self.options.qemu_binary)
+        self.info["qemu_argv"] = argv
+        guest = QemuGuest(argv, qmp_socket, job / "console.log",
+                          cgroup_procs_files=self.group.procs_files if self.group else [],
+                          pin_cpus=self.plan.cpus if self.deployment.cpu_mode == "PIN" else None)
+        with guest:
+            self.guest = guest
+            try:
+                return self._supervise(guest, job, timeout)
+            finally:
+                self.guest = None
+
+    def _supervise(self, guest: QemuGuest, job: Path, timeout: float) -> dict:
+        assert guest.console is not None and guest.proc is not None
+        console = guest.console
+        deadline = guest.started_at + timeout
+        boot_deadline = min(deadline, guest.started_at + self.options.boot_timeout_s)
+        self.info["host_limits"] = self.verify_host_limits(guest, "at start")
+        seen = console.wait_for((MARK_READY, MARK_ERROR), boot_deadline)
+        if seen != MARK_READY:
+            if seen == MARK_ERROR:
+                raise WorkerFailure(f"guest failed to boot: {console.markers[MARK_ERROR][1]}", output_tail=console.tail())
+            if not guest.alive() or console.closed:
+                raise WorkerFailure(f"QEMU exited (status {guest.proc.poll()}) before the guest was ready",
+                                    output_tail=console.tail())
+            limit = "run timeout" if boot_deadline >= deadline else "boot timeout"
+            raise WorkerFailure(f"timed out after {boot_deadline - guest.started_at:.0f} s ({limit}) waiting for the "
+                                "guest to become ready; QEMU was killed", output_tail=console.tail())
+        ready_at, ready_line = console.markers[MARK_READY]
+        self.provision_s = ready_at - guest.started_at
+        self.info["boot"] = {"provision_s": round(self.provision_s, 3), "ready_line": ready_line.strip(),
+                             **_marker_fields(ready_line)}
+        self.info["host_limits"] = self.verify_host_limits(guest, "when the guest was ready")
+        if not guest.wait_exit(deadline):
+            raise WorkerFailure(f"timed out after {timeout:.0f} s (boot {self.provision_s:.1f} s + worker); QEMU was killed",
+                                output_tail=console.tail())
+        console.join()
+        wall_s = time.perf_counter() - ready_at
+        tail = console.tail()
+        if MARK_ERROR in console.markers:
+            raise WorkerFailure(f"guest error: {console.markers[MARK_ERROR][1]}", output_tail=tail)
+        result = self._read_result(job, console)
+        result["worker_wall_s"] = wall_s
+        exit_line = console.markers.get(MARK_WORKER_EXIT, (0.0, ""))[1]
+        self.info["boot"]["worker_exit"] = exit_line.strip()
+        return result
+
+    def _read_result(self, job: Path, console: Console) -> dict:
+        result_file = job / "result" / "result.json"
+        if result_file.exists() and result_file.stat().st_size > 0:
+            try:
+                return json.loads(result_file.read_text())
+            except ValueError:
+                pass
+        try:
+            return extract_result(console.text())
+        except WorkerFailure as exc:
+            exit_line = console.markers.get(MARK_WORKER_EXIT, (0.0, "no worker exit marker"))[1].strip()
+            raise WorkerFailure(f"{exc} ({exit_line})", output_tail=console.tail()) from None
+
+    def teardown(self) -> None:
+        """Stop a guest that still runs (Ctrl-C, errors) and remove the job directories."""
+        if self.guest is not None:
+            self.guest.stop()
+            self.guest = None
+        for job in self.job_dirs:
+            shutil.rmtree(job, ignore_errors=True)
+        self.job_dirs.clear()
+
+    # -- host-side checks -------------------------------------------------------------------
+    def verify_host_limits(self, guest: QemuGuest, when: str) -> dict:
+        """Read back the host-side limits of the running QEMU; raise WorkerFailure when they are not as planned."""
+        assert guest.proc is not None
+        pid = guest.proc.pid
+        vcpus = guest.refresh_affinities()
+        try:
+            limits = measure.cpu_limits(pid)
+        except OSError as exc:
+            raise WorkerFailure(f"cannot read QEMU's cgroup limits {when}: {exc}") from None
+        record = {
+            "checked": when,
+            "qemu_pid": pid,
+            "vcpu_threads": [dataclasses.asdict(v) for v in vcpus],
+            "qemu_effective_cpus": limits.effective_cpus,
+            "qemu_quota_cores": limits.cpu_quota_cores,
+            "qemu_cgroup": {"cpu": limits.cpu_cgroup, "cpuset": limits.cpuset_cgroup},
+        }
+        problems = []
+        if len(vcpus) != self.deployment.cores:
+            problems.append(f"{len(vcpus)} vCPUs instead of {self.deployment.cores}")
+        if self.group is not None:
+            members = set(self.group.pids())
+            if pid not in members:
+                problems.append(f"QEMU (pid {pid}) is not in cgroup {self.group.name}")
+        if self.deployment.cpu_mode == "PIN":
+            planned = list(self.plan.cpus or ())
+            for vcpu, cpu in zip(vcpus, planned):
+                if vcpu.host_cpus != [cpu]:
+                    problems.append(f"vCPU {vcpu.vcpu} (thread {vcpu.tid}) may run on {vcpu.host_cpus}, not only on {cpu}")
+            if self.group is not None and sorted(limits.effective_cpus) != sorted(planned):
+                problems.append(f"QEMU may run on host CPUs {limits.effective_cpus}, not {planned}")
+        elif self.plan.quota_cores is not None:
+            if limits.cpu_quota_cores is None or abs(limits.cpu_quota_cores - self.plan.quota_cores) > 1e-6:
+                problems.append(f"QEMU's CFS quota is {limits.cpu_quota_cores} cores, not {self.plan.quota_cores}")
+        record["as_planned"] = not problems
+        if problems:
+            raise WorkerFailure(f"host-side CPU limits not as planned {when}: " + "; ".join(problems))
+        return record
+
+
+def _marker_fields(line: str) -> dict:
+    out: dict = {}
+    for key, value in re.findall(r"(\w+)=(\S+)", line):
+        if key == "uptime":
+            out["guest_uptime_at_ready_s"] = float(value)
+        elif key == "cpus":
+            out["guest_cpus"] = int(value)
+        elif key == "data":
+            out["guest_data_source"] = value
+    return out
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    for item in source.rglob("*"):
+        dest = target / item.relative_to(source)
+        if item.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        elif item.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item, dest)
+
+
+# ---------------------------------------------------------------------------
+# The platform
+
+
+class VirtualMachine(Platform):
+    NAME: ClassVar[str] = "VM"
+    TITLE: ClassVar[str] = "virtual machine (QEMU)"
+    session_class: ClassVar[type[VirtualMachineSession]] = VirtualMachineSession
+
+    def __init__(self, **options) -> None:
+        self.options = VmOptions(**options)
+
+    def machine_type(self) -> str:
+        return self.options.machine
+
+    # -- probe (cheap: never boots a guest) -----------------------------------------------------
+    def missing_tools(self) -> list[tuple[str, str]]:
+        """[(what is missing, Debian package)]."""
+        missing = []
+        if not shutil.which(self.options.qemu_binary):
+            missing.append((self.options.qemu_binary, "qemu-system-x86"))
+        if find_busybox() is None:
+            missing.append(("a statically linked busybox", "busybox-static"))
+        if not shutil.which("mkfs.ext4"):
+            missing.append(("mkfs.ext4", "e2fsprogs"))
+        return missing
+
+    def probe(self) -> Availability:
+        missing = self.missing_tools()
+        if missing:
+            packages = " ".join(dict.fromkeys(p for _, p in missing))
+            return Availability(False, "missing: " + ", ".join(w for w, _ in missing),
+                                fix=f"apt-get install {packages}")
+        details: dict = {"qemu_version": qemu_version(self.options.qemu_binary), "machine": self.machine_type()}
+        try:
+            kernel = find_kernel(self.options.kernel, self.options.modules_dir)
+        except KernelError as exc:
+            return Availability(False, str(exc), fix="point $E2EBENCH_GUEST_KERNEL at a bzImage, or unset it")
+        if kernel is not None:
+            details["guest_kernel"] = kernel.as_dict()
+        else:
+            if not (self.options.fetch_kernel and shutil.which("apt-get") and shutil.which("dpkg-deb")):
+                return Availability(False, "no guest kernel found and none can be fetched (apt-get/dpkg-deb missing)",
+                                    fix="set E2EBENCH_GUEST_KERNEL=/path/to/vmlinuz and E2EBENCH_GUEST_MODULES=/lib/modules/<ver>")
+            details["guest_kernel"] = f"fetched on first use: apt-get download the {META_PACKAGE} kernel (needs `apt-get update`)"
+        accel, reason = self._probe_accel(kernel)
+        details["accel"] = accel
+        if accel == "kvm":
+            return Availability(True, reason, emulated=False, details=details)
+        if accel == "kvm?":
+            return Availability(True, reason, emulated=False, details=details)
+        return Availability(True, reason, emulated=True,
+                            fix="use a host with hardware virtualisation (real /dev/kvm) for native-speed guests",
+                            details=details)
+
+    def _probe_accel(self, kernel: GuestKernel | None) -> tuple[str, str]:
+        if self.options.accel in ("kvm", "tcg"):
+            return self.options.accel, f"accelerator forced to {self.options.accel}"
+        if not kvm_device_usable():
+            return "tcg", TCG_REASON
+        verdict = cached_kvm_verdict(kernel.version, self.options.qemu_binary) if kernel else None
+        if verdict is not None:
+            if verdict.get("kvm_usable"):
+                return "kvm", "KVM verified by a probe boot"
+            return "tcg", TCG_REASON
+        if is_pvm_host():
+            return "tcg", TCG_REASON + " (kvm_pvm loaded; verified by a probe boot at first use)"
+        return "kvm?", "/dev/kvm present; KVM is verified by a probe boot at first use (TCG if it fails)"
+
+    # -- session ------------------------------------------------------------------------------
+    def check_deployment(self, deployment: Deployment) -> None:
+        if deployment.device != "CPU":
+            raise PlatformError(f"{self.NAME} supports CPU deployments only here (no GPU passthrough)")
+
+    def prepare_guest(self, workdir: Path) -> tuple[GuestKernel, Path, str, str, float]:
+        missing = self.missing_tools()
+        if missing:
+            raise PlatformError("missing: " + ", ".join(w for w, _ in missing) + "; "
+                                + "apt-get install " + " ".join(dict.fromkeys(p for _, p in missing)))
+        t0 = time.perf_counter()
+        try:
+            kernel = ensure_kernel(self.options.kernel, self.options.modules_dir, fetch=self.options.fetch_kernel)
+            initramfs = build_initramfs(kernel)
+        except (KernelError, InitramfsError) as exc:
+            raise PlatformError(str(exc)) from None
+        accel, reason = choose_accel(self.options, kernel, initramfs, workdir)
+        return kernel, initramfs, accel, reason, time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def session(self, deployment: Deployment, workdir: Path) -> Iterator[VirtualMachineSession]:
+        self.check_deployment(deployment)
+        host_cpus = sorted(os.sched_getaffinity(0))
+        plan = cgroups.plan_limits(deployment.cores, deployment.cpu_mode, host_cpus, cgroups.numa_nodes())
+        kernel, initramfs, accel, reason, setup_s = self.prepare_guest(workdir)
+        can_write, why = cgroups.writable()
+        cgroups.remove_stale()
+        if not can_write:
+            if plan.quota_us is not None:
+                raise PlatformError(f"{deployment} needs a CFS quota on QEMU but cgroups are not writable: {why}")
+            group = None
+            stack: contextlib.AbstractContextManager = contextlib.nullcontext()
+        else:
+            group = cgroups.CpuCgroup(plan, name=cgroups.cgroup_name("vm"))
+            stack = group
+        memory_mib = bounded_memory_mib(self.options.memory_mib)
+        with stack:
+            session = self.session_class(self, deployment, workdir, kernel, initramfs, accel, reason, plan, group,
+                                         memory_mib)
+            session.info["setup_s"] = round(setup_s, 3)
+            try:
+                yield session
+            finally:
+                session.teardown()
