@@ -11,6 +11,10 @@
 #   e2ebench.data=PATH        mount the data disk read-only at PATH (inside the new root)
 #   e2ebench.datadev=/dev/vdX the data disk's device (default /dev/vda)
 #   e2ebench.jobdev=/dev/vdX  the job directory as a writable ext4 disk instead of the 9p share (Firecracker)
+#   e2ebench.overlay=PATH     bind-mount the job directory's overlay/ onto PATH (an empty directory in a root disk;
+#                             Firecracker: the project's src comes with each job)
+#   e2ebench.halt=poweroff|reboot  how to stop the machine (default poweroff; Firecracker has no ACPI power-off and
+#                             exits on the guest's reboot, with reboot=k on the command line)
 #   virtio_mmio.device=...    added by QEMU's microvm machine; handed to the virtio_mmio module
 # Markers on the console: @@E2EBENCH_PROBE_OK@@, @@E2EBENCH_GUEST_ERROR@@ <why>, @@E2EBENCH_GUEST_EXIT@@.
 B=/bin/busybox
@@ -18,7 +22,7 @@ $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
 
-MODE=run; JOB=; ROOT=9p; MSIZE=524288; CACHE=loose; DATA=; DATADEV=/dev/vda; JOBDEV=; MMIO=
+MODE=run; JOB=; ROOT=9p; MSIZE=524288; CACHE=loose; DATA=; DATADEV=/dev/vda; JOBDEV=; HALT=poweroff; OVERLAY=; MMIO=
 for arg in $($B cat /proc/cmdline); do
     case "$arg" in
         e2ebench.mode=*) MODE=${arg#*=} ;;
@@ -29,12 +33,17 @@ for arg in $($B cat /proc/cmdline); do
         e2ebench.data=*) DATA=${arg#*=} ;;
         e2ebench.datadev=*) DATADEV=${arg#*=} ;;
         e2ebench.jobdev=*) JOBDEV=${arg#*=} ;;
+        e2ebench.halt=*) HALT=${arg#*=} ;;
+        e2ebench.overlay=*) OVERLAY=${arg#*=} ;;
         virtio_mmio.device=*) MMIO="$MMIO device=${arg#virtio_mmio.device=}" ;;
     esac
 done
 
 halt() {
     $B sync
+    if [ "$HALT" = reboot ]; then
+        $B reboot -f
+    fi
     $B poweroff -f
     $B sleep 30
 }
@@ -85,9 +94,13 @@ if [ -n "$JOBDEV" ]; then
 else
     $B mount -t 9p -o "$P9,cache=none" job "$R$JOB" || die "cannot mount the job directory $JOB over 9p"
 fi
+if [ -n "$OVERLAY" ]; then
+    $B mount -o bind "$R$JOB/overlay" "$R$OVERLAY" || die "cannot bind $JOB/overlay to $OVERLAY"
+fi
 
 $B chroot $R /bin/sh "$JOB/job.sh"
 rc=$?
 echo "@@E2EBENCH_GUEST_EXIT@@ rc=$rc uptime=$($B cut -d' ' -f1 /proc/uptime)"
+[ -n "$OVERLAY" ] && $B umount "$R$OVERLAY" 2>/dev/null
 $B umount "$R$JOB" 2>/dev/null
 halt

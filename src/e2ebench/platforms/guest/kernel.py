@@ -324,7 +324,8 @@ def find_kernel(kernel: str | None = None, modules_dir: str | None = None) -> Gu
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created) for the duration of the block: one cache builder at a time."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -360,7 +361,7 @@ def fetch_kernel(package: str | None = None, progress: Callable[[str], None] | N
     version = package.removeprefix("linux-image-")
     root = kernels_dir()
     target = root / version
-    with _lock(root / ".fetch.lock"):
+    with file_lock(root / ".fetch.lock"):
         if (target / ".complete").exists():
             return GuestKernel(version, target / "boot" / f"vmlinuz-{version}", target / "lib" / "modules" / version, "cache")
         root.mkdir(parents=True, exist_ok=True)
