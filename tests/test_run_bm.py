@@ -156,6 +156,7 @@ def test_usage_errors_exit_2_with_one_clear_line(tmp_path):
         (["run", "ic", "BM/1/PIN/CPU", "--scenario", "server"], "offline, single-stream"),
         (["run", "ic", "BM/1/PIN/CPU", "--engine", "podman"], "CN deployments only"),
         (["run", "ic", "CN/1/PIN/CPU", "--engine", "lxc"], "runc, podman, docker"),
+        (["run", "ic", "BM/1/PIN/CPU", "--vm-memory-mib", "2048"], "VM, MVM and VMCN deployments only"),
         (["run", "ic", "BM/1/PIN/CPU", "--data", str(tmp_path / "missing")], "does not exist"),
     ]:
         proc = run_cli(args + ["--store", str(tmp_path / "r.sqlite")], timeout=120)

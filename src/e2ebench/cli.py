@@ -161,6 +161,8 @@ def run(
     option: Optional[List[str]] = typer.Option(None, "--option", "-o", help="App option KEY=VALUE (repeatable)."),
     engine: Optional[str] = typer.Option(None, "--engine",
                                          help="Container engine for CN: runc (default), podman or docker."),
+    vm_memory_mib: Optional[int] = typer.Option(None, "--vm-memory-mib", min=256,
+                                                help="Guest memory for VM, MVM and VMCN (default 4096 MiB)."),
     store_path: Path = typer.Option(DEFAULT_STORE, "--store", help="SQLite results file."),
     timeout: float = typer.Option(1800.0, "--timeout", min=1, help="Seconds before the run is killed."),
     max_error_fraction: float = typer.Option(0.01, "--max-error-fraction", min=0, max=1,
@@ -204,6 +206,10 @@ def run(
         if engine not in ("runc", "podman", "docker"):
             raise fail_usage(f"unknown container engine {engine!r}; accepted: runc, podman, docker")
         platform_options["engine"] = engine
+    if vm_memory_mib is not None:
+        if sc.deployment.platform not in ("VM", "MVM", "VMCN"):
+            raise fail_usage(f"--vm-memory-mib applies to VM, MVM and VMCN deployments only, not {sc.deployment.platform}")
+        platform_options["memory_mib"] = vm_memory_mib
     host = HostFacts.detect()
     reason = infeasibility(sc.deployment, host)
     if reason is None and sc.deployment.platform != "BM":
