@@ -510,3 +510,15 @@ def test_ctrl_c_of_e2ebench_run_tears_the_guest_down(guest_kernel, ic_data, tmp_
     assert qemu_pids() == []
     assert [d for d in cgroups.list_children() if cgroups.owner_pid(d.name) == proc.pid] == []
     assert not list(Path(tempfile.gettempdir()).glob(f"e2ebench-qmp-{proc.pid}-*"))
+
+
+def test_paths_under_the_guest_tmpfs_are_kept_visible():
+    from e2ebench.platforms.vm import GuestLaunch, kernel_cmdline, paths_hidden_by_guest_tmpfs
+
+    kept = paths_hidden_by_guest_tmpfs(["/usr", "/tmp/ci/.venv", "/tmp/ci/src", "/run/x", "/tmpfoo", "/root/.pyenv"])
+    assert kept == ("/run/x", "/tmp/ci/.venv", "/tmp/ci/src")
+    with pytest.raises(ValueError, match="whitespace or a comma"):
+        paths_hidden_by_guest_tmpfs(["/tmp/a b/venv"])
+    launch = GuestLaunch(Path("/k"), Path("/i"), 1, 256, "tcg", "q35", Path("/q.sock"), job_dir=Path("/j"),
+                         keep_paths=kept)
+    assert "e2ebench.keep=/run/x,/tmp/ci/.venv,/tmp/ci/src" in kernel_cmdline(launch).split()

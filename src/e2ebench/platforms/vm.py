@@ -63,6 +63,7 @@ from e2ebench.platforms.guest import disk as guest_disk
 from e2ebench.platforms.guest.initramfs import InitramfsError, build_initramfs, find_busybox
 from e2ebench.platforms.guest.kernel import META_PACKAGE, GuestKernel, KernelError, ensure_kernel, find_kernel
 from e2ebench.platforms.guest.qmp import QmpClient, QmpError
+from e2ebench.platforms.rootfs import python_environment_dirs
 from e2ebench.scenario import Deployment
 from e2ebench.spec import WorkerFailure, WorkerSpec, extract_result
 
@@ -186,6 +187,7 @@ class GuestLaunch:
     mode: str = "run"                   # run | probe | hold
     name: str = "e2ebench"
     tsc_khz: int | None = None          # TCG: the guest's TSC frequency (= the host's), skips calibration
+    keep_paths: tuple[str, ...] = ()    # host paths under /tmp or /run that must stay visible over the guest's tmpfs
 
     @property
     def is_microvm(self) -> bool:
@@ -204,10 +206,30 @@ def kernel_cmdline(launch: GuestLaunch) -> str:
         parts += [f"e2ebench.job={GUEST_JOB_DIR}", f"e2ebench.msize={launch.p9_msize}", f"e2ebench.cache={launch.p9_cache}"]
         if launch.data_image is not None and launch.data_mount:
             parts.append(f"e2ebench.data={launch.data_mount}")
+        if launch.keep_paths:
+            parts.append("e2ebench.keep=" + ",".join(launch.keep_paths))
     for part in parts:
         if any(c.isspace() for c in part):
             raise ValueError(f"kernel command line argument {part!r} contains whitespace")
     return " ".join(parts)
+
+
+GUEST_TMPFS_DIRS = ("/tmp", "/run")
+
+
+def paths_hidden_by_guest_tmpfs(paths: list[str]) -> tuple[str, ...]:
+    """The paths the guest's own tmpfs on /tmp and /run would hide (the Python environment or the project
+    living under /tmp, as in a CI checkout); init.sh binds them back from the host root.  Paths with
+    whitespace or commas cannot travel on the kernel command line and are refused."""
+    kept = []
+    for path in paths:
+        norm = os.path.normpath(path)
+        if any(norm == d or norm.startswith(d + "/") for d in GUEST_TMPFS_DIRS):
+            if any(c.isspace() or c == "," for c in norm):
+                raise ValueError(f"{norm!r} is under /tmp or /run and contains whitespace or a comma: a VM guest "
+                                 "cannot see it; move the Python environment or project elsewhere")
+            kept.append(norm)
+    return tuple(sorted(set(kept)))
 
 
 def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
@@ -762,6 +784,7 @@ class VirtualMachineSession(Session):
             job_dir=job, data_image=image.image if image else None, data_mount=GUEST_DATA_MOUNT if image else None,
             p9_msize=self.options.p9_msize, p9_cache=self.options.p9_cache, name=f"e2ebench-{self.platform.NAME.lower()}",
             tsc_khz=host_tsc_khz() if self.accel == "tcg" else None,
+            keep_paths=paths_hidden_by_guest_tmpfs(python_environment_dirs()),
         )
         argv = qemu_argv(launch, self.options.qemu_binary)
         self.info["qemu_argv"] = argv

@@ -13,6 +13,8 @@
 #   e2ebench.jobdev=/dev/vdX  the job directory as a writable ext4 disk instead of the 9p share (Firecracker)
 #   e2ebench.overlay=PATH     bind-mount the job directory's overlay/ onto PATH (an empty directory in a root disk;
 #                             Firecracker: the project's src comes with each job)
+#   e2ebench.keep=P1,P2,...   host paths under /tmp or /run (e.g. a CI checkout's venv and src) that stay visible
+#                             over the guest's own tmpfs on /tmp and /run: bound back from the host root
 #   e2ebench.halt=poweroff|reboot  how to stop the machine (default poweroff; Firecracker has no ACPI power-off and
 #                             exits on the guest's reboot, with reboot=k on the command line)
 #   virtio_mmio.device=...    added by QEMU's microvm machine; handed to the virtio_mmio module
@@ -22,11 +24,12 @@ $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
 
-MODE=run; JOB=; ROOT=9p; MSIZE=524288; CACHE=loose; DATA=; DATADEV=/dev/vda; JOBDEV=; HALT=poweroff; OVERLAY=; MMIO=
+MODE=run; JOB=; KEEP=; ROOT=9p; MSIZE=524288; CACHE=loose; DATA=; DATADEV=/dev/vda; JOBDEV=; HALT=poweroff; OVERLAY=; MMIO=
 for arg in $($B cat /proc/cmdline); do
     case "$arg" in
         e2ebench.mode=*) MODE=${arg#*=} ;;
         e2ebench.job=*) JOB=${arg#*=} ;;
+        e2ebench.keep=*) KEEP=${arg#*=} ;;
         e2ebench.root=*) ROOT=${arg#*=} ;;
         e2ebench.msize=*) MSIZE=${arg#*=} ;;
         e2ebench.cache=*) CACHE=${arg#*=} ;;
@@ -80,8 +83,18 @@ $B mount -t devtmpfs devtmpfs $R/dev || die "no /dev in the new root"
 $B mkdir -p $R/dev/shm $R/dev/pts
 $B mount -t tmpfs -o mode=1777 shm $R/dev/shm
 $B mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
+if [ -n "$KEEP" ]; then
+    # keep the host root's /tmp and /run reachable before the guest's tmpfs covers them
+    $B mkdir -p /host/tmp /host/run
+    $B mount -o bind $R/tmp /host/tmp || die "cannot keep the host's /tmp"
+    $B mount -o bind $R/run /host/run || die "cannot keep the host's /run"
+fi
 $B mount -t tmpfs -o mode=1777 tmp $R/tmp || die "no /tmp in the new root"
 $B mount -t tmpfs -o mode=0755 run $R/run || die "no /run in the new root"
+for path in $(echo "$KEEP" | $B tr ',' ' '); do
+    $B mkdir -p "$R$path"
+    $B mount -o bind "/host$path" "$R$path" || die "cannot keep $path visible in the guest"
+done
 $B mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || die "cannot mount cgroup2 in the guest"
 if [ -n "$DATA" ]; then
     $B mkdir -p "$R$DATA"
