@@ -102,8 +102,9 @@ def run_tiny(deployment: str, ic_data: Path, workdir: Path, **options) -> tuple[
     wall_s = time.perf_counter() - t0
     info = result.get("platform_info") or {}
     print(f"\n{deployment}: session {wall_s:.1f} s (setup {info.get('setup_s')} s: kernel, initramfs, KVM verdict), "
-          f"provision_s {result.get('cold_start', {}).get('provision_s'):.2f}, worker {result.get('worker_wall_s') or 0:.1f} s, "
-          f"cold start {result.get('cold_start')}")
+          f"provision_s {(result.get('cold_start') or {}).get('provision_s') or 0:.2f}, "
+          f"worker {result.get('worker_wall_s') or 0:.1f} s, cold start {result.get('cold_start')}, "
+          f"error {result.get('error')}")
     return result, wall_s
 
 
