@@ -598,8 +598,12 @@ def guest_worker_env() -> dict[str, str]:
 
 
 def guest_sees(host_path: str) -> bool:
-    """True when the guest sees this host path through the 9p root (not hidden under /tmp, /run...)."""
-    return not any(host_path == d or host_path.startswith(d + "/") for d in GUEST_PRIVATE_DIRS)
+    """True when the guest sees this host path through the 9p root: not hidden under /tmp, /run..., or inside
+    one of the Python-environment paths that init.sh binds back over the guest's tmpfs (``e2ebench.keep``)."""
+    if not any(host_path == d or host_path.startswith(d + "/") for d in GUEST_PRIVATE_DIRS):
+        return True
+    kept = paths_hidden_by_guest_tmpfs(python_environment_dirs())
+    return any(host_path == k or host_path.startswith(k + "/") for k in kept)
 
 
 def shell_script(argv: list[str], env: dict[str, str] | None = None) -> str:
