@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 a run (or study) failed, 2 usage or validation error.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional

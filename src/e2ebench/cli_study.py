@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from e2ebench.cli import EXIT_FAILED, EXIT_OK, app, console, emit_json, err_console, fail_usage
-from e2ebench.store import ADHOC_STUDY, DEFAULT_STORE
+from e2ebench.store import DEFAULT_STORE
 
 EXIT_INTERRUPTED = 130
 

@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -46,10 +45,10 @@ from e2ebench.platforms.guest import disk as guest_disk
 from e2ebench.platforms.guest import rootimage
 from e2ebench.platforms.guest.initramfs import InitramfsError, build_initramfs, find_busybox
 from e2ebench.platforms.guest.kernel import META_PACKAGE, GuestKernel, KernelError, ensure_kernel, extract_vmlinux, find_kernel
-from e2ebench.platforms.vm import (_PRCTL, GUEST_DATA_MOUNT, GUEST_JOB_DIR, MARK_ERROR, MARK_READY, MARK_WORKER_EXIT,
-                                   PR_SET_PDEATHSIG, Console, VirtualMachine, VirtualMachineSession, _copy_tree, _marker_fields,
+from e2ebench.platforms.vm import (GUEST_DATA_MOUNT, GUEST_JOB_DIR, MARK_ERROR, MARK_READY, MARK_WORKER_EXIT,
+                                   Console, VirtualMachine, VirtualMachineSession, _copy_tree, _marker_fields,
                                    bounded_memory_mib, guest_sees, guest_worker_env, is_pvm_host, kvm_device_usable,
-                                   qemu_machines, shell_script)
+                                   qemu_machines, shell_script, start_vmm)
 from e2ebench.scenario import Deployment
 from e2ebench.spec import WorkerFailure, WorkerSpec, extract_result
 
@@ -224,20 +223,8 @@ class FirecrackerGuest:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        procs_files = self.cgroup_procs_files
-        prctl = _PRCTL
-
-        def in_child() -> None:  # between fork and exec
-            if prctl is not None:
-                prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            pid = str(os.getpid())
-            for f in procs_files:
-                with open(f, "w") as fh:
-                    fh.write(pid)
-
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=in_child)
+        self.proc = start_vmm(self.argv, self.cgroup_procs_files)
         self.console = Console(self.proc.stdout, self.console_log)
 
     def vcpu_threads(self) -> list[int]:

@@ -369,6 +369,24 @@ class VcpuThread:
     host_cpus: list[int] = dataclasses.field(default_factory=list)
 
 
+def start_vmm(argv: list[str], cgroup_procs_files: list[str]) -> subprocess.Popen:
+    """Start a VMM (QEMU, Firecracker) in its own process group, inside the session's cgroups from its first
+    instruction, with ``PR_SET_PDEATHSIG=SIGKILL`` so it cannot outlive e2ebench; stdout+stderr piped."""
+    procs_files = list(cgroup_procs_files)
+    prctl = _PRCTL
+
+    def in_child() -> None:  # between fork and exec
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        pid = str(os.getpid())
+        for f in procs_files:
+            with open(f, "w") as fh:
+                fh.write(pid)
+
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=in_child)
+
+
 class QemuGuest:
     """One QEMU process, started paused; vCPUs optionally pinned through QMP before it resumes.
 
@@ -409,21 +427,9 @@ class QemuGuest:
         self.stop()
 
     def start(self) -> None:
-        procs_files = self.cgroup_procs_files
-        prctl = _PRCTL
-
-        def in_child() -> None:  # between fork and exec
-            if prctl is not None:
-                prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            pid = str(os.getpid())
-            for f in procs_files:
-                with open(f, "w") as fh:
-                    fh.write(pid)
-
         self.qmp_socket.unlink(missing_ok=True)
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=in_child)
+        self.proc = start_vmm(self.argv, self.cgroup_procs_files)
         self.console = Console(self.proc.stdout, self.console_log)
         try:
             self.qmp = QmpClient(self.qmp_socket).connect(deadline_s=60.0, alive=self.alive)

@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from e2ebench.platforms.guest import guest_cache_dir
 from e2ebench.platforms.guest.disk import BLOCK_BYTES, INODE_BYTES, DiskImageError, mkfs_command
