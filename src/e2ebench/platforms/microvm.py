@@ -48,7 +48,7 @@ from e2ebench.platforms.guest.kernel import META_PACKAGE, GuestKernel, KernelErr
 from e2ebench.platforms.vm import (GUEST_DATA_MOUNT, GUEST_JOB_DIR, MARK_ERROR, MARK_READY, MARK_WORKER_EXIT,
                                    Console, VirtualMachine, VirtualMachineSession, _copy_tree, _marker_fields,
                                    bounded_memory_mib, guest_sees, guest_worker_env, is_pvm_host, kvm_device_usable,
-                                   qemu_machines, shell_script, start_vmm)
+                                   qemu_machines, shell_script, start_vmm, VmmProcess)
 from e2ebench.scenario import Deployment
 from e2ebench.spec import WorkerFailure, WorkerSpec, extract_result
 
@@ -195,7 +195,7 @@ def resolve_engine(requested: str | None, env_value: str | None, firecracker_usa
 # One Firecracker process
 
 
-class FirecrackerGuest:
+class FirecrackerGuest(VmmProcess):
     """One ``firecracker`` process in its own process group (and the session's cgroup from its first
     instruction), with ``PR_SET_PDEATHSIG=SIGKILL``; its stdout (the guest's serial console) is read by
     a :class:`~e2ebench.platforms.vm.Console`.  ``stop()`` is idempotent: SIGTERM then SIGKILL to the group."""
@@ -207,20 +207,6 @@ class FirecrackerGuest:
         self.proc: subprocess.Popen | None = None
         self.console: Console | None = None
         self.started_at = 0.0
-
-    def __enter__(self) -> "FirecrackerGuest":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
         self.started_at = time.perf_counter()

@@ -387,7 +387,34 @@ def start_vmm(argv: list[str], cgroup_procs_files: list[str]) -> subprocess.Pope
                             start_new_session=True, preexec_fn=in_child)
 
 
-class QemuGuest:
+class VmmProcess:
+    """What every VMM process wrapper shares: ``start()`` on enter, an idempotent ``stop()`` on exit (also
+    when ``start()`` fails or on Ctrl-C), and ``alive()``.  Subclasses set ``self.proc`` in ``start()``."""
+
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class QemuGuest(VmmProcess):
     """One QEMU process, started paused; vCPUs optionally pinned through QMP before it resumes.
 
     ``start()`` and ``stop()`` bracket its life; ``stop()`` (QMP ``quit``, then SIGKILL to QEMU's
@@ -411,20 +438,6 @@ class QemuGuest:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def __enter__(self) -> "QemuGuest":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.qmp_socket.unlink(missing_ok=True)
