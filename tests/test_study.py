@@ -366,3 +366,16 @@ def test_runner_reads_the_store_flags_outliers_and_has_nothing_left_to_do(tmp_pa
         kept = {s.scenario: s for s in summarize_study(store, study_id, keep_outliers=True)}[vnl]
         assert kept.n == 10 and kept.mean_s == pytest.approx(sum(values) / 10)
         assert rows[pin].status == "abandoned" and rows[pin].failed == 2 and "boom again" in rows[pin].reason
+
+
+def test_presets_are_package_data_for_wheel_installs():
+    """`src/e2ebench/studies` links to the repository's `studies/`, and pyproject ships it in the wheel."""
+    from importlib import resources
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "studies/*.toml" in pyproject["tool"]["setuptools"]["package-data"]["e2ebench"]
+    for name in PRESETS:
+        packaged = resources.files("e2ebench").joinpath("studies").joinpath(f"{name}.toml")
+        assert packaged.is_file(), name
+        assert parse_study(packaged.read_text(), Path(f"{name}.toml")).name == name

@@ -368,11 +368,11 @@ def preset_path(name: str = DEFAULT_PRESET) -> Path:
     if candidate.is_file():
         return candidate
     try:
-        packaged = resources.files("e2ebench").joinpath("studies", filename)
+        packaged = resources.files("e2ebench").joinpath("studies").joinpath(filename)
         if packaged.is_file():
             with resources.as_file(packaged) as p:
                 return Path(p)
-    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
         pass
     raise StudyError(f"preset {name!r} not found: looked for {candidate} and the package data e2ebench/studies/{filename}")
 
