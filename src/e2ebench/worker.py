@@ -324,37 +324,7 @@ class Worker:
         def flush_queries():
             pass
 
-        sut = lg.ConstructSUT(issue_queries, flush_queries)
-        qsl = lg.ConstructQSL(len(refs), min(len(refs), spec.requests), lambda s: None, lambda s: None)
-        settings = lg.TestSettings()
-        settings.scenario = lg.TestScenario.Offline if spec.loadgen_scenario == "offline" else lg.TestScenario.SingleStream
-        settings.mode = lg.TestMode.PerformanceOnly
-        settings.min_query_count = spec.requests
-        settings.max_query_count = spec.requests
-        settings.min_duration_ms = 0
-        settings.max_duration_ms = 0
-        settings.offline_expected_qps = 1
-        settings.single_stream_expected_latency_ns = 1_000_000
-        settings.sample_index_rng_seed = spec.seed + 1
-        settings.schedule_rng_seed = spec.seed + 2
-        settings.qsl_rng_seed = spec.seed + 3
-        log_settings = lg.LogSettings()
-        out = lg.LogOutputSettings()
-        if spec.output_dir:
-            os.makedirs(spec.output_dir, exist_ok=True)
-            out.outdir = spec.output_dir
-        else:
-            import tempfile
-
-            out.outdir = tempfile.mkdtemp(prefix="e2ebench-loadgen-")
-        out.copy_summary_to_stdout = False
-        log_settings.log_output = out
-        log_settings.enable_trace = False
-        try:
-            lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
-        finally:
-            lg.DestroyQSL(qsl)
-            lg.DestroySUT(sut)
+        _drive_loadgen(spec, len(refs), issue_queries, flush_queries, spec.output_dir)
         wall_ns = (bounds["last"] or 0) - (bounds["first"] or 0)
         # SingleStream: LoadGen's own time between queries is part of E2E; charge it to "other"
         return clock, wall_ns
@@ -365,7 +335,7 @@ class Worker:
         from e2ebench.measure import PhaseClock
 
         spec = self.spec
-        indices = [i % len(refs) for i in range(spec.requests)]
+        indices = _loadgen_sample_indices(spec, len(refs))
         prepared = {}
         for index in sorted(set(indices)):
             ref = refs[index]
@@ -391,6 +361,66 @@ class Worker:
             self.completed += size
         wall_ns = perf() - t_start
         return clock, wall_ns
+
+
+def _drive_loadgen(spec: WorkerSpec, sample_count: int, issue_queries, flush_queries, output_dir: str | None) -> None:
+    """One LoadGen test with the run's settings and seeds; logs go to ``output_dir`` (a temp dir if None)."""
+    import mlperf_loadgen as lg
+
+    sut = lg.ConstructSUT(issue_queries, flush_queries)
+    qsl = lg.ConstructQSL(sample_count, min(sample_count, spec.requests), lambda s: None, lambda s: None)
+    settings = lg.TestSettings()
+    settings.scenario = lg.TestScenario.Offline if spec.loadgen_scenario == "offline" else lg.TestScenario.SingleStream
+    settings.mode = lg.TestMode.PerformanceOnly
+    settings.min_query_count = spec.requests
+    settings.max_query_count = spec.requests
+    settings.min_duration_ms = 0
+    settings.max_duration_ms = 0
+    settings.offline_expected_qps = 1
+    settings.single_stream_expected_latency_ns = 1_000_000
+    settings.sample_index_rng_seed = spec.seed + 1
+    settings.schedule_rng_seed = spec.seed + 2
+    settings.qsl_rng_seed = spec.seed + 3
+    log_settings = lg.LogSettings()
+    out = lg.LogOutputSettings()
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        out.outdir = output_dir
+    else:
+        import tempfile
+
+        out.outdir = tempfile.mkdtemp(prefix="e2ebench-loadgen-")
+    out.copy_summary_to_stdout = False
+    log_settings.log_output = out
+    log_settings.enable_trace = False
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+        if not output_dir:
+            import shutil
+
+            shutil.rmtree(out.outdir, ignore_errors=True)
+
+
+def _loadgen_sample_indices(spec: WorkerSpec, sample_count: int) -> list[int]:
+    """The sample indices, in order, that LoadGen issues for this run's settings and seeds.
+
+    Inference-only mode times the DNN on exactly the requests an E2E run of the same scenario processes
+    (LoadGen picks its performance set and query order with seeded generators), so that the two modes
+    compare the same work.  The dry run completes every query at once and takes milliseconds.
+    """
+    import mlperf_loadgen as lg
+
+    indices: list[int] = []
+
+    def issue_queries(query_samples):
+        indices.extend(q.index for q in query_samples)
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(q.id, 0, 0) for q in query_samples])
+
+    _drive_loadgen(spec, sample_count, issue_queries, lambda: None, None)
+    return indices
 
 
 def _failure_result(spec: WorkerSpec | None, message: str) -> dict:
