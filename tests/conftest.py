@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 E2EBENCH = [sys.executable, "-m", "e2ebench.cli"]
+
+# The Ctrl-C tests send SIGINT to e2ebench processes they start.  A suite launched as a background job of a
+# non-interactive shell (`scripts/test &`, some CI runners) inherits SIGINT *ignored*; that disposition survives
+# exec, so every child would ignore SIGINT too and Python would never raise KeyboardInterrupt in it.  Installing
+# Python's handler here makes children start with the default disposition (handlers reset to default on exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
