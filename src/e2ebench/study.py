@@ -372,7 +372,7 @@ def preset_path(name: str = DEFAULT_PRESET) -> Path:
         if packaged.is_file():
             with resources.as_file(packaged) as p:
                 return Path(p)
-    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
         pass
     raise StudyError(f"preset {name!r} not found: looked for {candidate} and the package data e2ebench/studies/{filename}")
 
