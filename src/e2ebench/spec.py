@@ -16,6 +16,7 @@ RESULT_SCHEMA = "e2ebench.run/1"
 RESULT_BEGIN = "@@E2EBENCH_RESULT_BEGIN@@"
 RESULT_END = "@@E2EBENCH_RESULT_END@@"
 LOADGEN_SCENARIOS = ("offline", "single-stream")
+CACHE_STATES = ("warm", "cold")
 
 
 @dataclasses.dataclass
@@ -29,6 +30,7 @@ class WorkerSpec:
     loadgen_scenario: str = "offline"     # offline | single-stream
     backend: str = "torch"
     mode: str = "e2e"                     # e2e | inference-only
+    cache: str = "warm"                   # warm | cold: cold drops the data files from the page cache before timing
     variant: str = "full"                 # full | tiny (tests only)
     threads: int = 1                      # compute threads for every library = the deployment's cores
     device: str = "cpu"                   # cpu | cuda
