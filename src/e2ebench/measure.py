@@ -7,7 +7,10 @@ Standard library only.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
+import mmap
 import os
 import platform as _platform
 import resource
@@ -35,8 +38,9 @@ class PhaseClock:
         self.totals_ns: dict[str, int] = {"io": 0, "pre": 0, "infer": 0, "post": 0, "other": 0}
         self._last = time.perf_counter_ns()
 
-    def start(self) -> int:
-        self._last = time.perf_counter_ns()
+    def start(self, now_ns: int | None = None) -> int:
+        """Start lapping from ``now_ns`` (a ``perf_counter_ns`` reading) or from now."""
+        self._last = time.perf_counter_ns() if now_ns is None else now_ns
         return self._last
 
     def lap(self, phase: str) -> int:
@@ -47,6 +51,146 @@ class PhaseClock:
 
     def seconds(self) -> dict[str, float]:
         return {k: v / 1e9 for k, v in self.totals_ns.items()}
+
+
+def outside_clock_ns() -> int:
+    """A second clock for the timed window: ``CLOCK_MONOTONIC_RAW`` (not the laps' ``perf_counter``).
+
+    The raw clock is read through its own clock id and is not slewed by NTP, so a window measured with it
+    does not share the lap clock's reading path; the laps must cover at least 99% of it.
+    """
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
+
+
+class TimedWindow:
+    """The steady-state window: counters, the outside clock and the lap clock opened and closed in nesting order.
+
+    ``open()`` takes the counter snapshot, then reads the outside clock, then the lap clock; ``close()`` reads them in
+    the reverse order.  So the counters cover the window and nothing outside it but the two clock reads, and the
+    outside clock's span contains the lap clock's span.
+    """
+
+    __slots__ = ("before", "after", "start_ns", "end_ns", "outside_start_ns", "outside_end_ns")
+
+    def __init__(self) -> None:
+        self.before: CounterSnapshot | None = None
+        self.after: CounterSnapshot | None = None
+        self.start_ns: int | None = None
+        self.end_ns: int | None = None
+        self.outside_start_ns: int | None = None
+        self.outside_end_ns: int | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.start_ns is not None and self.end_ns is None
+
+    @property
+    def is_closed(self) -> bool:
+        return self.end_ns is not None
+
+    def open(self) -> int:
+        self.before = CounterSnapshot.take()
+        self.outside_start_ns = outside_clock_ns()
+        self.start_ns = time.perf_counter_ns()
+        return self.start_ns
+
+    def close(self, end_ns: int | None = None) -> None:
+        """``end_ns``: the lap clock's reading at the end (the last lap), or now."""
+        self.end_ns = time.perf_counter_ns() if end_ns is None else end_ns
+        self.outside_end_ns = outside_clock_ns()
+        self.after = CounterSnapshot.take()
+
+    @property
+    def wall_s(self) -> float:
+        return ((self.end_ns or 0) - (self.start_ns or 0)) / 1e9
+
+    @property
+    def outside_wall_s(self) -> float:
+        return ((self.outside_end_ns or 0) - (self.outside_start_ns or 0)) / 1e9
+
+    def counters(self) -> dict:
+        if self.before is None or self.after is None:
+            return {}
+        return self.after.delta(self.before)
+
+
+# ---------------------------------------------------------------------------
+# The page cache (``--cache cold``)
+
+
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def resident_bytes(path: str | Path) -> int | None:
+    """How many bytes of ``path`` are in the page cache now (``mincore(2)`` on a read-only mapping); None if unknown."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0
+        libc = _libc()
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address in (None, ctypes.c_void_p(-1).value):
+            return None
+        try:
+            page = mmap.PAGESIZE
+            pages = (size + page - 1) // page
+            vector = ctypes.create_string_buffer(pages)
+            if libc.mincore(address, size, vector) != 0:
+                return None
+            resident_pages = sum(1 for b in vector.raw if b & 1)
+            return min(size, resident_pages * page)
+        finally:
+            libc.munmap(address, size)
+    except (OSError, AttributeError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def drop_page_cache(paths) -> dict:
+    """Evict each file from the page cache: ``fdatasync`` (dirty pages cannot be dropped), then
+    ``posix_fadvise(POSIX_FADV_DONTNEED)`` over the whole file.  Reports what is still resident afterwards
+    (a tmpfs, for example, cannot drop its pages; a network file system may keep them elsewhere).
+    """
+    files = 0
+    total = 0
+    resident_after = 0
+    unknown = 0
+    problems: list[str] = []
+    for path in sorted({str(p) for p in paths}):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            problems.append(f"{path}: {exc.strerror or exc}")
+            continue
+        try:
+            total += os.fstat(fd).st_size
+            try:
+                os.fdatasync(fd)
+            except OSError:
+                pass  # read-only file systems: nothing can be dirty
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            files += 1
+        except OSError as exc:
+            problems.append(f"{path}: {exc.strerror or exc}")
+        finally:
+            os.close(fd)
+        left = resident_bytes(path)
+        if left is None:
+            unknown += 1
+        else:
+            resident_after += left
+    return {"files": files, "bytes": total, "resident_bytes_after": resident_after,
+            "files_residency_unknown": unknown, "problems": problems[:20]}
 
 
 # ---------------------------------------------------------------------------

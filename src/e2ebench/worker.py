@@ -8,14 +8,24 @@ with ``time.perf_counter_ns``, and prints one RunResult JSON between markers on 
 Exit status: 0 result ok, 1 the run failed (the result, with ``error`` set, is still printed),
 2 the spec is unusable.
 
+What it must not do is change what it measures (docs/measurement.md, "The harness"):
+
+* the DNN runs on the thread that loaded and warmed it — the main thread, on which LoadGen calls
+  ``issue_queries`` (StartTest's caller); ``compute_threads`` in the result records it;
+* the warm-up is one full batch of the timed batch size, on that thread;
+* no thread is bound to a CPU by the worker: PIN is the platform's cpuset (or vCPU pinning), so every
+  thread of the process — the DNN's, OpenCV's, ONNX Runtime's, LoadGen's — may use every pinned core,
+  as in a plain program in the same deployment;
+* counters and an outside clock (``CLOCK_MONOTONIC_RAW``) bracket exactly the timed window.
+
 The timed loop, per batch of LoadGen samples::
 
     for each sample: io = app.read(ref); pre = app.preprocess(ref, raw)
     pre += app.collate(items);  infer = app.infer(batch);  post = app.postprocess(out, batch)
-    QuerySamplesComplete(...)   -> charged to "other"
+    QuerySamplesComplete(...)   -> charged to "other", as is LoadGen's time between queries
 
-Consecutive laps of one clock leave no gaps, so io + pre + infer + post + other equals the
-measured E2E wall time by construction.
+The laps are consecutive, so they add up to ``e2e_s`` by construction; what checks them is
+``window_wall_s`` from the outside clock, which io + pre + infer + post must cover to 99%.
 """
 
 from __future__ import annotations
@@ -38,11 +48,11 @@ def _configure_threads_env(spec: WorkerSpec) -> None:
     n = str(max(1, int(spec.threads)))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ[var] = n
-    if spec.bind_cpus:
-        # libgomp binds OpenMP thread i to the i-th listed CPU: torch's compute threads one per core
-        os.environ["GOMP_CPU_AFFINITY"] = " ".join(str(c) for c in spec.bind_cpus)
-        os.environ.pop("OMP_PROC_BIND", None)
-        os.environ.pop("OMP_PLACES", None)
+    # No GOMP_CPU_AFFINITY / OMP_PROC_BIND: libgomp would bind the main thread to the first CPU at
+    # ``import torch``, and every thread created after it (OpenCV's and ONNX Runtime's pools, LoadGen's)
+    # would inherit that single CPU.  PIN is the platform's cpuset; threads float inside it.
+    for var in ("GOMP_CPU_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES"):
+        os.environ.pop(var, None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -91,22 +101,63 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
+_LOADGEN_LATENCY_KEYS = {
+    "Min latency (ns)": "min", "Max latency (ns)": "max", "Mean latency (ns)": "mean",
+    "50.00 percentile latency (ns)": "p50", "90.00 percentile latency (ns)": "p90",
+    "99.00 percentile latency (ns)": "p99",
+}
+
+
 def _loadgen_summary(output_dir: str | None) -> dict:
+    """What LoadGen itself measured (its own clock): validity, samples/s (Offline), QPS and latency (ms)."""
     info: dict = {"result_valid": None, "log_dir": output_dir}
     if not output_dir:
         return info
     path = os.path.join(output_dir, "mlperf_log_summary.txt")
+    latency: dict = {}
     try:
         with open(path) as f:
             for line in f:
-                if line.startswith("Result is"):
-                    info["result_valid"] = line.split(":", 1)[1].strip() == "VALID"
-                elif "Early stopping" in line or "Min duration satisfied" in line or "Min queries satisfied" in line:
-                    key = line.split(":", 1)[0].strip().lower().replace(" ", "_")
-                    info[key] = line.split(":", 1)[1].strip() if ":" in line else ""
+                key, sep, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if not sep:
+                    continue
+                if key == "Result is":
+                    info["result_valid"] = value == "VALID"
+                elif key in ("Early stopping satisfied", "Min duration satisfied", "Min queries satisfied"):
+                    info[key.lower().replace(" ", "_")] = value
+                elif key == "Samples per second":
+                    info["samples_per_second"] = _number(value)
+                elif key == "QPS w/ loadgen overhead":
+                    info["qps_with_loadgen_overhead"] = _number(value)
+                elif key == "QPS w/o loadgen overhead":
+                    info["qps_without_loadgen_overhead"] = _number(value)
+                elif key in _LOADGEN_LATENCY_KEYS and _number(value) is not None:
+                    latency[_LOADGEN_LATENCY_KEYS[key]] = _number(value) / 1e6
     except OSError:
         pass
+    if latency:
+        info["latency_ms"] = latency
     return info
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _scenario_text(spec: WorkerSpec, deployment) -> str:
+    from e2ebench.scenario import Scenario
+
+    try:
+        return str(Scenario(spec.app, deployment, spec.mode, cache=spec.cache))
+    except TypeError:   # a Scenario without the cache field
+        return str(Scenario(spec.app, deployment, spec.mode))
+
+
+LAPS_COVERAGE_MIN = 0.99
 
 
 class Worker:
@@ -115,16 +166,25 @@ class Worker:
         self.errors: list[dict] = []
         self.error_count = 0
         self.answers: list[tuple[int, object]] = []   # (sample index, answer) in completion order
-        self.latencies_ns: list[int] = []
+        self.service_ns: list[int] = []               # per request: its io start -> its answer
+        self.loadgen_latency_ns: list[int] = []       # per request: LoadGen's issue -> its answer
         self.completed = 0
+        self.finished = 0                             # answered + failed requests
+        self.batch_sizes: set[int] = set()            # batches actually given to infer()
+        self.thread_ids: dict = {"load": None, "warmup": None, "infer": set()}
+        self.window = None
+        self.notes: list[str] = []
 
     def run(self) -> dict:
+        import threading
+
         spec = self.spec
         result: dict = {
             "schema": RESULT_SCHEMA,
             "scenario": None,
             "app": spec.app,
             "mode": spec.mode,
+            "cache": spec.cache,
             "deployment": spec.deployment,
             "loadgen_scenario": spec.loadgen_scenario,
             "backend": spec.backend,
@@ -135,10 +195,10 @@ class Worker:
             "started_at": time.time(),
             "error": None,
         }
-        from e2ebench.scenario import Deployment, Scenario
+        from e2ebench.scenario import Deployment
 
         deployment = Deployment.from_dict(spec.deployment)
-        result["scenario"] = str(Scenario(spec.app, deployment, spec.mode))
+        result["scenario"] = _scenario_text(spec, deployment)
 
         from e2ebench import measure
 
@@ -163,6 +223,7 @@ class Worker:
         t1 = time.perf_counter()
         from pathlib import Path
 
+        self.thread_ids["load"] = threading.get_native_id()
         app.load(spec.device, int(spec.threads), Path(spec.weights) if spec.weights else None)
         load_s = time.perf_counter() - t1
         if spec.data is None:
@@ -171,7 +232,7 @@ class Worker:
         if not refs:
             raise ValueError(f"no samples found in {spec.data}")
         t2 = time.perf_counter()
-        self._warm_up(app, refs)
+        result["warmup_requests"] = self._warm_up(app, refs)
         first_s = time.perf_counter() - t2
         process_start_s = max(0.0, _T_MAIN - spec.platform_info["launched_at"]) if spec.platform_info.get("launched_at") else 0.0
         result["cold_start"] = {
@@ -184,28 +245,46 @@ class Worker:
         result["parameters"] = app.parameter_count()
         result["app_info"] = app.describe()
 
+        # -- the page cache: every input of the run read once (warm) or evicted (cold) ---------
+        sequence = _loadgen_sample_indices(spec, len(refs))
+        result["page_cache"] = self._prepare_page_cache(app, refs, sequence)
+
         # -- steady state -------------------------------------------------------------------
-        before = measure.CounterSnapshot.take()
         if spec.mode == "inference-only":
-            clock, wall_ns = self._run_inference_only(app, refs)
+            clock = self._run_inference_only(app, refs, sequence)
         else:
-            clock, wall_ns = self._run_loadgen(app, refs)
-        after = measure.CounterSnapshot.take()
+            clock = self._run_loadgen(app, refs)
+        window = self.window
 
         phases = clock.seconds()
-        if spec.mode == "inference-only":
-            e2e_s = phases["infer"]
-        else:
-            e2e_s = wall_ns / 1e9
-            phases["other"] = e2e_s - (phases["io"] + phases["pre"] + phases["infer"] + phases["post"])
+        e2e_s = window.wall_s
         result["e2e_s"] = e2e_s
-        result["loop_wall_s"] = wall_ns / 1e9
         result["phases_s"] = phases
-        result["latency_ms"] = _percentiles_ms(self.latencies_ns)
+        result["window_wall_s"] = window.outside_wall_s
+        covered = sum(phases[k] for k in ("io", "pre", "infer", "post"))
+        result["laps_coverage"] = (covered / window.outside_wall_s) if window.outside_wall_s > 0 else None
+        if result["laps_coverage"] is not None and result["laps_coverage"] < LAPS_COVERAGE_MIN:
+            self.notes.append(
+                f"io+pre+infer+post cover {100 * result['laps_coverage']:.2f}% of the timed window "
+                f"({covered:.4f} s of {window.outside_wall_s:.4f} s on the outside clock), less than "
+                f"{100 * LAPS_COVERAGE_MIN:.0f}%: the rest is harness bookkeeping or LoadGen time")
+        result["laps_cover_window"] = result["laps_coverage"] is not None and result["laps_coverage"] >= LAPS_COVERAGE_MIN
+        result["service_time_ms"] = _percentiles_ms(self.service_ns)
+        result["latency_ms"] = result["service_time_ms"]   # the name before issue 9; same values
+        result["loadgen_latency_ms"] = _percentiles_ms(self.loadgen_latency_ns) if spec.mode != "inference-only" else None
         result["completed"] = self.completed
         result["throughput_sps"] = (self.completed / e2e_s) if e2e_s > 0 else None
-        result["counters"] = after.delta(before)
+        if self.batch_sizes:
+            result["batch_size"] = max(self.batch_sizes)
+        result["batch_size_requested"] = spec.batch_size
+        result["counters"] = window.counters()
         result["threads"] = {**app.library_threads(), "process_threads": len(os.listdir("/proc/self/task"))}
+        result["compute_threads"] = {
+            "load": self.thread_ids["load"],
+            "warmup": self.thread_ids["warmup"],
+            "infer": sorted(self.thread_ids["infer"]),
+            "same_thread": self.thread_ids["infer"] == {self.thread_ids["load"]} == {self.thread_ids["warmup"]},
+        }
         result["thread_affinity"] = _thread_affinities()
         result["bind_cpus"] = spec.bind_cpus
         result["loadgen"] = _loadgen_summary(spec.output_dir) if spec.mode != "inference-only" else {"result_valid": None}
@@ -229,38 +308,73 @@ class Worker:
                 f"{self.error_count} of {total} requests failed ({100 * self.error_count / total:.1f}% > limit "
                 f"{100 * spec.max_error_fraction:.1f}%): {where}"
             )
+        result["warnings"] = list(self.notes)
         result["finished_at"] = time.time()
         return result
 
     # -----------------------------------------------------------------------------------
-    def _warm_up(self, app, refs) -> None:
-        """Cold start's first inference: one full request through all phases, untimed in the results."""
+    def _warm_up(self, app, refs) -> int:
+        """Cold start's first inference: one full batch of the timed batch size through all phases, on this thread.
+
+        The batch is the data set's first requests in index order (1 in SingleStream, where every query is one
+        request).  Apps whose tensor shapes vary per request (sr: utterance length, nlp: windows per question)
+        meet shapes in the timed window that the warm-up did not: their one-time costs are part of E2E, as they
+        are for a plain program warmed the same way.  Returns the number of requests warmed up.
+        """
+        import threading
+
         from e2ebench.apps.base import SampleError
 
+        self.thread_ids["warmup"] = threading.get_native_id()
+        wanted = max(1, self.timed_batch_size(), int(self.spec.warmup_requests))
         items = []
-        for ref in refs[: max(1, self.spec.warmup_requests)]:
+        for ref in refs:
+            if len(items) >= wanted:
+                break
             try:
                 items.append(app.preprocess(ref, app.read(ref)))
             except SampleError:
                 continue
-        if not items:
-            for ref in refs:
-                try:
-                    items = [app.preprocess(ref, app.read(ref))]
-                    break
-                except SampleError:
-                    continue
         if items:
             batch = app.collate(items)
             app.postprocess(app.infer(batch), batch)
+        return len(items)
 
-    def _bind_main(self, infer: bool) -> None:
-        cpus = self.spec.bind_cpus
-        if cpus:
-            os.sched_setaffinity(0, {cpus[0]} if infer else set(cpus))
+    def timed_batch_size(self) -> int:
+        """The batch size the timed loop uses: the spec's in Offline, 1 in SingleStream (one request per query)."""
+        if self.spec.loadgen_scenario == "single-stream":
+            return 1
+        return max(1, int(self.spec.batch_size))
 
-    def _process(self, app, clock, samples, refs, complete) -> None:
+    def _prepare_page_cache(self, app, refs, sequence: list[int]) -> dict:
+        """warm: read every input of the run once, untimed; cold: evict the run's data files from the page cache.
+
+        Runs inside the platform (inside the container, inside the guest), so it acts on the page cache the
+        worker's reads go through.
+        """
+        from e2ebench import measure
+        from e2ebench.apps.base import SampleError
+
+        distinct = sorted(set(sequence))
+        if self.spec.cache == "cold":
+            info = measure.drop_page_cache(refs[i].path for i in distinct)
+            if info["resident_bytes_after"]:
+                self.notes.append(
+                    f"cold cache: {info['resident_bytes_after']} of {info['bytes']} bytes of the data files are still "
+                    "in the page cache after POSIX_FADV_DONTNEED (a tmpfs or a file system that keeps its own cache?)")
+            return {"state": "cold", **info}
+        read = 0
+        for i in distinct:
+            try:
+                read += len(app.read(refs[i]))
+            except SampleError:
+                continue
+        return {"state": "warm", "requests_read": len(distinct), "bytes_read": read}
+
+    def _process(self, app, clock, samples, refs, complete, issued_ns: int) -> None:
         """Run one batch of (sample id, index) through all phases; call complete(ids, answers)."""
+        import threading
+
         from e2ebench.apps.base import SampleError
 
         perf = time.perf_counter_ns
@@ -278,64 +392,77 @@ class Worker:
             except SampleError as exc:
                 clock.lap("pre")
                 self.error_count += 1
+                self.finished += 1
                 if len(self.errors) < 200:
                     self.errors.append({"where": exc.where, "message": exc.message})
-                complete([sample_id], None)
+                complete([sample_id])
                 clock.lap("other")
         if not items:
             return
         batch = app.collate(items)
         clock.lap("pre")
-        self._bind_main(True)
         output = app.infer(batch)
-        self._bind_main(False)
         clock.lap("infer")
         answers = app.postprocess(output, batch)
         end = clock.lap("post")
+        self.thread_ids["infer"].add(threading.get_native_id())
+        self.batch_sizes.add(len(items))
         for (sample_id, index), start, answer in zip(ok_ids, starts, answers):
-            self.latencies_ns.append(end - start)
+            self.service_ns.append(end - start)
+            self.loadgen_latency_ns.append(end - issued_ns)
             self.answers.append((index, answer))
         self.completed += len(ok_ids)
-        complete([sid for sid, _ in ok_ids], answers)
-        clock.lap("other")
+        self.finished += len(ok_ids)
+        complete([sid for sid, _ in ok_ids])
 
     def _run_loadgen(self, app, refs):
+        """E2E: LoadGen issues queries on this (the main) thread; each is processed batch by batch right here."""
         import mlperf_loadgen as lg
 
-        from e2ebench.measure import PhaseClock
+        from e2ebench.measure import PhaseClock, TimedWindow
 
         spec = self.spec
         clock = PhaseClock()
-        bounds = {"first": None, "last": None}
-        batch_size = max(1, int(spec.batch_size))
+        window = self.window = TimedWindow()
+        batch_size = self.timed_batch_size()
+        expected = max(1, int(spec.requests))
 
-        def complete(ids, answers):
+        def complete(ids):
             lg.QuerySamplesComplete([lg.QuerySampleResponse(i, 0, 0) for i in ids])
 
         def issue_queries(query_samples):
-            now = clock.start()
-            if bounds["first"] is None:
-                bounds["first"] = now
+            if window.is_closed:       # more queries than requests: not expected; timed outside the window
+                complete([q.id for q in query_samples])
+                return
+            if not window.is_open:
+                issued = clock.start(window.open())
+            else:
+                issued = clock.lap("other")   # LoadGen's own time since the previous answer
             pending = [(q.id, q.index) for q in query_samples]
             for start in range(0, len(pending), batch_size):
-                self._process(app, clock, pending[start : start + batch_size], refs, complete)
-            bounds["last"] = time.perf_counter_ns()
+                self._process(app, clock, pending[start : start + batch_size], refs, complete, issued)
+                last = clock.lap("other")
+                if self.finished >= expected:
+                    window.close(last)
 
         def flush_queries():
             pass
 
         _drive_loadgen(spec, len(refs), issue_queries, flush_queries, spec.output_dir)
-        wall_ns = (bounds["last"] or 0) - (bounds["first"] or 0)
-        # SingleStream: LoadGen's own time between queries is part of E2E; charge it to "other"
-        return clock, wall_ns
+        if window.start_ns is None:
+            raise RuntimeError("LoadGen issued no query")
+        if not window.is_closed:
+            window.close(clock.lap("other"))
+            self.notes.append(f"LoadGen issued {self.finished} of {expected} requests; the window closed when it returned")
+        return clock
 
-    def _run_inference_only(self, app, refs):
-        """DLBS-style: pre-process the workload before timing, then time the DNN alone."""
+    def _run_inference_only(self, app, refs, indices: list[int]):
+        """DLBS-style: pre-process the workload before timing, then time the DNN alone on this thread."""
+        import threading
+
         from e2ebench.apps.base import SampleError
-        from e2ebench.measure import PhaseClock
+        from e2ebench.measure import PhaseClock, TimedWindow
 
-        spec = self.spec
-        indices = _loadgen_sample_indices(spec, len(refs))
         prepared = {}
         for index in sorted(set(indices)):
             ref = refs[index]
@@ -345,22 +472,22 @@ class Worker:
                 self.error_count += indices.count(index)
                 self.errors.append({"where": exc.where, "message": exc.message})
         good = [i for i in indices if i in prepared]
-        batch_size = max(1, int(spec.batch_size))
+        batch_size = self.timed_batch_size()
         batches = [app.collate([prepared[i] for i in good[s : s + batch_size]]) for s in range(0, len(good), batch_size)]
         sizes = [len(good[s : s + batch_size]) for s in range(0, len(good), batch_size)]
         clock = PhaseClock()
-        perf = time.perf_counter_ns
-        t_start = clock.start()
+        window = self.window = TimedWindow()
+        last = clock.start(window.open())
         for batch, size in zip(batches, sizes):
-            start = perf()
-            self._bind_main(True)
+            start = last
             app.infer(batch)
-            self._bind_main(False)
-            end = clock.lap("infer")
-            self.latencies_ns.extend([end - start] * size)
+            last = clock.lap("infer")
+            self.service_ns.extend([last - start] * size)
+            self.batch_sizes.add(size)
             self.completed += size
-        wall_ns = perf() - t_start
-        return clock, wall_ns
+        window.close(last)
+        self.thread_ids["infer"].add(threading.get_native_id())
+        return clock
 
 
 def _drive_loadgen(spec: WorkerSpec, sample_count: int, issue_queries, flush_queries, output_dir: str | None) -> None:
@@ -424,12 +551,12 @@ def _loadgen_sample_indices(spec: WorkerSpec, sample_count: int) -> list[int]:
 
 
 def _failure_result(spec: WorkerSpec | None, message: str) -> dict:
-    from e2ebench.scenario import Deployment, Scenario
+    from e2ebench.scenario import Deployment
 
     scenario = None
     if spec is not None:
         try:
-            scenario = str(Scenario(spec.app, Deployment.from_dict(spec.deployment), spec.mode))
+            scenario = _scenario_text(spec, Deployment.from_dict(spec.deployment))
         except Exception:
             scenario = None
     return {
@@ -437,6 +564,7 @@ def _failure_result(spec: WorkerSpec | None, message: str) -> dict:
         "scenario": scenario,
         "app": spec.app if spec else None,
         "mode": spec.mode if spec else None,
+        "cache": spec.cache if spec else None,
         "deployment": spec.deployment if spec else None,
         "requests": spec.requests if spec else None,
         "emulated": bool(spec.emulated) if spec else False,
