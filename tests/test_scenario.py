@@ -71,3 +71,56 @@ def test_feasibility_rules():
     assert "no qemu" in infeasibility(Deployment.parse("VM/4/PIN/CPU"), host)
     gpu_host = HostFacts(cores=8, gpus=1, available_platforms=frozenset({"BM"}))
     assert infeasibility(Deployment.parse("BM/4/PIN/GPU"), gpu_host) is None
+
+
+@pytest.mark.parametrize(
+    "text, canonical, mode, cache",
+    [
+        ("ic@BM/2/PIN/CPU", "ic@BM/2/PIN/CPU", "e2e", "warm"),
+        ("ic@BM/2/PIN/CPU#inference-only", "ic@BM/2/PIN/CPU#inference-only", "inference-only", "warm"),
+        ("ic@BM/2/PIN/CPU#cold-cache", "ic@BM/2/PIN/CPU#cold-cache", "e2e", "cold"),
+        ("IC@bm/2/pin/cpu#Cold-Cache", "ic@BM/2/PIN/CPU#cold-cache", "e2e", "cold"),
+        ("ic@BM/2/PIN/CPU#warm-cache", "ic@BM/2/PIN/CPU", "e2e", "warm"),
+        ("ic@BM/2/PIN/CPU#e2e#cold-cache", "ic@BM/2/PIN/CPU#cold-cache", "e2e", "cold"),
+        ("ic@BM/2/PIN/CPU#inference-only#warm-cache", "ic@BM/2/PIN/CPU#inference-only", "inference-only", "warm"),
+    ],
+)
+def test_scenario_cache_notation(text, canonical, mode, cache):
+    s = Scenario.parse(text)
+    assert (s.mode, s.cache) == (mode, cache)
+    assert str(s) == canonical
+    assert Scenario.parse(str(s)) == s
+
+
+def test_cache_is_part_of_the_identity():
+    warm, cold = Scenario.parse("ic@BM/2/PIN/CPU"), Scenario.parse("ic@BM/2/PIN/CPU#cold-cache")
+    assert warm != cold and warm.key != cold.key
+    assert warm == Scenario(warm.app, warm.deployment) and warm.cache == "warm"
+    assert str(Scenario("ic", Deployment.parse("BM/2/PIN/CPU"), cache="cold")) == "ic@BM/2/PIN/CPU#cold-cache"
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("ic@BM/2/PIN/CPU#inference-only#cold-cache", ["cold cache has no effect in inference-only mode: no io is timed"]),
+        ("ic@BM/2/PIN/CPU#cold-cache#inference-only", ["cold cache has no effect in inference-only mode"]),
+        ("ic@BM/2/PIN/CPU#hot-cache", ["'#hot-cache'", "#cold-cache", "#inference-only"]),
+        ("ic@BM/2/PIN/CPU#cold-cache#warm-cache", ["cache state twice"]),
+        ("ic@BM/2/PIN/CPU#e2e#inference-only", ["mode twice"]),
+    ],
+)
+def test_scenario_cache_errors(text, names):
+    with pytest.raises(NotationError) as info:
+        Scenario.parse(text)
+    message = str(info.value)
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+
+
+def test_scenario_constructor_checks_the_cache():
+    d = Deployment.parse("BM/1/VNL/CPU")
+    with pytest.raises(NotationError, match="unknown cache state 'hot'; accepted: warm, cold"):
+        Scenario("ic", d, cache="hot")
+    with pytest.raises(NotationError, match="no io is timed"):
+        Scenario("ic", d, "inference-only", "cold")

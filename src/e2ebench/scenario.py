@@ -2,7 +2,11 @@
 
 A *deployment* is ``PLATFORM/CORES/CPUMODE/DEVICE`` (``VM/32/PIN/GPU``, ``BM/2/VNL/CPU``).
 A *scenario* is ``APP@DEPLOYMENT`` (``ic@CN/4/PIN/CPU``), optionally with the measurement
-mode appended as ``APP@DEPLOYMENT#inference-only``.
+mode appended as ``APP@DEPLOYMENT#inference-only``, or the page-cache state as
+``APP@DEPLOYMENT#cold-cache`` (the data files are dropped from the page cache before the timed
+window, so ``io`` measures the platform's storage path).  A warm cache is the default and is not
+written (``#warm-cache`` is accepted and means the default); a cold cache with inference-only is
+invalid, since no ``io`` is timed in that mode.
 
 Parsing is case-insensitive; formatting is canonical (upper-case platform, mode and
 device; lower-case app).  Malformed input raises :class:`NotationError` with one line
@@ -16,10 +20,15 @@ import os
 import re
 from typing import ClassVar
 
+from e2ebench.spec import CACHE_STATES
+
 PLATFORMS: tuple[str, ...] = ("BM", "CN", "VM", "MVM", "VMCN")
 CPU_MODES: tuple[str, ...] = ("VNL", "PIN")
 DEVICES: tuple[str, ...] = ("CPU", "GPU")
 MODES: tuple[str, ...] = ("e2e", "inference-only")
+CACHES: tuple[str, ...] = CACHE_STATES             # ("warm", "cold"); warm is the default
+CACHE_SUFFIXES = {"warm-cache": "warm", "cold-cache": "cold"}
+COLD_INFERENCE_ONLY = "cold cache has no effect in inference-only mode: no io is timed"
 
 PLATFORM_TITLES = {
     "BM": "bare metal",
@@ -99,35 +108,70 @@ def validate_app_name(name: str) -> str:
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Scenario:
-    """One application under one deployment, measured in one mode."""
+    """One application under one deployment, measured in one mode with a warm or cold page cache."""
 
     app: str
     deployment: Deployment
     mode: str = "e2e"
+    cache: str = "warm"
 
     def __post_init__(self) -> None:
         validate_app_name(self.app)
         if self.mode not in MODES:
             raise NotationError(f"unknown mode {self.mode!r}; accepted: {', '.join(MODES)}")
+        check_cache(self.cache, self.mode)
 
     @classmethod
     def parse(cls, text: str) -> "Scenario":
         if "@" not in text:
             raise NotationError(f"scenario {text!r} lacks '@'; expected APP@PLATFORM/CORES/CPUMODE/DEVICE, e.g. ic@BM/4/PIN/CPU")
         app, rest = text.split("@", 1)
-        mode = "e2e"
-        if "#" in rest:
-            rest, mode = rest.split("#", 1)
-            mode = mode.strip().lower()
-        return cls(validate_app_name(app), Deployment.parse(rest), mode)
+        rest, *suffixes = rest.split("#")
+        mode, cache = None, None
+        for raw in suffixes:
+            suffix = raw.strip().lower()
+            if suffix in MODES and mode is None:
+                mode = suffix
+            elif suffix in CACHE_SUFFIXES and cache is None:
+                cache = CACHE_SUFFIXES[suffix]
+            elif suffix in MODES or suffix in CACHE_SUFFIXES:
+                raise NotationError(f"scenario {text!r} gives the {'mode' if suffix in MODES else 'cache state'} twice")
+            else:
+                raise NotationError(f"unknown suffix {'#' + raw.strip()!r} in scenario {text!r}; accepted: "
+                                    f"{', '.join('#' + m for m in MODES)}, {', '.join('#' + c for c in CACHE_SUFFIXES)}")
+        return cls(validate_app_name(app), Deployment.parse(rest), mode or "e2e", cache or "warm")
 
     def __str__(self) -> str:
-        base = f"{self.app}@{self.deployment}"
-        return base if self.mode == "e2e" else f"{base}#{self.mode}"
+        return scenario_string(self.app, str(self.deployment), self.mode, self.cache)
 
     @property
     def key(self) -> str:
         return str(self)
+
+
+def check_cache(cache: str, mode: str = "e2e") -> str:
+    """``cache`` if it is a known cache state that ``mode`` can use; NotationError otherwise."""
+    if cache not in CACHES:
+        raise NotationError(f"unknown cache state {cache!r}; accepted: {', '.join(CACHES)}")
+    if cache == "cold" and mode == "inference-only":
+        raise NotationError(COLD_INFERENCE_ONLY)
+    return cache
+
+
+def scenario_string(app: str, deployment: str, mode: str = "e2e", cache: str = "warm") -> str:
+    """The canonical scenario text: ``APP@DEPLOYMENT``, ``#inference-only`` or ``#cold-cache`` appended
+    when they apply (the defaults, e2e and a warm cache, are not written)."""
+    text = f"{app}@{deployment}"
+    if mode != "e2e":
+        text += f"#{mode}"
+    if cache != "warm":
+        text += f"#{cache}-cache"
+    return text
+
+
+def cache_title(cache: str) -> str:
+    """``""`` for the default warm cache, ``"cold cache"`` otherwise: what labels append."""
+    return "" if cache == "warm" else f"{cache} cache"
 
 
 # ---------------------------------------------------------------------------
