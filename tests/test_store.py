@@ -76,3 +76,102 @@ def test_a_failing_insert_leaves_the_store_unchanged(tmp_path):
             store.add_run(bad)
         assert len(store.runs(phase=None)) == 1
         json.dumps(store.runs()[0]["result"])
+
+
+def test_cold_and_warm_runs_are_kept_apart(tmp_path):
+    with Store(tmp_path / "r.sqlite") as store:
+        sid = store.create_study("cache", {})
+        store.add_run(make_result(), study_id=sid, seq=0)
+        cold = make_result()
+        cold.update(scenario="ic@BM/2/PIN/CPU#cold-cache", cache="cold")
+        store.add_run(cold, study_id=sid, seq=0)           # same seq, other scenario: no conflict
+        # a result without the field: the scenario's suffix says it
+        legacy = dict(cold)
+        del legacy["cache"]
+        store.add_run(legacy, study_id=sid, seq=1)
+        runs = store.runs(study_id=sid)
+        assert [r["cache"] for r in runs] == ["warm", "cold", "cold"]
+        assert [r["id"] for r in store.runs(study_id=sid, cache="cold")] == [runs[1]["id"], runs[2]["id"]]
+        counts = store.run_counts(sid)
+        assert counts[("ic@BM/2/PIN/CPU", "measure")]["next_seq"] == 1
+        assert counts[("ic@BM/2/PIN/CPU#cold-cache", "measure")]["next_seq"] == 2
+        assert [r["cache"] for r in store.export_rows(sid)] == ["warm", "cold", "cold"]
+
+
+# The schema of version 1, exactly as e2ebench wrote it before runs.cache existed.
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    source TEXT,
+    config_json TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'running'
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id TEXT NOT NULL REFERENCES studies(id),
+    scenario TEXT NOT NULL,
+    app TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    cores INTEGER NOT NULL,
+    cpu_mode TEXT NOT NULL,
+    device TEXT NOT NULL,
+    mode TEXT NOT NULL DEFAULT 'e2e',
+    phase TEXT NOT NULL DEFAULT 'measure',
+    seq INTEGER,
+    status TEXT NOT NULL,
+    outlier INTEGER NOT NULL DEFAULT 0,
+    started_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    e2e_s REAL,
+    emulated INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    result_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_study ON runs(study_id, scenario, phase);
+CREATE INDEX IF NOT EXISTS runs_app ON runs(app, platform, cores, cpu_mode, device);
+CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
+CREATE INDEX IF NOT EXISTS runs_e2e ON runs(e2e_s);
+CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(study_id, scenario, phase, seq) WHERE seq IS NOT NULL;
+"""
+
+
+def _v1_store(path):
+    """A store as version 1 of e2ebench left it: its schema, its meta row, one study with two runs."""
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_V1)
+    db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO studies(id, name, source, config_json, created_at) VALUES ('old', 'old', NULL, '{}', 1.0)")
+    for seq, (result, status) in enumerate(((make_result(), "ok"), (make_result(e2e=None, error="x"), "failed"))):
+        db.execute(
+            "INSERT INTO runs(study_id, scenario, app, platform, cores, cpu_mode, device, mode, phase, seq, status, "
+            "outlier, started_at, finished_at, e2e_s, emulated, error, result_json) "
+            "VALUES ('old', ?, 'ic', 'BM', 2, 'PIN', 'CPU', 'e2e', 'measure', ?, ?, 0, 100.0, 101.5, ?, 0, ?, ?)",
+            (result["scenario"], seq, status, result["e2e_s"], result["error"], json.dumps(result, sort_keys=True)))
+    db.commit()
+    db.close()
+
+
+def test_a_version_1_store_is_migrated_and_still_reads(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    _v1_store(path)
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        runs = store.runs(study_id="old", phase=None)
+        assert [(r["status"], r["cache"], r["seq"]) for r in runs] == [("ok", "warm", 0), ("failed", "warm", 1)]
+        assert runs[0]["result"] == make_result() and runs[0]["e2e_s"] == 1.5
+        assert store.run_counts("old")[("ic@BM/2/PIN/CPU", "measure")] == {"ok": 1, "failed": 1, "next_seq": 2}
+        # new runs go in next to the old ones, a cold one with its state
+        cold = make_result()
+        cold.update(scenario="ic@BM/2/PIN/CPU#cold-cache", cache="cold")
+        store.add_run(cold, study_id="old", seq=0)
+        assert [r["cache"] for r in store.runs(study_id="old", status="ok")] == ["warm", "cold"]
+    db = sqlite3.connect(path)
+    columns = {row[1]: row for row in db.execute("PRAGMA table_info(runs)")}
+    assert columns["cache"][2] == "TEXT" and columns["cache"][3] == 1 and columns["cache"][4] == "'warm'"
+    db.close()
+    with Store(path) as store:                       # opening again: nothing left to migrate
+        assert store.schema_version == 2 and len(store.runs(phase=None)) == 3
+

@@ -3,17 +3,21 @@
 One row per run with the full RunResult JSON plus indexed columns for queries.  Every run is
 committed in its own transaction, so a run that finished is never lost when a later one dies.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta(key PRIMARY KEY, value)                         -- schema_version
     studies(id PRIMARY KEY, name, source, config_json, created_at, status)
     runs(id PRIMARY KEY AUTOINCREMENT, study_id, scenario, app, platform, cores, cpu_mode,
-         device, mode, phase, seq, status, outlier, started_at, finished_at, e2e_s,
+         device, mode, cache, phase, seq, status, outlier, started_at, finished_at, e2e_s,
          emulated, error, result_json)
 
 ``phase`` is ``warmup`` or ``measure``; ``status`` is ``ok`` or ``failed``; ``seq`` numbers the
 runs of one scenario in one study (0-based, per phase) and is unique with (study, scenario,
-phase), which makes resuming idempotent.
+phase), which makes resuming idempotent.  ``cache`` is ``warm`` or ``cold``, the page-cache state the run
+was measured with; it is part of the scenario (``ic@BM/2/PIN/CPU#cold-cache``).
+
+Migrations: version 1 -> 2 adds ``runs.cache`` (``ALTER TABLE ... ADD COLUMN``, default ``warm``: version 1
+had no cold-cache runs; the column then comes last in the table, which no query depends on).  A store is migrated when it is opened; a store newer than this code is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_STORE = Path("results") / "e2ebench.sqlite"
 ADHOC_STUDY = "adhoc"
 
@@ -50,6 +54,7 @@ CREATE TABLE IF NOT EXISTS runs (
     cpu_mode TEXT NOT NULL,
     device TEXT NOT NULL,
     mode TEXT NOT NULL DEFAULT 'e2e',
+    cache TEXT NOT NULL DEFAULT 'warm',
     phase TEXT NOT NULL DEFAULT 'measure',
     seq INTEGER,
     status TEXT NOT NULL,
@@ -69,7 +74,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(study_id, scenario, phase, se
 """
 
 RUN_COLUMNS = (
-    "id", "study_id", "scenario", "app", "platform", "cores", "cpu_mode", "device", "mode", "phase", "seq",
+    "id", "study_id", "scenario", "app", "platform", "cores", "cpu_mode", "device", "mode", "cache", "phase", "seq",
     "status", "outlier", "started_at", "finished_at", "e2e_s", "emulated", "error",
 )
 
@@ -106,6 +111,12 @@ class Store:
                 raise StoreError(
                     f"store {self.path} has schema version {row['value']}, newer than this e2ebench ({SCHEMA_VERSION})"
                 )
+            # 1 -> 2: runs.cache.  Checked on the columns, not only the version, so a half-migrated store heals.
+            columns = {r["name"] for r in self.db.execute("PRAGMA table_info(runs)")}
+            if "cache" not in columns:
+                self.db.execute("ALTER TABLE runs ADD COLUMN cache TEXT NOT NULL DEFAULT 'warm'")
+            if row is not None and int(row["value"]) < SCHEMA_VERSION:
+                self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -230,7 +241,7 @@ class Store:
                 f"INSERT INTO runs({', '.join(RUN_COLUMNS[1:])}, result_json) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
                 (
                     study_id, result["scenario"], result["app"], dep["platform"], int(dep["cores"]), dep["cpu_mode"],
-                    dep["device"], result.get("mode", "e2e"), phase, seq, status, 0,
+                    dep["device"], result.get("mode", "e2e"), run_cache(result), phase, seq, status, 0,
                     float(result.get("started_at", now)), float(result.get("finished_at", now)),
                     result.get("e2e_s") if status == "ok" else None, int(bool(result.get("emulated"))), error,
                     json.dumps(result, sort_keys=True),
@@ -239,11 +250,12 @@ class Store:
         return int(cur.lastrowid)
 
     def runs(self, study_id: str | None = None, scenario: str | None = None, phase: str | None = "measure",
-             status: str | None = None, app: str | None = None, with_result: bool = True) -> list[dict]:
+             status: str | None = None, app: str | None = None, cache: str | None = None,
+             with_result: bool = True) -> list[dict]:
         sql = f"SELECT {', '.join(RUN_COLUMNS)}{', result_json' if with_result else ''} FROM runs WHERE 1=1"
         args: list[Any] = []
         for column, value in (("study_id", study_id), ("scenario", scenario), ("phase", phase), ("status", status),
-                              ("app", app)):
+                              ("app", app), ("cache", cache)):
             if value is not None:
                 sql += f" AND {column}=?"
                 args.append(value)
@@ -297,6 +309,14 @@ class Store:
             run["requests"] = r.get("requests")
             out.append(run)
         return out
+
+
+def run_cache(result: dict) -> str:
+    """The page-cache state of a RunResult: its ``cache`` field, else its scenario's suffix, else ``warm``."""
+    cache = result.get("cache")
+    if cache in ("warm", "cold"):
+        return cache
+    return "cold" if str(result.get("scenario") or "").endswith("#cold-cache") else "warm"
 
 
 def _study_dict(row: sqlite3.Row) -> dict:
