@@ -379,3 +379,131 @@ def test_presets_are_package_data_for_wheel_installs():
         packaged = resources.files("e2ebench").joinpath("studies").joinpath(f"{name}.toml")
         assert packaged.is_file(), name
         assert parse_study(packaged.read_text(), Path(f"{name}.toml")).name == name
+
+
+# -- the page-cache state ------------------------------------------------------------------------------
+
+
+def test_cache_multiplies_the_matrix_without_cold_inference_only():
+    study = study_from("""
+        apps = ["ic", "sr"]
+        cores = [1]
+        cpu_modes = ["PIN"]
+        [workload.ic]
+        mode = ["e2e", "inference-only"]
+        cache = ["warm", "cold"]
+        [workload.sr]
+        cache = "cold"
+    """)
+    keys = [p.key for p in study.plan(BIG_HOST).scenarios]
+    assert keys == ["ic@BM/1/PIN/CPU", "ic@BM/1/PIN/CPU#cold-cache", "ic@BM/1/PIN/CPU#inference-only",
+                    "sr@BM/1/PIN/CPU#cold-cache"]
+    assert study.workload_for("ic").caches == ("warm", "cold")
+    assert [p.scenario.cache for p in study.plan(BIG_HOST).scenarios] == ["warm", "cold", "warm", "cold"]
+    assert study.plan(BIG_HOST).as_dict()["scenarios"][1]["cache"] == "cold"
+
+
+@pytest.mark.parametrize(
+    "value, names",
+    [
+        ('"bogus"', ["workload.ic.cache", "'bogus'", "accepted: warm, cold"]),
+        ('["warm", "colt"]', ["workload.ic.cache", "'colt'", "did you mean 'cold'?", "accepted: warm, cold"]),
+        ("[]", ["workload.ic.cache is empty", "warm, cold"]),
+        ("3", ["workload.ic.cache", "3"]),
+    ],
+)
+def test_bad_cache_values_are_named(value, names):
+    message = error_of(MINIMAL + f"[workload.ic]\ncache = {value}\n")
+    assert "\n" not in message
+    for name in names:
+        assert name in message
+
+
+def test_a_cold_cache_needs_an_e2e_mode():
+    message = error_of(MINIMAL + '[workload.ic]\nmode = "inference-only"\ncache = ["warm", "cold"]\n')
+    assert "workload.ic.cache" in message and "workload.ic.mode" in message
+    assert "cold cache has no effect in inference-only mode: no io is timed" in message
+    message = error_of(MINIMAL + 'scenarios = ["ic@BM/1/PIN/CPU#inference-only#cold-cache"]\n')
+    assert "scenarios has the bad value" in message and "no io is timed" in message
+
+
+def test_explicit_cold_scenarios_and_exclusions_by_cache():
+    study = study_from("""
+        apps = ["ic"]
+        platforms = ["BM", "CN"]
+        cores = [1]
+        cpu_modes = ["VNL"]
+        scenarios = ["ic@CN/1/VNL/CPU#cold-cache", "ic@BM/1/VNL/CPU#warm-cache"]
+        [workload.ic]
+        cache = ["warm", "cold"]
+        [[exclude]]
+        platforms = ["CN"]
+        caches = ["cold"]
+        reason = "no cold CN runs in the matrix"
+    """)
+    plan = study.plan(BIG_HOST)
+    reasons = {(p.key, p.origin): p.reason for p in plan.scenarios}
+    assert reasons == {
+        ("ic@BM/1/VNL/CPU", "matrix"): None,
+        ("ic@BM/1/VNL/CPU#cold-cache", "matrix"): None,
+        ("ic@CN/1/VNL/CPU", "matrix"): None,
+        ("ic@CN/1/VNL/CPU#cold-cache", "matrix"): "excluded by the study: no cold CN runs in the matrix",
+    }
+    assert study.config["scenarios"] == ["ic@CN/1/VNL/CPU#cold-cache", "ic@BM/1/VNL/CPU"]
+    assert study.config["exclude"][0]["caches"] == ["cold"]
+    message = error_of(MINIMAL + '[[exclude]]\ncaches = ["hot"]\nreason = "r"\n')
+    assert "exclude[0].caches" in message and "'hot'" in message and "warm, cold" in message
+
+
+def test_identity_changes_only_when_a_study_uses_cold():
+    base = study_from(MINIMAL + "[workload.ic]\nrequests = 8\n")
+    warm = study_from(MINIMAL + '[workload.ic]\nrequests = 8\ncache = "warm"\n')
+    cold = study_from(MINIMAL + '[workload.ic]\nrequests = 8\ncache = ["warm", "cold"]\n')
+    assert base.config_sha256 == warm.config_sha256               # the default, spelled out: the same study
+    assert cold.config_sha256 != base.config_sha256
+    assert "caches" not in base.config["workload"]["ic"]
+    assert cold.config["workload"]["ic"]["caches"] == ["warm", "cold"]
+    excluded = study_from(MINIMAL + '[[exclude]]\ncaches = ["cold"]\nreason = "r"\n')
+    assert excluded.config_sha256 != study_from(MINIMAL).config_sha256
+
+
+# Identity hashes of the shipped presets: a change here makes every stored study of them a new study.
+PRESET_SHA256 = {
+    "quick": "f9aae4de7c1349134c3b0fa957e1a35156f5e0020b408439274a6ca6609ed340",
+    "paper": "772618b8fa81bdea148003f1266cd6aa28b6c2c384855a6cd13ac8e3ec16f239",
+    "edge": "d9e5f57c8a14aee55cb3700df663b5a2cae0f03ec0fcb07aa7072bdf007d3cd4",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_SHA256))
+def test_preset_identity_is_unchanged_by_the_cache_key(name):
+    assert load_study(preset_path(name)).config_sha256 == PRESET_SHA256[name]
+
+
+def test_resume_keeps_cold_and_warm_runs_apart(tmp_path):
+    from e2ebench.study_runner import StudyRunner, summarize_study
+
+    study = study_from("""
+        apps = ["ic"]
+        cores = [1]
+        cpu_modes = ["PIN"]
+        [workload.ic]
+        cache = ["warm", "cold"]
+        [repetition]
+        warmup_runs = 0
+        min_runs = 2
+        max_runs = 2
+    """)
+    plan = study.plan(SMALL_HOST)
+    warm, cold = "ic@BM/1/PIN/CPU", "ic@BM/1/PIN/CPU#cold-cache"
+    with Store(tmp_path / "s.sqlite") as store:
+        study_id, _ = open_study(store, study, plan)
+        for seq in range(2):
+            store.add_run(stored_result(warm, 1.0 + seq / 100), study_id, seq=seq)
+        store.add_run(dict(stored_result(cold, 1.5), cache="cold"), study_id, seq=0)
+        by_key = {s.key: s for s in StudyRunner(plan, store, study_id).states}
+        assert by_key[warm].status == "target" or by_key[warm].status == "max-runs"
+        assert by_key[cold].status == "active" and by_key[cold].measure_next_seq == 1
+        assert len(by_key[cold].measured) == 1 and len(by_key[warm].measured) == 2
+        rows = {s.scenario: s for s in summarize_study(store, study_id)}
+        assert rows[cold].cache == "cold" and rows[warm].cache == "warm" and rows[cold].runs_ok == 1

@@ -327,7 +327,7 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
                 table.add_column(column, justify="left" if column in ("deployment", "status") else "right",
                                  no_wrap=True)
             for s in measured:
-                deployment = escape(s.deployment) + ("" if s.mode == "e2e" else f"#{s.mode}")
+                deployment = escape(s.scenario.split("@", 1)[1])     # the deployment and its #suffixes
                 if s.emulated:
                     deployment += " [yellow](emulated)[/]"
                 ci = "—" if s.ci_halfwidth_pct is None else f"{s.ci_halfwidth_pct:.1f}%"
@@ -343,7 +343,7 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
         if infeasible:
             grouped: dict[str, list[str]] = defaultdict(list)
             for s in infeasible:
-                grouped[s.reason or "?"].append(s.deployment + ("" if s.mode == "e2e" else f"#{s.mode}"))
+                grouped[s.reason or "?"].append(s.scenario.split("@", 1)[1])
             console.print(f"[dim]{app_name}: {len(infeasible)} scenario(s) not run here:[/]")
             for reason, deployments in grouped.items():
                 shown = ", ".join(deployments[:6]) + (f", … (+{len(deployments) - 6})" if len(deployments) > 6 else "")
@@ -352,7 +352,7 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
         console.print("[yellow](emulated)[/]: ran under QEMU TCG; not comparable with native results.")
 
 
-SUMMARY_CSV_COLUMNS = ("scenario", "app", "deployment", "mode", "status", "n", "runs_ok", "outliers", "failed",
+SUMMARY_CSV_COLUMNS = ("scenario", "app", "deployment", "mode", "cache", "status", "n", "runs_ok", "outliers", "failed",
                        "warmup_runs", "mean_s", "stdev_s", "ci_halfwidth_s", "ci_halfwidth_pct", "confidence",
                        "io_s", "pre_s", "infer_s", "post_s", "other_s", "cold_start_s", "throughput_sps", "emulated",
                        "reason")

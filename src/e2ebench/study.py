@@ -25,6 +25,7 @@ A study file looks like this (every key is optional except ``apps``; see ``docs/
     [workload.ic]
     requests = 16
     mode = "e2e"                    # or "inference-only", or a list of both
+    cache = "warm"                  # or "cold" (page cache dropped before timing), or a list of both
 
     [[exclude]]                     # matrix points not to run, with the reason shown in the plan
     apps = ["sr"]
@@ -49,8 +50,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from e2ebench.runner import DEFAULT_TIMEOUT_S, Workload
-from e2ebench.scenario import (CPU_MODES, DEVICES, MODES, PLATFORMS, Deployment, HostFacts, NotationError, Scenario,
-                               infeasibility)
+from e2ebench.scenario import (CACHES, COLD_INFERENCE_ONLY, CPU_MODES, DEVICES, MODES, PLATFORMS, Deployment,
+                               HostFacts, NotationError, Scenario, infeasibility)
 from e2ebench.stats import DEFAULT_CONFIDENCE, DEFAULT_OUTLIER_SIGMAS, DEFAULT_TARGET_HALFWIDTH_PCT
 from e2ebench.store import DEFAULT_STORE
 
@@ -61,10 +62,10 @@ TOP_KEYS = ("name", "description", "seed", "store", "timeout_s", "apps", "platfo
             "scenarios", "repetition", "workload", "exclude")
 REPETITION_KEYS = ("warmup_runs", "min_runs", "max_runs", "target_ci_halfwidth_pct", "confidence",
                    "max_consecutive_failures", "outlier_sigmas", "keep_outliers")
-WORKLOAD_KEYS = ("requests", "loadgen_scenario", "batch_size", "backend", "mode", "data", "weights", "variant",
-                 "options", "max_error_fraction")
+WORKLOAD_KEYS = ("requests", "loadgen_scenario", "batch_size", "backend", "mode", "cache", "data", "weights",
+                 "variant", "options", "max_error_fraction")
 ALL_HINT = ' or "all" (every core of this host)'
-EXCLUDE_KEYS = ("apps", "platforms", "cores", "cpu_modes", "devices", "modes", "reason")
+EXCLUDE_KEYS = ("apps", "platforms", "cores", "cpu_modes", "devices", "modes", "caches", "reason")
 
 
 class StudyError(ValueError):
@@ -100,7 +101,9 @@ class RepetitionPolicy:
 
 @dataclasses.dataclass(frozen=True)
 class AppWorkload:
-    """The ``[workload.APP]`` table: what one run of the app is fed, and in which mode(s) it is measured."""
+    """The ``[workload.APP]`` table: what one run of the app is fed, and in which mode(s) and page-cache state(s)
+    it is measured.  ``caches`` expands the matrix like ``modes``; a cold cache is not combined with
+    inference-only (no io is timed there), so that combination is left out of the matrix."""
 
     requests: int | None = None
     loadgen_scenario: str = "offline"
@@ -112,6 +115,12 @@ class AppWorkload:
     variant: str = "full"
     options: dict = dataclasses.field(default_factory=dict)
     max_error_fraction: float = 0.01
+    caches: tuple[str, ...] = ("warm",)
+
+    def mode_caches(self) -> list[tuple[str, str]]:
+        """The (mode, cache) pairs this workload is measured in (cold with inference-only left out)."""
+        return [(mode, cache) for mode in self.modes for cache in self.caches
+                if not (cache == "cold" and mode == "inference-only")]
 
     def to_workload(self, timeout_s: float, seed: int) -> Workload:
         return Workload(
@@ -132,11 +141,13 @@ class ExclusionRule:
     cpu_modes: tuple[str, ...] | None = None
     devices: tuple[str, ...] | None = None
     modes: tuple[str, ...] | None = None
+    caches: tuple[str, ...] | None = None
 
     def matches(self, scenario: Scenario) -> bool:
         d = scenario.deployment
         checks = ((self.apps, scenario.app), (self.platforms, d.platform), (self.cores, d.cores),
-                  (self.cpu_modes, d.cpu_mode), (self.devices, d.device), (self.modes, scenario.mode))
+                  (self.cpu_modes, d.cpu_mode), (self.devices, d.device), (self.modes, scenario.mode),
+                  (self.caches, scenario.cache))
         return all(allowed is None or value in allowed for allowed, value in checks)
 
 
@@ -159,7 +170,7 @@ class PlannedScenario:
         w = self.workload
         return {
             "scenario": self.key, "app": self.scenario.app, "deployment": self.scenario.deployment.as_dict(),
-            "mode": self.scenario.mode, "feasible": self.feasible, "reason": self.reason, "origin": self.origin,
+            "mode": self.scenario.mode, "cache": self.scenario.cache, "feasible": self.feasible, "reason": self.reason, "origin": self.origin,
             "note": self.note,
             "workload": None if w is None else {
                 "requests": w.requests, "batch_size": w.batch_size, "loadgen_scenario": w.loadgen_scenario,
@@ -254,12 +265,12 @@ class Study:
         out = []
         cores = sorted({host_cores if c == "all" else int(c) for c in self.cores})
         for app in self.apps:
-            for mode in self.workload_for(app).modes:
+            for mode, cache in self.workload_for(app).mode_caches():
                 for platform in self.platforms:
                     for n in cores:
                         for cpu_mode in self.cpu_modes:
                             for device in self.devices:
-                                out.append(Scenario(app, Deployment(platform, n, cpu_mode, device), mode))
+                                out.append(Scenario(app, Deployment(platform, n, cpu_mode, device), mode, cache))
         return out
 
     def plan(self, host: HostFacts | None = None, emulated_platforms: Iterable[str] = ()) -> Plan:
@@ -601,6 +612,10 @@ class _Validator:
         loadgen = self.choice(prefix + "loadgen_scenario", section.get("loadgen_scenario", d.loadgen_scenario),
                               LOADGEN_SCENARIOS)
         modes = self.choices(prefix + "mode", section.get("mode", list(d.modes)), MODES)
+        caches = self.choices(prefix + "cache", section.get("cache", list(d.caches)), CACHES)
+        if "cold" in caches and "e2e" not in modes:
+            raise self.error(f"{prefix}cache = {section['cache']!r} is invalid with {prefix}mode = "
+                             f"{section['mode']!r}: {COLD_INFERENCE_ONLY}; measure mode \"e2e\" too, or drop \"cold\"")
         backend = self.string(prefix + "backend", section.get("backend", d.backend))
         variant = self.string(prefix + "variant", section.get("variant", d.variant))
         data = section.get("data")
@@ -641,7 +656,7 @@ class _Validator:
                     raise self.error(f"unknown key {prefix + 'options.' + key!r}; {_did_you_mean(key, known)}"
                                      f"accepted options of {app}: {', '.join(known) or 'none'}")
         return AppWorkload(requests, loadgen, batch_size, backend, modes, data, weights, variant, dict(options),
-                           max_error_fraction)
+                           max_error_fraction, caches)
 
     def exclusions(self, items: Any, known_apps: tuple[str, ...]) -> list[ExclusionRule]:
         if isinstance(items, dict):
@@ -660,7 +675,7 @@ class _Validator:
             fields: dict[str, Any] = {}
             for key, accepted, upper in (("apps", known_apps, False), ("platforms", PLATFORMS, True),
                                          ("cpu_modes", CPU_MODES, True), ("devices", DEVICES, True),
-                                         ("modes", MODES, False)):
+                                         ("modes", MODES, False), ("caches", CACHES, False)):
                 if key in item:
                     fields[key] = self.choices(prefix + key, item[key], accepted, upper)
             if "cores" in item:
@@ -675,6 +690,12 @@ class _Validator:
 def _workload_config(w: AppWorkload) -> dict:
     d = dataclasses.asdict(w)
     d["modes"] = list(w.modes)
+    # A warm cache only (the default, and all there was before the key existed) is left out, so that the
+    # identity hash of a study that does not use `cache` stays what it was.
+    if w.caches == AppWorkload().caches:
+        del d["caches"]
+    else:
+        d["caches"] = list(w.caches)
     return d
 
 
