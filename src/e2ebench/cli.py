@@ -81,10 +81,14 @@ def emit_json(obj) -> None:
 def public_result(result: dict) -> dict:
     """The documented ``--json`` object of ``e2ebench run`` (the full RunResult is in the store)."""
     keys = (
-        "scenario", "app", "mode", "deployment", "requests", "completed", "batch_size", "loadgen_scenario", "backend",
+        "scenario", "app", "mode", "cache", "deployment", "requests", "completed", "batch_size", "loadgen_scenario", "backend",
         "e2e_s", "phases_s", "latency_ms", "throughput_sps", "effective_cpus", "cpu_quota_cores", "counters",
         "cold_start_s", "cold_start", "emulated", "errors", "error", "threads", "quality", "environment", "loadgen",
         "run_id", "parameters", "logs_dir", "started_at", "finished_at",
+    )
+    keys += (  # issue 9: what checks the numbers
+        "window_wall_s", "laps_coverage", "laps_cover_window", "service_time_ms", "loadgen_latency_ms",
+        "batch_size_requested", "warmup_requests", "compute_threads", "page_cache", "warnings",
     )
     out = {k: result.get(k) for k in keys}
     if out["errors"] is None:
@@ -154,6 +158,10 @@ def run(
     scenario: str = typer.Option("offline", "--scenario", help="LoadGen scenario: offline (the paper's) or single-stream."),
     backend: str = typer.Option("torch", "--backend", help="Inference backend: torch or onnxruntime (where the app has it)."),
     mode: str = typer.Option("e2e", "--mode", help="e2e (all phases) or inference-only (the DNN alone, DLBS-style)."),
+    cache: str = typer.Option("warm", "--cache",
+                              help="Page cache at the start of the timed window: warm (the data files stay cached, the "
+                                   "default) or cold (the worker drops them from the page cache inside the platform "
+                                   "first, so io measures the platform's storage path; not with inference-only)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data set folder/file; default: a generated set, cached."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Real model checkpoint to load instead of seeded random weights."),
     variant: str = typer.Option("full", "--variant", help="Model size: full (the real one) or tiny (for tests only)."),
@@ -177,7 +185,7 @@ def run(
 
     try:
         sc = Scenario.parse(f"{app_name}@{deployment}")
-        sc = Scenario(sc.app, sc.deployment, mode.strip().lower())
+        sc = Scenario(sc.app, sc.deployment, mode.strip().lower(), cache.strip().lower())
         cls = get_app_class(sc.app)
     except (NotationError, AppError) as exc:
         raise fail_usage(str(exc))

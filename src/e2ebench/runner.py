@@ -113,6 +113,7 @@ def _spec_for(scenario: Scenario, workload: Workload, data: Path, output_dir: Pa
         loadgen_scenario=workload.loadgen_scenario,
         backend=workload.backend,
         mode=scenario.mode,
+        cache=scenario.cache,
         variant=workload.variant,
         threads=scenario.deployment.cores,
         device="cuda" if scenario.deployment.device == "GPU" else "cpu",
@@ -132,6 +133,7 @@ def failed_result(scenario: Scenario, workload: Workload, message: str, started_
         "scenario": str(scenario),
         "app": scenario.app,
         "mode": scenario.mode,
+        "cache": scenario.cache,
         "deployment": scenario.deployment.as_dict(),
         "requests": workload.requests,
         "batch_size": workload.batch_size,
@@ -162,6 +164,9 @@ def execute(session: Session, scenario: Scenario, workload: Workload, data: Path
     except Exception as exc:
         return failed_result(scenario, workload, f"{type(exc).__name__}: {exc}", started,
                              {"output_tail": traceback.format_exc()[-4000:], "platform_info": session.info})
+    # The scenario (with its cache state) is the runner's: the worker's string may not carry the cache suffix.
+    result["scenario"] = str(scenario)
+    result["cache"] = scenario.cache
     result["emulated"] = bool(result.get("emulated") or session.emulated)
     result["started_at"] = started
     result["finished_at"] = time.time()
