@@ -1,0 +1,168 @@
+"""A plain question-answering program: what a user would write without e2ebench.
+
+    python benchmarks/plain/nlp.py --work-list WORK.json --batch-size 4 --threads 2 [--variant full|tiny]
+
+Everything runs on the main thread: one positioned read of the question's paragraph object from the SQuAD file
+-> JSON parse, WordPiece tokenisation and SQuAD windows (max_seq_length tokens, doc_stride apart, padded) ->
+all windows of the batch's questions concatenated -> ``BertForQuestionAnswering`` (transformers, the
+bert-large-uncased shape, seeded random weights) under ``torch.inference_mode`` -> per question, the n-best
+start/end search over its windows, mapped back to the paragraph's text.  No LoadGen, no e2ebench worker, no
+phase clocks beyond four sums, no cgroups; the thread count is set the way a user would
+(``torch.set_num_threads``, and ``RAYON_NUM_THREADS`` for the tokenizers library, as the e2ebench app's
+``load`` does).
+
+Shared with e2ebench (so that the work per request is the same): the model configuration per variant
+(``MODEL_CONFIGS``, ``ATTENTION_IMPLEMENTATION``) with weights drawn after ``torch.manual_seed(seed)``, the
+tokenizer (``build_tokenizer``), the SQuAD window builder (``FeatureBuilder``), the paragraph parser
+(``squad.parse_question``) and the answer search (``best_answer_span``).  The app's option table
+(``QuestionAnswering.options``, a class attribute) gives the defaults of the work list's "options".  Not
+shared: the app instance and its methods; what they do is written out below (the model is built as the app's
+``build_model`` builds it; read = ``os.pread`` of the paragraph's byte range, the whole file when the locator
+has none; collate = the windows concatenated; infer = the model on all windows of the batch in one call, logits
+copied to numpy; postprocess = the app's answer dict).  Bad inputs are not caught (e2ebench counts them as
+failed requests).
+
+The work list (``benchmarks/plain/worklist.py``) names the questions in the order LoadGen issues them in an
+e2ebench run of the same scenario, so both programs do the same work.  The warm-up batch of the list runs first
+through all phases; then the timed loop.  Prints one JSON object: ``wall_s`` (first read to last answer),
+``throughput_sps``, ``phases_s`` {io, pre, infer, post}, ``windows`` (model inputs of the timed loop);
+``--print-answers`` adds every answer (for checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-list", type=Path, required=True)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variant", choices=("full", "tiny"), default=None,
+                        help="model size (default: the work list's)")
+    parser.add_argument("--print-answers", action="store_true", help="add the answers to the JSON (checks)")
+    args = parser.parse_args()
+
+    work = json.loads(args.work_list.read_text())
+    variant = args.variant or work.get("variant", "full")
+    if variant != work.get("variant", variant):
+        parser.error(f"--variant {variant} but the work list was made for {work['variant']}")
+
+    # offline, quiet transformers; the tokenizers' thread pool sized before its first use
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertForQuestionAnswering
+    from transformers.utils import logging as hf_logging
+
+    from e2ebench.apps.question_answering import (ATTENTION_IMPLEMENTATION, MODEL_CONFIGS, FeatureBuilder,
+                                                  QuestionAnswering, best_answer_span, build_tokenizer)
+    from e2ebench.datasets.squad import parse_question
+
+    options = {o.name: o.default for o in QuestionAnswering.options}
+    unknown = set(work.get("options", {})) - set(options)
+    if unknown:
+        parser.error(f"unknown nlp option(s) in the work list: {', '.join(sorted(unknown))}")
+    options.update(work.get("options", {}))
+    n_best = int(options["n_best"])
+    max_answer_length = int(options["max_answer_length"])
+
+    torch.set_num_threads(args.threads)
+    items = work["items"]
+    warmup_items = work["warmup"]
+    tokenizer = build_tokenizer(options["vocab"], MODEL_CONFIGS[variant]["vocab_size"])
+    builder = FeatureBuilder(tokenizer, max_seq_length=int(options["max_seq_length"]),
+                             doc_stride=int(options["doc_stride"]), max_query_length=int(options["max_query_length"]))
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(int(options["seed"]))
+    model = BertForQuestionAnswering(BertConfig(**MODEL_CONFIGS[variant],
+                                                attn_implementation=ATTENTION_IMPLEMENTATION)).eval()
+
+    def read(item: dict) -> bytes:
+        question_id, offset, length, question_index = item["locator"]
+        with open(item["path"], "rb") as f:
+            if offset is None:
+                return f.read()
+            return os.pread(f.fileno(), length, offset)
+
+    def preprocess(item: dict, raw: bytes):
+        question_id, offset, length, question_index = item["locator"]
+        question = parse_question(raw, question_id, question_index)
+        return builder.build(question.question_id, question.question, question.context)
+
+    def collate(features: list):
+        return (torch.from_numpy(np.concatenate([f.input_ids for f in features])),
+                torch.from_numpy(np.concatenate([f.token_type_ids for f in features])),
+                torch.from_numpy(np.concatenate([f.attention_mask for f in features])),
+                np.repeat(np.arange(len(features)), [f.window_count for f in features]))
+
+    def infer(input_ids, token_type_ids, attention_mask):
+        with torch.inference_mode():
+            output = model(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+            return output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy()
+
+    def postprocess(features: list, window_request: np.ndarray, start_logits, end_logits) -> list[dict]:
+        answers = []
+        for position, f in enumerate(features):
+            rows = np.flatnonzero(window_request == position)
+            span = best_answer_span(f, start_logits[rows], end_logits[rows], n_best=n_best,
+                                    max_answer_length=max_answer_length)
+            answers.append({"id": f.question_id, "text": span.text, "start_char": span.start_char,
+                            "end_char": span.end_char, "score": span.score, "windows": f.window_count})
+        return answers
+
+    totals = {"io": 0.0, "pre": 0.0, "infer": 0.0, "post": 0.0}
+    answers: list[dict] = []
+
+    def one_batch(batch_items: list[dict]) -> list[dict]:
+        features = []
+        for item in batch_items:
+            a = time.perf_counter()
+            raw = read(item)
+            b = time.perf_counter()
+            features.append(preprocess(item, raw))
+            totals["io"] += b - a
+            totals["pre"] += time.perf_counter() - b
+        a = time.perf_counter()
+        input_ids, token_type_ids, attention_mask, window_request = collate(features)
+        b = time.perf_counter()
+        start_logits, end_logits = infer(input_ids, token_type_ids, attention_mask)
+        c = time.perf_counter()
+        batch_answers = postprocess(features, window_request, start_logits, end_logits)
+        d = time.perf_counter()
+        totals["pre"] += b - a
+        totals["infer"] += c - b
+        totals["post"] += d - c
+        return batch_answers
+
+    size = args.batch_size
+    t = time.perf_counter()
+    one_batch(warmup_items)                            # warm-up: the work list's batch through all phases
+    warmup_s = time.perf_counter() - t
+    totals = dict.fromkeys(totals, 0.0)
+    start = time.perf_counter()
+    for i in range(0, len(items), size):
+        answers.extend(one_batch(items[i:i + size]))
+    wall_s = time.perf_counter() - start
+    result = {"program": "plain", "app": "nlp", "variant": variant, "requests": len(items), "batch_size": size,
+              "threads": args.threads, "wall_s": wall_s, "throughput_sps": len(items) / wall_s,
+              "phases_s": totals, "warmup_s": warmup_s, "windows": sum(a["windows"] for a in answers),
+              "pid": os.getpid(), "python": sys.version.split()[0]}
+    if args.print_answers:
+        result["answers"] = answers
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

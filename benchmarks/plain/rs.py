@@ -1,0 +1,153 @@
+"""A plain recommendation program: what a user would write without e2ebench.
+
+    python benchmarks/plain/rs.py --work-list WORK.json --batch-size 16 --threads 2 [--variant full|tiny]
+
+Everything runs on the main thread: read the request's byte range of the Criteo TSV file (``rows_per_request``
+rows, one user's candidate list) -> parse the 40 columns, log(1+x) of the dense features, hash the categorical
+ones into the embedding tables -> the batch's rows concatenated -> DLRM (the project's model class, seeded
+random weights) under ``torch.inference_mode`` -> sigmoid, each request's rows ranked by click-through rate and
+the ``top_k`` kept.  No LoadGen, no e2ebench worker, no phase clocks beyond four sums, no cgroups; the thread
+count is set the way a user would (``torch.set_num_threads``).
+
+Shared with e2ebench (so that the work per request is the same): the model class and its seeded weights
+(``build_dlrm(variant, max_rows_per_table, seed)``, after ``torch.manual_seed(seed)`` as the app does), the
+table sizes (``dlrm_config``), the byte-range reader and the row parser (``criteo.read_byte_range``,
+``criteo.parse_rows``).  The app's option table (``Recommendation.options``, a class attribute) gives the
+defaults of the work list's "options" (``rows_per_request``, ``top_k``, ``max_rows_per_table``, ``seed``).  Not
+shared: the app instance and its methods; what they do is written out below (collate: dense rows concatenated,
+sparse indices concatenated along rows, labels, request offsets; infer: the model, logits as float on the CPU;
+postprocess: the app's answer dict with the top_k rows, every row's CTR and label).  Bad inputs are not caught
+(e2ebench counts them as failed requests).
+
+The work list (``benchmarks/plain/worklist.py``) names the byte ranges in the order LoadGen issues them in an
+e2ebench run of the same scenario, so both programs do the same work.  The warm-up batch of the list runs first
+through all phases; then the timed loop.  Prints one JSON object: ``wall_s`` (first read to last answer),
+``throughput_sps`` (requests, not rows, per second), ``phases_s`` {io, pre, infer, post}, ``rows`` (rows of the
+timed loop); ``--print-answers`` adds every answer (for checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-list", type=Path, required=True)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variant", choices=("full", "tiny"), default=None,
+                        help="model size (default: the work list's)")
+    parser.add_argument("--print-answers", action="store_true", help="add the answers to the JSON (checks)")
+    args = parser.parse_args()
+
+    work = json.loads(args.work_list.read_text())
+    variant = args.variant or work.get("variant", "full")
+    if variant != work.get("variant", variant):
+        parser.error(f"--variant {variant} but the work list was made for {work['variant']}")
+
+    import numpy as np
+    import torch
+
+    from e2ebench.apps.recommendation import Recommendation
+    from e2ebench.datasets.criteo import parse_rows, read_byte_range
+    from e2ebench.models.dlrm import build_dlrm, dlrm_config
+
+    options = {o.name: o.default for o in Recommendation.options}
+    unknown = set(work.get("options", {})) - set(options)
+    if unknown:
+        parser.error(f"unknown rs option(s) in the work list: {', '.join(sorted(unknown))}")
+    options.update(work.get("options", {}))
+    seed = int(options["seed"])
+    max_rows_per_table = int(options["max_rows_per_table"])
+    rows_per_request = int(options["rows_per_request"])
+    top_k = int(options["top_k"])
+
+    torch.set_num_threads(args.threads)
+    items = work["items"]
+    warmup_items = work["warmup"]
+    table_rows = np.asarray(dlrm_config(variant, max_rows_per_table).table_rows, dtype=np.uint64)
+    torch.manual_seed(seed)
+    model = build_dlrm(variant, max_rows_per_table, seed=seed).eval()
+
+    def read(item: dict) -> bytes:
+        start_byte, end_byte, first_line = item["locator"]
+        return read_byte_range(Path(item["path"]), start_byte, end_byte)
+
+    def preprocess(item: dict, raw: bytes):
+        parsed = parse_rows(raw, table_rows, first_line=item["locator"][2], expected_rows=rows_per_request)
+        return torch.from_numpy(parsed.dense), torch.from_numpy(parsed.sparse), parsed.labels
+
+    def collate(rows: list):
+        offsets = [0]
+        for dense, _, _ in rows:
+            offsets.append(offsets[-1] + int(dense.shape[0]))
+        return (torch.cat([dense for dense, _, _ in rows], dim=0), torch.cat([sparse for _, sparse, _ in rows], dim=1),
+                np.concatenate([labels for _, _, labels in rows]), offsets)
+
+    def infer(dense, sparse):
+        with torch.inference_mode():
+            return model(dense, sparse).float().cpu()
+
+    def postprocess(logits, labels, offsets: list[int], batch_items: list[dict]) -> list[dict]:
+        ctr = torch.sigmoid(logits).numpy()
+        answers = []
+        for i, item in enumerate(batch_items):
+            first_line = item["locator"][2]
+            rows = slice(offsets[i], offsets[i + 1])
+            request_ctr = ctr[rows]
+            ranked = np.argsort(-request_ctr, kind="stable")[:top_k]
+            answers.append({"file": item["path"], "first_line": first_line,
+                            "top_k": [[first_line + int(row), float(request_ctr[row])] for row in ranked],
+                            "ctr": request_ctr.tolist(), "label": labels[rows].tolist()})
+        return answers
+
+    totals = {"io": 0.0, "pre": 0.0, "infer": 0.0, "post": 0.0}
+    answers: list[dict] = []
+
+    def one_batch(batch_items: list[dict]) -> list[dict]:
+        rows = []
+        for item in batch_items:
+            a = time.perf_counter()
+            raw = read(item)
+            b = time.perf_counter()
+            rows.append(preprocess(item, raw))
+            totals["io"] += b - a
+            totals["pre"] += time.perf_counter() - b
+        a = time.perf_counter()
+        dense, sparse, labels, offsets = collate(rows)
+        b = time.perf_counter()
+        logits = infer(dense, sparse)
+        c = time.perf_counter()
+        batch_answers = postprocess(logits, labels, offsets, batch_items)
+        d = time.perf_counter()
+        totals["pre"] += b - a
+        totals["infer"] += c - b
+        totals["post"] += d - c
+        return batch_answers
+
+    size = args.batch_size
+    t = time.perf_counter()
+    one_batch(warmup_items)                            # warm-up: the work list's batch through all phases
+    warmup_s = time.perf_counter() - t
+    totals = dict.fromkeys(totals, 0.0)
+    start = time.perf_counter()
+    for i in range(0, len(items), size):
+        answers.extend(one_batch(items[i:i + size]))
+    wall_s = time.perf_counter() - start
+    result = {"program": "plain", "app": "rs", "variant": variant, "requests": len(items), "batch_size": size,
+              "threads": args.threads, "wall_s": wall_s, "throughput_sps": len(items) / wall_s,
+              "phases_s": totals, "warmup_s": warmup_s, "rows": sum(len(a["ctr"]) for a in answers),
+              "rows_per_request": rows_per_request, "pid": os.getpid(), "python": sys.version.split()[0]}
+    if args.print_answers:
+        result["answers"] = answers
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
