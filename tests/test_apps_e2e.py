@@ -29,7 +29,8 @@ def _check_phases(result: dict) -> None:
     phases = result["phases_s"]
     for phase in ("io", "pre", "infer", "post"):
         assert phases[phase] > 0, (phase, phases)
-    assert abs(sum(phases.values()) - result["e2e_s"]) <= 0.01 * result["e2e_s"]
+    window = result["window_wall_s"]           # the outside clock around the same window
+    assert result["e2e_s"] - 1e-6 <= window < result["e2e_s"] + 0.002 + 0.001 * window
 
 
 @pytest.mark.parametrize("app", ["sr", "nlp", "rs"])
@@ -43,7 +44,10 @@ def test_app_runs_end_to_end_with_every_phase_timed(app, tmp_path):
     # inference-only mode of the same app: the DNN alone
     rc, result, err = _run(app, data, tmp_path / "r.sqlite", 4, ["--mode", "inference-only"])
     assert rc == 0, err
-    assert result["phases_s"]["infer"] == pytest.approx(result["e2e_s"])
+    assert result["mode"] == "inference-only" and result["completed"] == 4
+    window = result["window_wall_s"]           # the DNN's laps against the outside clock
+    assert result["e2e_s"] - 1e-6 <= window < result["e2e_s"] + 0.002 + 0.001 * window
+    assert result["laps_cover_window"] is True
 
 
 def test_truncated_wav_is_a_per_request_error(tmp_path):

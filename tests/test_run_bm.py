@@ -51,13 +51,15 @@ def leftovers() -> list[Path]:
 
 
 def _check_phases(result: dict) -> None:
+    """Every phase was timed, and the laps' E2E agrees with the outside clock around the same window
+    (the laps summing to ``e2e_s`` holds by construction and is not checked here; see test_measurement.py)."""
     phases = result["phases_s"]
     assert set(phases) == {"io", "pre", "infer", "post", "other"}
-    total = sum(phases.values())
-    assert abs(total - result["e2e_s"]) <= 0.01 * result["e2e_s"]
-    assert abs(phases["other"]) <= 0.05 * result["e2e_s"]
     for phase in ("io", "pre", "infer", "post"):
         assert phases[phase] > 0
+    assert phases["other"] >= 0
+    window = result["window_wall_s"]
+    assert result["e2e_s"] - 1e-6 <= window < result["e2e_s"] + 0.002 + 0.001 * window
 
 
 @needs_cgroups

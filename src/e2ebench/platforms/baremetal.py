@@ -2,9 +2,9 @@
 
 * ``VNL`` — the worker gets a CFS bandwidth limit of N cores (``cpu.cfs_quota_us`` /
   ``cpu.max``) and may run on every host core; the host scheduler decides where.
-* ``PIN`` — the worker is confined to N dedicated host cores (a cpuset cgroup) and its compute
-  threads are bound one per core (libgomp ``GOMP_CPU_AFFINITY``).  Where cgroups cannot be
-  written, ``sched_setaffinity`` confines the process instead (reported in ``platform_info``).
+* ``PIN`` — the worker is confined to N dedicated host cores (a cpuset cgroup); inside it no thread
+  is bound to a single core (see docs/measurement.md).  Where cgroups cannot be written,
+  ``sched_setaffinity`` confines the process instead (reported in ``platform_info``).
 """
 
 from __future__ import annotations

@@ -337,6 +337,8 @@ class FirecrackerSession(VirtualMachineSession):
                                       "source": str(image.source), "guest_path": self._guest_data_path(data_host),
                                       "prepare_s": round(time.perf_counter() - t0, 3)}
             spec.data = self._guest_data_path(data_host)
+            if spec.cache == "cold":   # the guest evicts its own page cache; this evicts the host's copy of the disk
+                self.info["data_disk"]["host_page_cache"] = measure.drop_page_cache([image.image])
         spec.platform_info = {**self.info}
         self.prepare_job(job, spec)
         overlay = self.overlay_source()

@@ -17,8 +17,8 @@ cpu mode      host (the QEMU process)                           guest (the conta
               CFS quota of N cores                              (``cpu.max = N*100000 100000``) over all
                                                                 N vCPUs; no thread binding
 ``PIN``       vCPU i's thread bound to its own dedicated host   cpuset = guest CPUs 0..N-1 (all vCPUs),
-              core (``sched_setaffinity``); QEMU in a cpuset    no quota; the worker binds its compute
-              cgroup of those cores                             threads one per guest CPU (``bind_cpus``)
+              core (``sched_setaffinity``); QEMU in a cpuset    no quota; no thread bound to one CPU inside
+              cgroup of those cores                             (``bind_cpus`` lists the guest CPUs)
 ============  ================================================  ==========================================
 
 So the worker must report effective CPUs 0..N-1 and a quota of N cores (VNL) or none (PIN).
