@@ -151,10 +151,7 @@ def _number(text: str) -> float | None:
 def _scenario_text(spec: WorkerSpec, deployment) -> str:
     from e2ebench.scenario import Scenario
 
-    try:
-        return str(Scenario(spec.app, deployment, spec.mode, cache=spec.cache))
-    except TypeError:   # a Scenario without the cache field
-        return str(Scenario(spec.app, deployment, spec.mode))
+    return str(Scenario(spec.app, deployment, spec.mode, cache=spec.cache))
 
 
 LAPS_COVERAGE_MIN = 0.99
