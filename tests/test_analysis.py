@@ -23,14 +23,14 @@ PHASE_ORDER = ("io", "pre", "infer", "post", "other")
 
 def make_result(app: str, deployment: str, phases_s: dict[str, float], mode: str = "e2e", requests: int = 64,
                 host_cpus: int = 2, emulated: bool = False, cold_start_s: float = 3.0, started_at: float | None = None,
-                hostname: str = "testhost") -> dict:
+                hostname: str = "testhost", cache: str = "warm") -> dict:
     """A RunResult as the worker and runner write it (schema e2ebench.run/1)."""
     platform, cores, cpu_mode, device = deployment.split("/")
     cores_n = int(cores)
     phases = {k: float(phases_s.get(k, 0.0)) for k in PHASE_ORDER}
     e2e = phases["infer"] if mode == "inference-only" else sum(phases.values())
     started = started_at if started_at is not None else time.time()
-    scenario = f"{app}@{deployment}" + ("" if mode == "e2e" else f"#{mode}")
+    scenario = f"{app}@{deployment}" + ("" if mode == "e2e" else f"#{mode}") + ("" if cache == "warm" else f"#{cache}-cache")
     cold = {"provision_s": 0.1 * cold_start_s, "process_start_s": 0.05 * cold_start_s,
             "import_s": 0.5 * cold_start_s, "model_load_s": 0.25 * cold_start_s,
             "first_inference_s": 0.1 * cold_start_s}
@@ -39,6 +39,7 @@ def make_result(app: str, deployment: str, phases_s: dict[str, float], mode: str
         "scenario": scenario,
         "app": app,
         "mode": mode,
+        "cache": cache,
         "deployment": {"platform": platform, "cores": cores_n, "cpu_mode": cpu_mode, "device": device},
         "requests": requests,
         "completed": requests,
@@ -76,7 +77,7 @@ def make_result(app: str, deployment: str, phases_s: dict[str, float], mode: str
 
 def fill_store(store: Store, study_id: str, spec: dict[str, dict], runs: int = 5, seed: int = 0,
                noise: float = 0.01, app: str = "ic", host_cpus: int = 2, mode: str = "e2e",
-               emulated: bool = False) -> None:
+               emulated: bool = False, cache: str = "warm") -> None:
     """``spec``: deployment -> mean phase seconds; ``runs`` runs each with relative Gaussian noise ``noise``."""
     rng = np.random.default_rng(seed)
     t0 = 1_700_000_000.0
@@ -85,7 +86,7 @@ def fill_store(store: Store, study_id: str, spec: dict[str, dict], runs: int = 5
         for deployment, phases in spec.items():
             noisy = {k: max(0.0, v * (1.0 + noise * rng.standard_normal())) for k, v in phases.items()}
             result = make_result(app, deployment, noisy, mode=mode, host_cpus=host_cpus, emulated=emulated,
-                                 started_at=t0 + 100 * i)
+                                 started_at=t0 + 100 * i, cache=cache)
             s = seq.get(result["scenario"], 0)
             store.add_run(result, study_id=study_id, seq=s)
             seq[result["scenario"]] = s + 1
@@ -370,3 +371,91 @@ def test_predicted_overhead_from_two_models(store):
     models = overhead_model.fit_scaling_models(data.scenarios, data.host_cores)
     assert overhead_model.predicted_overhead(models, "ic", "CN", "PIN", "CPU", 8) == pytest.approx(10.0, abs=1.0)
     assert overhead_model.predicted_overhead(models, "ic", "VM", "PIN", "CPU", 8) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The page-cache state: cold-cache runs are scenarios of their own, compared only with cold-cache ones
+
+
+def test_cold_cache_runs_are_separate_scenarios_labelled_as_such(store):
+    sid = store.create_study("cache")
+    fill_store(store, sid, {"BM/2/PIN/CPU": phases()}, runs=3)
+    fill_store(store, sid, {"BM/2/PIN/CPU": phases(io=0.3)}, runs=3, cache="cold")
+    data = analysis.load_study(store, sid)
+    warm, cold = ScenarioKey("ic", "BM", 2, "PIN", "CPU"), ScenarioKey("ic", "BM", 2, "PIN", "CPU", cache="cold")
+    assert list(data.scenarios) == [warm, cold]
+    assert cold.scenario == "ic@BM/2/PIN/CPU#cold-cache" and cold.label == "ic@BM/2/PIN/CPU#cold-cache"
+    assert warm.scenario == "ic@BM/2/PIN/CPU" and warm.cache_title == "" and cold.cache_title == "cold cache"
+    assert data.scenarios[cold].phases_s["io"].mean == pytest.approx(0.3, rel=0.05)
+    assert data.scenarios[warm].phases_s["io"].mean == pytest.approx(0.02, rel=0.05)
+    assert cold.to_dict()["cache"] == "cold"
+    assert analysis.scenario_text("ic", "BM", 2, "PIN", "CPU", cache="cold") == "ic@BM/2/PIN/CPU#cold-cache"
+
+
+def test_comparisons_pair_only_the_same_cache_state(store):
+    sid = store.create_study("cache-pairs")
+    base = phases()
+    fill_store(store, sid, {"BM/1/VNL/CPU": base, "BM/2/VNL/CPU": scale(base, 0.6), "CN/2/VNL/CPU": scale(base, 0.66),
+                            "CN/2/PIN/CPU": scale(base, 0.6)}, runs=4, noise=0.005)
+    cold = phases(io=0.4)
+    # cold: a CN twice as slow to read, no BM at 1 core, and no CN PIN
+    fill_store(store, sid, {"BM/2/VNL/CPU": scale(cold, 0.6), "CN/2/VNL/CPU": dict(scale(cold, 0.6), io=0.48),
+                            "CN/1/VNL/CPU": cold}, runs=4, noise=0.005, cache="cold")
+    f = _findings(store, sid)
+    # cold CN/1 has no cold BM/1 and is not paired with the warm one; warm CN/2/PIN has no BM/2/PIN at all
+    pairs = {(o.subject.scenario, o.baseline.scenario) for o in f.overheads}
+    assert pairs == {("ic@CN/2/VNL/CPU", "ic@BM/2/VNL/CPU"), ("ic@CN/2/VNL/CPU#cold-cache", "ic@BM/2/VNL/CPU#cold-cache")}
+    cold_overhead = next(o for o in f.overheads if o.subject.cache == "cold")
+    assert cold_overhead.largest_phase == "io"
+    assert cold_overhead.phases["io"].comparison.ratio == pytest.approx(2.0, rel=0.05)
+    # pinning: only warm CN has both modes
+    assert [(p.pinned.scenario, p.vanilla.scenario) for p in f.pinning] == [("ic@CN/2/PIN/CPU", "ic@CN/2/VNL/CPU")]
+    # knees: BM warm (1, 2 cores) and CN cold (1, 2 cores) are separate groups; nothing mixes the states
+    assert sorted((k.platform, k.cache, [c for c, _ in k.points]) for k in f.knees) == [
+        ("BM", "warm", [1, 2]), ("CN", "cold", [1, 2])]
+    assert next(k for k in f.knees if k.cache == "cold").key.scenario == "ic@CN/2/VNL/CPU#cold-cache"
+    # scaling models group by cache state too
+    models = overhead_model.fit_scaling_models(f.scenarios, 2)
+    assert sorted((m.platform, m.cache) for m in models) == [("BM", "warm"), ("CN", "cold")]
+    assert next(m for m in models if m.cache == "cold").label == "ic@CN/*/VNL/CPU#cold-cache"
+
+
+def test_gpu_payoff_of_a_cold_cache_scenario_uses_the_inference_only_runs(store):
+    sid = store.create_study("cache-gpu")
+    cpu = phases(io=0.3, pre=0.3, infer=0.35, post=0.01, other=0.01)
+    fill_store(store, sid, {"BM/2/PIN/CPU": cpu, "BM/2/PIN/GPU": dict(cpu, infer=0.05)}, runs=3, cache="cold")
+    fill_store(store, sid, {"BM/2/PIN/CPU": cpu, "BM/2/PIN/GPU": dict(cpu, infer=0.05)}, runs=3,
+               mode="inference-only")
+    f = _findings(store, sid)
+    [payoff] = [g for g in f.gpu if g.gpu is not None]
+    assert payoff.cpu.cache == "cold" and payoff.gpu.cache == "cold"
+    assert payoff.inference_source == "inference-only runs"
+    assert payoff.inference_speedup[0] == pytest.approx(7.0, rel=0.05)
+
+
+def test_findings_for_one_cache_state(store):
+    sid = store.create_study("cache-view")
+    base = phases()
+    for cache in ("warm", "cold"):
+        fill_store(store, sid, {"BM/2/VNL/CPU": base, "CN/2/VNL/CPU": scale(base, 1.1)}, runs=3, cache=cache)
+    fill_store(store, sid, {"BM/2/VNL/CPU": base}, runs=3, mode="inference-only")
+    f = _findings(store, sid)
+    assert f.caches == ["warm", "cold"] and len(f.overheads) == 2
+    warm, cold = f.for_cache("warm"), f.for_cache("cold")
+    assert (warm.cache, cold.cache) == ("warm", "cold")
+    assert {k.scenario for k in cold.scenarios} == {"ic@BM/2/VNL/CPU#cold-cache", "ic@CN/2/VNL/CPU#cold-cache",
+                                                    "ic@BM/2/VNL/CPU#inference-only"}
+    assert [o.subject.scenario for o in cold.overheads] == ["ic@CN/2/VNL/CPU#cold-cache"]
+    assert [o.subject.scenario for o in warm.overheads] == ["ic@CN/2/VNL/CPU"]
+    json.dumps(cold.to_dict(), allow_nan=False)
+
+
+def test_a_version_1_store_reads_in_the_analysis(tmp_path):
+    from test_store import _v1_store
+
+    path = tmp_path / "v1.sqlite"
+    _v1_store(path)
+    with Store(path) as s:
+        data = analysis.load_study(s, "old")
+    [key] = data.scenarios
+    assert key.cache == "warm" and key.scenario == "ic@BM/2/PIN/CPU"

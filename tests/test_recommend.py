@@ -198,3 +198,57 @@ def test_recommend_cli_json_and_terminal(store, tmp_path):
     proc = subprocess.run(argv + ["--study", "no-such-study"], capture_output=True, text=True, timeout=120, cwd=ROOT,
                           env=env)
     assert proc.returncode == 2 and "no study" in proc.stderr
+
+
+# -- the page-cache state ------------------------------------------------------------------------------
+
+
+def test_advice_reads_warm_runs_and_storage_reads_the_cold_twin(store):
+    sid = store.create_study("cache")
+    warm = phases(io=0.02)
+    cold = phases(io=0.30)
+    fill_store(store, sid, {"BM/2/PIN/CPU": warm, "CN/2/PIN/CPU": scale(warm, 1.01)}, runs=4, noise=0.005)
+    fill_store(store, sid, {"BM/2/PIN/CPU": cold, "CN/2/PIN/CPU": dict(cold, io=0.45)}, runs=4, noise=0.005,
+               cache="cold")
+    recs = recommend.recommend(analysis.analyse(analysis.load_study(store, sid)))
+    [answer] = recs.answers
+    assert answer.best == "ic@BM/2/PIN/CPU" and not answer.text.startswith("[")
+    assert "cold" not in answer.text
+    p4 = _practice(recs, 4)
+    assert "2.0% of E2E on BM/2/PIN/CPU" in p4.text
+    assert "With a cold page cache (ic@BM/2/PIN/CPU#cold-cache" in p4.text and ", 15.0" in p4.text and "x the warm-cache io" in p4.text
+    assert "Storage matters for this application when its inputs are not in the page cache." in p4.text
+    assert "With a cold cache, the largest io change vs BM: CN/2/PIN/CPU +50." in p4.text
+    whats = [e["what"] for e in p4.evidence]
+    assert "io, cold vs warm cache" in whats and "io vs BM, cold cache" in whats
+    assert p4.runs_to_add == []
+    # the other practices compare warm with warm only
+    p7 = _practice(recs, 7)
+    assert all("cold" not in e["scenario"] for e in p7.evidence)
+
+
+def test_storage_suggests_the_cold_twin(store):
+    recs = _recs(store, {"BM/2/PIN/CPU": phases()}, runs=3)
+    p4 = _practice(recs, 4)
+    assert p4.runs_to_add == ["ic@BM/2/PIN/CPU#cold-cache"]
+    assert "Add ic@BM/2/PIN/CPU#cold-cache to time io from storage" in p4.text
+    _assert_parse(p4.runs_to_add)
+
+
+def test_an_app_measured_only_with_a_cold_cache_is_advised_on_that_and_says_so(store):
+    sid = store.create_study("cold-only")
+    fill_store(store, sid, {"BM/2/PIN/CPU": phases(io=0.3)}, runs=3, cache="cold")
+    recs = recommend.recommend(analysis.analyse(analysis.load_study(store, sid)))
+    [answer] = recs.answers
+    assert answer.text.startswith("[cold cache] ic on CPU: ") and answer.best == "ic@BM/2/PIN/CPU#cold-cache"
+    assert all(r.text.startswith("[cold cache] ") for r in recs.practices)
+    p5, p6 = _practice(recs, 5), _practice(recs, 6)
+    assert p5.runs_to_add == ["ic@BM/2/PIN/CPU#inference-only"]          # no io timed: no cache state
+    assert p6.runs_to_add == ["ic@BM/2/PIN/GPU#cold-cache"]
+    assert "ic@BM/2/PIN/GPU#cold-cache" in answer.runs_to_add
+    for r in recs.practices + [answer]:
+        _assert_parse(r.runs_to_add)
+        assert all(t.endswith(("#cold-cache", "#inference-only")) for t in r.runs_to_add)
+    p2 = _practice(recs, 2)
+    assert p2.runs_to_add and all(t in p2.text for t in p2.runs_to_add)    # the text names them as listed
+    json.dumps(recs.to_dict(), allow_nan=False)

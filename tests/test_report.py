@@ -250,3 +250,46 @@ def test_screenshot_in_headless_chromium(acceptance_store, tmp_path):
         assert ImageStat.Stat(gray).stddev[0] > 20
         top = gray.crop((0, 0, 1400, 120))
         assert top.getextrema()[0] < 80                       # the title's dark text is at the top
+
+
+def test_cold_cache_scenarios_are_drawn_and_labelled_apart(tmp_path):
+    with Store(tmp_path / "r.sqlite") as store:
+        sid = store.create_study("cache", config={"host": {"cores": 2}})
+        spec = {"BM/1/VNL/CPU": scale(phases(), 1.9), "BM/2/VNL/CPU": phases(), "CN/2/VNL/CPU": scale(phases(), 1.05)}
+        fill_store(store, sid, spec, runs=3)
+        fill_store(store, sid, {k: dict(v, io=0.3) for k, v in spec.items()}, runs=3, cache="cold")
+        data = analysis.load_study(store, sid)
+        out = build_report(store, sid, tmp_path / "report")
+    f = analysis.analyse(data)
+    fig = figures.e2e_by_platform(f.scenarios, "ic")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        "1\nVNL", "1\nVNL\ncold cache", "2\nVNL", "2\nVNL\ncold cache", "2\nVNL", "2\nVNL\ncold cache"]
+    fig = figures.overhead_vs_bm(f.overheads, "ic")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["CN\n2 VNL CPU", "CN\n2 VNL CPU\ncold cache"]
+    models = overhead_model.fit_scaling_models(f.scenarios, data.host_cores)
+    fig = figures.scale_up(f.scenarios, f.knees, models, "ic")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(t.startswith("BM VNL (knee") for t in labels) and any(t.startswith("BM VNL, cold cache") for t in labels)
+    names = {x.name for x in out.figures}
+    assert {"normalised-e2e-2-VNL-CPU", "normalised-e2e-2-VNL-CPU-cold-cache"} <= names
+    html = out.html_path.read_text()
+    assert "ic@CN/2/VNL/CPU#cold-cache" in html and "ic@BM/*/VNL/CPU#cold-cache" in html
+    overheads = out.summary["native"]["findings"]["overhead_vs_bm"]
+    assert {(o["subject"]["scenario"], o["baseline"]["scenario"]) for o in overheads} == {
+        ("ic@CN/2/VNL/CPU", "ic@BM/2/VNL/CPU"), ("ic@CN/2/VNL/CPU#cold-cache", "ic@BM/2/VNL/CPU#cold-cache")}
+    json.dumps(out.summary, allow_nan=False)
+
+
+def test_cheapest_compares_deployments_of_one_cache_state(tmp_path):
+    table = PriceTable.from_dict({"currency": "EUR", "prices": {"BM/*/*/CPU": {"per_core_hour": 1.0}}})
+    with Store(tmp_path / "r.sqlite") as store:
+        sid = store.create_study("cost-cache")
+        fill_store(store, sid, {"BM/2/PIN/CPU": phases(), "BM/1/PIN/CPU": scale(phases(), 1.9)}, runs=2, noise=0.0)
+        fill_store(store, sid, {"BM/1/PIN/CPU": scale(phases(), 1.2)}, runs=2, noise=0.0, cache="cold")
+        f = analysis.analyse(analysis.load_study(store, sid))
+    rows = cost_rows(f.scenarios, table)
+    warm = cheapest(rows, "ic", Targets(), "EUR")
+    assert warm.cache == "warm" and warm.considered == 2 and warm.row.key.cache == "warm"
+    cold = cheapest(rows, "ic", Targets(), "EUR", cache="cold")
+    assert cold.considered == 1 and cold.row.key.scenario == "ic@BM/1/PIN/CPU#cold-cache"
+    assert "cold page cache" in cold.reason

@@ -1,8 +1,8 @@
 """Findings from a study: what the measured runs say, each number with its confidence interval.
 
-Input is the store.  Runs are grouped into *scenarios* by ``(app, platform, cores, cpu_mode, device, mode)``
-plus the ``emulated`` flag (QEMU TCG results form their own scenarios and are never compared with native
-ones).  Only ``phase='measure'``, ``status='ok'`` runs are used, and runs the stopping rule flagged as
+Input is the store.  Runs are grouped into *scenarios* by ``(app, platform, cores, cpu_mode, device, mode,
+cache)`` plus the ``emulated`` flag (QEMU TCG results form their own scenarios and are never compared with native
+ones).  Every comparison below pairs scenarios of the same page-cache state (warm with warm, cold with cold).  Only ``phase='measure'``, ``status='ok'`` runs are used, and runs the stopping rule flagged as
 outliers are left out unless asked for.
 
 Findings (every one is a dataclass with ``to_dict()``):
@@ -36,7 +36,7 @@ import math
 from collections import defaultdict
 from typing import Any, Sequence
 
-from e2ebench.scenario import PLATFORMS, Deployment, Scenario
+from e2ebench.scenario import PLATFORMS, Deployment, Scenario, cache_title, scenario_string
 from e2ebench.stats import ConfidenceInterval, confidence_interval, mean, stdev, t_critical
 
 Summary = ConfidenceInterval
@@ -90,7 +90,8 @@ def summary_dict(summary: Summary | None) -> dict | None:
 
 @dataclasses.dataclass(frozen=True)
 class ScenarioKey:
-    """The identity of a scenario in the analysis; emulated results are separate scenarios."""
+    """The identity of a scenario in the analysis; emulated results are separate scenarios, and so are cold-cache
+    ones (``cache='cold'``: the data files were dropped from the page cache before the timed window)."""
 
     app: str
     platform: str
@@ -99,6 +100,7 @@ class ScenarioKey:
     device: str
     mode: str = "e2e"
     emulated: bool = False
+    cache: str = "warm"
 
     @property
     def deployment(self) -> str:
@@ -106,9 +108,14 @@ class ScenarioKey:
 
     @property
     def scenario(self) -> str:
-        """``APP@DEPLOYMENT`` (``#inference-only`` appended in that mode) — what a study file accepts."""
-        base = f"{self.app}@{self.deployment}"
-        return base if self.mode == "e2e" else f"{base}#{self.mode}"
+        """``APP@DEPLOYMENT`` (``#inference-only`` or ``#cold-cache`` appended where they apply) — what a study
+        file accepts."""
+        return scenario_string(self.app, self.deployment, self.mode, self.cache)
+
+    @property
+    def cache_title(self) -> str:
+        """``"cold cache"`` for a cold-cache scenario, ``""`` for the default warm cache."""
+        return cache_title(self.cache)
 
     @property
     def label(self) -> str:
@@ -119,8 +126,8 @@ class ScenarioKey:
 
     def sort_key(self) -> tuple:
         platform_rank = PLATFORMS.index(self.platform) if self.platform in PLATFORMS else len(PLATFORMS)
-        return (self.emulated, self.app, self.mode, self.device, platform_rank, self.platform, self.cores,
-                self.cpu_mode != "VNL")
+        return (self.emulated, self.app, self.mode, self.cache != "warm", self.device, platform_rank, self.platform,
+                self.cores, self.cpu_mode != "VNL")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -128,9 +135,10 @@ class ScenarioKey:
         return d
 
 
-def scenario_text(app: str, platform: str, cores: int, cpu_mode: str, device: str, mode: str = "e2e") -> str:
+def scenario_text(app: str, platform: str, cores: int, cpu_mode: str, device: str, mode: str = "e2e",
+                  cache: str = "warm") -> str:
     """A scenario string the user can put in a study (validated by :class:`e2ebench.scenario.Scenario`)."""
-    return str(Scenario(app, Deployment(platform, int(cores), cpu_mode, device), mode))
+    return str(Scenario(app, Deployment(platform, int(cores), cpu_mode, device), mode, cache))
 
 
 @dataclasses.dataclass
@@ -283,7 +291,7 @@ def load_study(store, study_id: str, include_outliers: bool | None = None) -> St
             excluded["no e2e_s"] += 1
             continue
         key = ScenarioKey(run["app"], run["platform"], int(run["cores"]), run["cpu_mode"], run["device"],
-                          run.get("mode") or "e2e", bool(run["emulated"]))
+                          run.get("mode") or "e2e", bool(run["emulated"]), run.get("cache") or "warm")
         grouped[key].append(run)
 
     # The study's host: as the study runner recorded it, else the most frequent host core count reported by
@@ -496,7 +504,7 @@ class PhaseOverhead:
 
 @dataclasses.dataclass
 class OverheadFinding:
-    """A non-BM scenario vs its BM baseline (same cores, CPU mode, device, mode and emulation)."""
+    """A non-BM scenario vs its BM baseline (same cores, CPU mode, device, mode, cache state and emulation)."""
 
     subject: ScenarioKey
     baseline: ScenarioKey
@@ -560,6 +568,7 @@ class KneeFinding:
     knee_cores: int
     knee_vs_best: Comparison | None            # knee's E2E vs the best's (None when they are the same)
     slower_beyond_best: list[int]              # core counts above the best whose E2E is significantly worse
+    cache: str = "warm"
 
     @property
     def best(self) -> Summary:
@@ -572,12 +581,12 @@ class KneeFinding:
     @property
     def key(self) -> ScenarioKey:
         return ScenarioKey(self.app, self.platform, self.knee_cores, self.cpu_mode, self.device, self.mode,
-                           self.emulated)
+                           self.emulated, self.cache)
 
     def to_dict(self) -> dict:
         return {
             "app": self.app, "platform": self.platform, "cpu_mode": self.cpu_mode, "device": self.device,
-            "mode": self.mode, "emulated": self.emulated, "tolerance_pct": self.tolerance_pct,
+            "mode": self.mode, "cache": self.cache, "emulated": self.emulated, "tolerance_pct": self.tolerance_pct,
             "points": [{"cores": c, "e2e_s": summary_dict(s)} for c, s in self.points],
             "best_cores": self.best_cores, "knee_cores": self.knee_cores,
             "knee_vs_best": self.knee_vs_best.to_dict() if self.knee_vs_best else None,
@@ -587,10 +596,11 @@ class KneeFinding:
 
 def scale_up_knees(scenarios: dict[ScenarioKey, ScenarioStats],
                    tolerance_pct: float = DEFAULT_KNEE_TOLERANCE_PCT) -> list[KneeFinding]:
-    """One finding per (app, platform, CPU mode, device, mode, emulated) measured at two or more core counts."""
+    """One finding per (app, platform, CPU mode, device, mode, emulated, cache) measured at two or more core
+    counts."""
     groups: dict[tuple, dict[int, ScenarioStats]] = defaultdict(dict)
     for key, stats in scenarios.items():
-        groups[(key.app, key.platform, key.cpu_mode, key.device, key.mode, key.emulated)][key.cores] = stats
+        groups[(key.app, key.platform, key.cpu_mode, key.device, key.mode, key.emulated, key.cache)][key.cores] = stats
     out = []
     for group, by_cores in groups.items():
         if len(by_cores) < 2:
@@ -608,10 +618,11 @@ def scale_up_knees(scenarios: dict[ScenarioKey, ScenarioStats],
                 cmp = compare("e2e_s", by_cores[c].e2e_values_s, by_cores[best].e2e_values_s)
                 if cmp.significant:
                     slower.append(c)
-        app, platform, cpu_mode, device, mode, emulated = group
+        app, platform, cpu_mode, device, mode, emulated, cache = group
         out.append(KneeFinding(app, platform, cpu_mode, device, mode, emulated, tolerance_pct,
-                               [(c, by_cores[c].e2e_s) for c in cores_sorted], best, knee, knee_vs_best, slower))
-    out.sort(key=lambda k: (k.emulated, k.app, k.mode, k.device, PLATFORMS.index(k.platform)
+                               [(c, by_cores[c].e2e_s) for c in cores_sorted], best, knee, knee_vs_best, slower,
+                               cache))
+    out.sort(key=lambda k: (k.emulated, k.app, k.mode, k.cache != "warm", k.device, PLATFORMS.index(k.platform)
                             if k.platform in PLATFORMS else 99, k.cpu_mode))
     return out
 
@@ -627,7 +638,7 @@ PINNING_NOT_ENOUGH_DATA = "not enough data"
 
 @dataclasses.dataclass
 class PinningFinding:
-    """PIN vs VNL of one app/platform/cores/device/mode.
+    """PIN vs VNL of one app/platform/cores/device/mode/cache state.
 
     ``gain_pct`` = 100 * (VNL mean - PIN mean) / VNL mean: the share of E2E time pinning saves.
     """
@@ -749,8 +760,9 @@ def gpu_payoffs(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[GpuPayoff]:
         if gpu is not None:
             ratio = ratio_interval(cpu.e2e_s, gpu.e2e_s)
             payoff.e2e_speedup = ratio
-            cpu_inf = scenarios.get(key.with_(mode="inference-only"))
-            gpu_inf = scenarios.get(gpu_key.with_(mode="inference-only"))
+            # inference-only runs time no io, so they are warm-cache scenarios whatever the E2E pair's cache state
+            cpu_inf = scenarios.get(key.with_(mode="inference-only", cache="warm"))
+            gpu_inf = scenarios.get(gpu_key.with_(mode="inference-only", cache="warm"))
             if cpu_inf is not None and gpu_inf is not None:
                 payoff.inference_speedup = ratio_interval(cpu_inf.e2e_s, gpu_inf.e2e_s)
                 payoff.inference_source = "inference-only runs"
@@ -781,8 +793,9 @@ class ChrPoint:
 class ChrFinding:
     """CHR of every CN/VMCN scenario and, per CPU mode, how overhead vs BM moves with CHR.
 
-    ``correlation``: {cpu_mode: (Spearman rho, p-value, number of scenarios)} over scenarios with an overhead;
+    ``correlation``: {cpu_mode: (Spearman rho, p-value, number of scenarios)} over E2E scenarios with an overhead;
     the paper expects a negative rho for VNL CN (lower CHR, higher overhead).  Needs three distinct CHRs.
+    Warm-cache scenarios are keyed by the CPU mode alone (``"VNL"``), cold-cache ones as ``"VNL, cold cache"``.
     """
 
     points: list[ChrPoint]
@@ -807,15 +820,17 @@ def chr_finding(scenarios: dict[ScenarioKey, ScenarioStats], overheads: list[Ove
         points.append(ChrPoint(key, stats.chr, int(stats.host_cores or 0), stats.host_cores_source,
                                o.e2e if o else None))
     correlation = {}
-    for cpu_mode in ("VNL", "PIN"):
-        pts = [p for p in points if p.key.cpu_mode == cpu_mode and p.overhead and p.overhead.relative_pct is not None
-               and p.key.mode == "e2e"]
-        if len({p.chr for p in pts}) >= 3:
-            from scipy import stats as scipy_stats
+    for cache in ("warm", "cold"):
+        for cpu_mode in ("VNL", "PIN"):
+            pts = [p for p in points if p.key.cpu_mode == cpu_mode and p.overhead and p.overhead.relative_pct is not None
+                   and p.key.mode == "e2e" and p.key.cache == cache]
+            if len({p.chr for p in pts}) >= 3:
+                from scipy import stats as scipy_stats
 
-            rho, p_value = scipy_stats.spearmanr([p.chr for p in pts], [p.overhead.relative_pct for p in pts])
-            if math.isfinite(rho):
-                correlation[cpu_mode] = (float(rho), float(p_value), len(pts))
+                rho, p_value = scipy_stats.spearmanr([p.chr for p in pts], [p.overhead.relative_pct for p in pts])
+                if math.isfinite(rho):
+                    name = cpu_mode if cache == "warm" else f"{cpu_mode}, {cache_title(cache)}"
+                    correlation[name] = (float(rho), float(p_value), len(pts))
     return ChrFinding(points, correlation)
 
 
@@ -929,6 +944,7 @@ class Findings:
     host_cores: int | None
     knee_tolerance_pct: float
     method: str = SIGNIFICANCE_METHOD
+    cache: str | None = None          # set by for_cache(): the page-cache state these findings are restricted to
 
     def to_dict(self) -> dict:
         return {
@@ -943,6 +959,33 @@ class Findings:
             "idle_host_cores": [i.to_dict() for i in self.idle_cores],
             "cold_start": [c.to_dict() for c in self.cold_starts],
         }
+
+    @property
+    def caches(self) -> list[str]:
+        """The page-cache states of the E2E scenarios, warm first."""
+        present = {k.cache for k in self.scenarios if k.mode == "e2e"}
+        return [c for c in ("warm", "cold") if c in present]
+
+    def for_cache(self, cache: str) -> "Findings":
+        """The findings of one page-cache state: its E2E scenarios plus every inference-only one (no io is timed
+        there, so those serve both states), and the findings about them.  Cold starts are kept as they are."""
+        def mine(key: ScenarioKey) -> bool:
+            return key.cache == cache or key.mode == "inference-only"
+
+        suffix = "" if cache == "warm" else f", {cache_title(cache)}"
+        correlation = {k: v for k, v in self.chr.correlation.items()
+                       if (k.endswith(suffix) if suffix else "," not in k)}
+        return dataclasses.replace(
+            self,
+            scenarios={k: v for k, v in self.scenarios.items() if mine(k)},
+            overheads=[o for o in self.overheads if mine(o.subject)],
+            knees=[k for k in self.knees if mine(k.key)],
+            pinning=[p for p in self.pinning if mine(p.pinned)],
+            gpu=[g for g in self.gpu if mine(g.cpu)],
+            chr=ChrFinding([p for p in self.chr.points if mine(p.key)], correlation),
+            idle_cores=[i for i in self.idle_cores if mine(i.full)],
+            cache=cache,
+        )
 
 
 def analyse(data: StudyData, emulated: bool = False,

@@ -199,35 +199,54 @@ class CheapestChoice:
     row: CostRow | None
     considered: int
     reason: str
+    cache: str = "warm"
 
     def to_dict(self) -> dict:
-        return {"app": self.app, "targets": dataclasses.asdict(self.targets),
+        return {"app": self.app, "cache": self.cache, "targets": dataclasses.asdict(self.targets),
                 "choice": self.row.to_dict() if self.row else None, "considered": self.considered,
                 "reason": self.reason}
 
 
-def cheapest(rows: list[CostRow], app: str, targets: Targets, currency: str = "USD") -> CheapestChoice:
-    """The cheapest priced deployment of ``app`` that meets ``targets`` (all of them when no target is set)."""
-    mine = [r for r in rows if r.key.app == app]
+def row_caches(rows: list[CostRow], app: str) -> list[str]:
+    """The page-cache states of ``app``'s rows, warm first (``["warm"]`` when it has none)."""
+    present = {r.key.cache for r in rows if r.key.app == app}
+    return [c for c in ("warm", "cold") if c in present] or ["warm"]
+
+
+def cheapest(rows: list[CostRow], app: str, targets: Targets, currency: str = "USD",
+             cache: str | None = None) -> CheapestChoice:
+    """The cheapest priced deployment of ``app`` that meets ``targets`` (all of them when no target is set).
+
+    Deployments are compared within one page-cache state: ``cache``, by default warm (cold when ``app`` has only
+    cold-cache rows)."""
+    cache = cache or row_caches(rows, app)[0]
+    mine = [r for r in rows if r.key.app == app and r.key.cache == cache]
     if not mine:
-        return CheapestChoice(app, targets, None, 0, "no priced E2E scenario")
+        return CheapestChoice(app, targets, None, 0, "no priced E2E scenario", cache)
     ok = [r for r in mine if r.meets_target is not False]
     if not ok:
         return CheapestChoice(app, targets, None, len(mine),
-                              f"none of the {len(mine)} priced deployments meets {targets.describe()}")
+                              f"none of the {len(mine)} priced deployments meets {targets.describe()}"
+                              + _cold_words(cache), cache)
     best = min(ok, key=lambda r: r.cost_per_1000)
     reason = (f"{best.key.deployment} at {currency} {best.cost_per_1000:.4g} per 1,000 inferences "
               f"({currency} {best.price_per_hour:.4g}/h) is the cheapest of {len(ok)} deployments meeting "
-              f"{targets.describe()}")
-    return CheapestChoice(app, targets, best, len(mine), reason)
+              f"{targets.describe()}" + _cold_words(cache))
+    return CheapestChoice(app, targets, best, len(mine), reason, cache)
+
+
+def _cold_words(cache: str) -> str:
+    return "" if cache == "warm" else f" (measured with a {cache} page cache)"
 
 
 def cost_notes(rows: list[CostRow], prices: PriceTable) -> dict[str, str]:
     """One sentence per app for the GPU best practice: cheapest CPU vs cheapest GPU deployment."""
     notes = {}
     for app in sorted({r.key.app for r in rows}):
-        cpu = [r for r in rows if r.key.app == app and r.key.device == "CPU" and r.meets_target is not False]
-        gpu = [r for r in rows if r.key.app == app and r.key.device == "GPU" and r.meets_target is not False]
+        cache = row_caches(rows, app)[0]          # the state recommend judges the app on
+        mine = [r for r in rows if r.key.app == app and r.key.cache == cache and r.meets_target is not False]
+        cpu = [r for r in mine if r.key.device == "CPU"]
+        gpu = [r for r in mine if r.key.device == "GPU"]
         if cpu and gpu:
             c, g = min(cpu, key=lambda r: r.cost_per_1000), min(gpu, key=lambda r: r.cost_per_1000)
             cheaper = "CPU" if c.cost_per_1000 <= g.cost_per_1000 else "GPU"

@@ -1,7 +1,7 @@
 """A scaling model of E2E time: fit t(cores) per phase, predict untested core counts — always as predictions.
 
 The paper names a mathematical model of platform overhead as future work.  e2ebench fits, for every
-(app, platform, CPU mode, device, mode) measured at two or more core counts, and for E2E and each phase:
+(app, platform, CPU mode, device, mode, cache state) measured at two or more core counts, and for E2E and each phase:
 
 * **Amdahl**: ``t(n) = serial_s + parallel_s / n`` — a serial part that no core count shortens and a part
   that divides perfectly.  Two parameters, both >= 0; needs two core counts.
@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from e2ebench.analysis import CONFIDENCE, PHASES, ScenarioKey, ScenarioStats
-from e2ebench.scenario import PLATFORMS
+from e2ebench.scenario import PLATFORMS, scenario_string
 from e2ebench.stats import t_critical
 
 AMDAHL = "amdahl"
@@ -192,7 +192,7 @@ def fit_model(model: str, metric: str, cores: Sequence[int], times_s: Sequence[f
 
 @dataclasses.dataclass
 class ScalingModel:
-    """Fits and predictions for one (app, platform, CPU mode, device, mode, emulated) group."""
+    """Fits and predictions for one (app, platform, CPU mode, device, mode, emulated, cache) group."""
 
     app: str
     platform: str
@@ -203,11 +203,12 @@ class ScalingModel:
     fits: dict[str, dict[str, ModelFit]]      # metric -> model -> fit
     preferred: dict[str, str]                 # metric -> model
     predictions: list[Prediction]             # E2E at untested (and measured) core counts, preferred model
+    cache: str = "warm"                       # page cache at the start of the timed window: warm | cold
 
     @property
     def label(self) -> str:
-        return f"{self.app}@{self.platform}/*/{self.cpu_mode}/{self.device}" + (
-            "" if self.mode == "e2e" else f"#{self.mode}") + (" [EMULATED]" if self.emulated else "")
+        return scenario_string(self.app, f"{self.platform}/*/{self.cpu_mode}/{self.device}", self.mode, self.cache) + (
+            " [EMULATED]" if self.emulated else "")
 
     def best_fit(self, metric: str = "e2e") -> ModelFit | None:
         model = self.preferred.get(metric)
@@ -220,7 +221,7 @@ class ScalingModel:
     def to_dict(self) -> dict:
         return {
             "app": self.app, "platform": self.platform, "cpu_mode": self.cpu_mode, "device": self.device,
-            "mode": self.mode, "emulated": self.emulated, "label": self.label,
+            "mode": self.mode, "cache": self.cache, "emulated": self.emulated, "label": self.label,
             "fits": {m: {name: f.to_dict() for name, f in fits.items()} for m, fits in self.fits.items()},
             "preferred": self.preferred,
             "predictions": [p.to_dict() for p in self.predictions],
@@ -252,7 +253,8 @@ def fit_scaling_models(scenarios: dict[ScenarioKey, ScenarioStats], host_cores: 
     """A :class:`ScalingModel` for every group measured at two or more core counts."""
     groups: dict[tuple, list[ScenarioStats]] = {}
     for key, stats in scenarios.items():
-        groups.setdefault((key.app, key.platform, key.cpu_mode, key.device, key.mode, key.emulated), []).append(stats)
+        groups.setdefault((key.app, key.platform, key.cpu_mode, key.device, key.mode, key.emulated, key.cache),
+                          []).append(stats)
     out = []
     for group, members in groups.items():
         levels = sorted({m.key.cores for m in members})
@@ -286,18 +288,19 @@ def fit_scaling_models(scenarios: dict[ScenarioKey, ScenarioStats], host_cores: 
             fit = fits["e2e"][model_name]
             for c in (predict_cores or default_prediction_cores(levels, host_cores)):
                 predictions.append(fit.predict(int(c)))
-        out.append(ScalingModel(*group, fits=fits, preferred=preferred, predictions=predictions))
-    out.sort(key=lambda s: (s.emulated, s.app, s.mode, s.device,
+        *head, cache = group
+        out.append(ScalingModel(*head, fits=fits, preferred=preferred, predictions=predictions, cache=cache))
+    out.sort(key=lambda s: (s.emulated, s.app, s.mode, s.cache != "warm", s.device,
                             PLATFORMS.index(s.platform) if s.platform in PLATFORMS else 99, s.cpu_mode))
     return out
 
 
 def predicted_overhead(models: list[ScalingModel], app: str, platform: str, cpu_mode: str, device: str,
-                       cores: int, mode: str = "e2e", emulated: bool = False) -> float | None:
+                       cores: int, mode: str = "e2e", emulated: bool = False, cache: str = "warm") -> float | None:
     """Predicted E2E overhead of ``platform`` vs BM at ``cores`` in percent (a prediction), or ``None``."""
     def find(p: str) -> ScalingModel | None:
-        return next((m for m in models if (m.app, m.platform, m.cpu_mode, m.device, m.mode, m.emulated)
-                     == (app, p, cpu_mode, device, mode, emulated)), None)
+        return next((m for m in models if (m.app, m.platform, m.cpu_mode, m.device, m.mode, m.emulated, m.cache)
+                     == (app, p, cpu_mode, device, mode, emulated, cache)), None)
 
     subject, base = find(platform), find("BM")
     if subject is None or base is None:

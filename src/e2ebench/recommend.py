@@ -10,6 +10,11 @@ For every application the study measured, :func:`recommend` returns
   with the measured numbers and 95% CIs, the evidence behind it, and — when data is missing — the
   scenarios to add to a study, written ``app@PLATFORM/CORES/CPUMODE/DEVICE``.
 
+The advice is about the warm page cache (the default state, a service's steady state): an application's
+answer and practices are evaluated on its warm-cache scenarios, and only on its cold-cache ones (``#cold-cache``,
+texts prefixed ``[cold cache]``) when it has no warm one.  Practice 4 (storage) also reads the cold-cache
+twins, which time ``io`` from storage rather than from the page cache.
+
 Every number comes from :mod:`e2ebench.analysis`; nothing here measures or guesses.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import statistics
 from typing import Iterable
 
@@ -31,6 +37,7 @@ from e2ebench.analysis import (
     ScenarioKey,
     ScenarioStats,
     ci_bounds,
+    compare,
     fmt_pct,
     fmt_ratio,
     fmt_s,
@@ -38,7 +45,7 @@ from e2ebench.analysis import (
     significance_text,
     summary_dict,
 )
-from e2ebench.scenario import NotationError, PLATFORMS
+from e2ebench.scenario import NotationError, PLATFORMS, Scenario
 
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
@@ -128,9 +135,10 @@ def _comparison_evidence(subject: ScenarioKey, baseline: ScenarioKey, cmp: Compa
             "n": [cmp.subject_n, cmp.baseline_n]}
 
 
-def _scenario(app: str, platform: str, cores: int, cpu_mode: str, device: str, mode: str = "e2e") -> str | None:
+def _scenario(app: str, platform: str, cores: int, cpu_mode: str, device: str, mode: str = "e2e",
+              cache: str = "warm") -> str | None:
     try:
-        return scenario_text(app, platform, cores, cpu_mode, device, mode)
+        return scenario_text(app, platform, cores, cpu_mode, device, mode, cache)
     except NotationError:
         return None
 
@@ -399,7 +407,7 @@ def practice_3_idle_cores(findings: Findings, app: str) -> Recommendation:
                 for mode in modes[:1]:
                     for p in (platform, "BM"):
                         for c in (host, fewer):
-                            key = ScenarioKey(app, p, c, mode, "CPU")
+                            key = ScenarioKey(app, p, c, mode, "CPU", cache=findings.cache or "warm")
                             if key not in findings.scenarios:
                                 add.append(_scenario(app, p, c, mode, "CPU"))
             if host == 1:
@@ -438,7 +446,8 @@ def practice_3_idle_cores(findings: Findings, app: str) -> Recommendation:
     return Recommendation(3, BEST_PRACTICES[3], app, verdict, "; ".join(sentences) + ". " + tail, evidence)
 
 
-def practice_4_storage(findings: Findings, app: str) -> Recommendation:
+def practice_4_storage(findings: Findings, app: str, cold: Findings | None = None) -> Recommendation:
+    """``cold``: the cold-cache findings, read for the reference scenario's cold-cache twin."""
     ref = _reference(findings, app, device=None)
     if ref is None or "io" not in ref.phases_s:
         cores, mode = _default_deployment(findings, app)
@@ -450,8 +459,16 @@ def practice_4_storage(findings: Findings, app: str) -> Recommendation:
     text = (f"Reading inputs (io) takes {io.mean * 1000:.3g} ms per workload, {io_pct:.1f}% of E2E on "
             f"{ref.key.deployment}: faster storage could save at most {io_pct:.1f}% of E2E. ")
     verdict = EVIDENCE
-    text += ("Storage matters for this application." if io_pct >= 100 * IO_SHARE_MATTERS
-             else "Storage is not what limits this application on this host.")
+    twin = cold.scenarios.get(ref.key.with_(cache="cold")) if cold is not None and ref.key.cache == "warm" else None
+    if twin is not None and "io" not in twin.phases_s:
+        twin = None
+    cold_pct = _pct_of_e2e(twin, "io") if twin is not None else None
+    if io_pct >= 100 * IO_SHARE_MATTERS:
+        text += "Storage matters for this application."
+    elif cold_pct is not None and cold_pct >= 100 * IO_SHARE_MATTERS:
+        text += "Storage matters for this application when its inputs are not in the page cache."
+    else:
+        text += "Storage is not what limits this application on this host."
     evidence = [{"scenario": ref.key.label, "what": "io share of E2E", "share_pct": io_pct,
                  "io_s": summary_dict(io)}]
     io_over = [(o, o.phases["io"]) for o in findings.overheads if o.subject.app == app and "io" in o.phases]
@@ -465,8 +482,32 @@ def practice_4_storage(findings: Findings, app: str) -> Recommendation:
                  "BM's E2E); "
                  f"{len(significant)} of {len(io_over)} platform comparisons show a significant io difference.")
         evidence += [_comparison_evidence(o.subject, o.baseline, p.comparison, "io vs BM") for o, p in io_over]
+    add: list[str | None] = []
+    if twin is not None:
+        cmp = compare("io", twin.phase_values_s["io"], ref.phase_values_s["io"])
+        text += (f" With a cold page cache ({twin.key.scenario}: the data files dropped before timing) io takes "
+                 f"{twin.phases_s['io'].mean * 1000:.3g} ms, {cold_pct:.1f}% of E2E"
+                 + (f", {cmp.ratio:.2f}x the warm-cache io" if cmp.ratio is not None else "")
+                 + f" ({significance_text(cmp)}).")
+        evidence.append({"scenario": twin.key.label, "what": "io share of E2E, cold cache", "share_pct": cold_pct,
+                         "io_s": summary_dict(twin.phases_s["io"])})
+        evidence.append(_comparison_evidence(twin.key, ref.key, cmp, "io, cold vs warm cache"))
+    elif ref.key.cache == "warm":
+        add.append(_scenario(app, ref.key.platform, ref.key.cores, ref.key.cpu_mode, ref.key.device, cache="cold"))
+    cold_over = [(o, o.phases["io"]) for o in (cold.overheads if twin is not None else [])
+                 if o.subject.app == app and "io" in o.phases]
+    if cold_over:
+        o, p = max(cold_over, key=lambda x: abs(x[1].contribution_pct))
+        text += (f" With a cold cache, the largest io change vs BM: {o.subject.deployment} "
+                 f"{fmt_pct(p.comparison.relative_pct, p.comparison.relative_ci_pct)} "
+                 f"({significance_text(p.comparison)}).")
+        evidence += [_comparison_evidence(o.subject, o.baseline, p.comparison, "io vs BM, cold cache")
+                     for o, p in cold_over]
+    if add:
+        text += (f" Add {', '.join(_unique(add))} to time io from storage instead of the page cache "
+                 "(the worker drops the data files from the cache before timing).")
     text += " (The storage device itself was not varied: compare hosts or volumes to test it.)"
-    return Recommendation(4, BEST_PRACTICES[4], app, verdict, text, evidence)
+    return Recommendation(4, BEST_PRACTICES[4], app, verdict, text, evidence, _unique(add))
 
 
 def practice_5_e2e(findings: Findings, app: str) -> Recommendation:
@@ -482,7 +523,7 @@ def practice_5_e2e(findings: Findings, app: str) -> Recommendation:
     evidence = [{"scenario": ref.key.label, "what": "infer share of E2E", "share_pct": infer_pct}]
     verdict = SUPPORTED if infer_pct < 100 * INFER_ONLY_MISLEADS else NOT_SHOWN
     add: list[str | None] = []
-    inf_key = ref.key.with_(mode="inference-only")
+    inf_key = ref.key.with_(mode="inference-only", cache="warm")      # inference-only times no io: warm only
     inf = findings.scenarios.get(inf_key)
     if inf is not None:
         ratio = ref.e2e_s.mean / inf.e2e_s.mean if inf.e2e_s.mean else math.nan
@@ -629,21 +670,51 @@ def practice_7_containers(findings: Findings, app: str) -> Recommendation:
     return Recommendation(7, BEST_PRACTICES[7], app, verdict, text, evidence)
 
 
+def _in_cache(item: DeploymentAnswer | Recommendation, cache: str) -> None:
+    """Make an answer or practice evaluated on ``cache``-state findings say so: its E2E scenarios to add get the
+    cache suffix (in the list and in the text), and its text a ``[cold cache]`` prefix."""
+    renamed = {}
+    for text in item.runs_to_add:
+        try:
+            s = Scenario.parse(text)
+        except NotationError:
+            continue
+        if s.mode == "e2e" and s.cache != cache:
+            renamed[text] = str(dataclasses.replace(s, cache=cache))
+    item.runs_to_add = [renamed.get(t, t) for t in item.runs_to_add]
+    for old, new in renamed.items():
+        item.text = re.sub(re.escape(old) + r"(?![#\w/])", new, item.text)
+    item.text = f"[{cache} cache] {item.text}"
+
+
 def recommend(findings: Findings, cost_notes: dict[str, str] | None = None) -> RecommendationSet:
-    """The deployment answer and the seven practices for every application in ``findings``."""
+    """The deployment answer and the seven practices for every application in ``findings``.
+
+    An application is judged on its warm-cache scenarios, or on its cold-cache ones when it has no warm one;
+    practice 4 also reads the cold-cache twins.
+    """
     apps = sorted({k.app for k in findings.scenarios})
     answers, practices = [], []
+    views = {cache: findings.for_cache(cache) for cache in ("warm", "cold")}
     for app in apps:
-        answers.append(deployment_answer(findings, app))
-        practices += [
-            practice_1_phases(findings, app),
-            practice_2_scale_up(findings, app),
-            practice_3_idle_cores(findings, app),
-            practice_4_storage(findings, app),
-            practice_5_e2e(findings, app),
-            practice_6_gpu(findings, app, cost_notes),
-            practice_7_containers(findings, app),
+        measured = {k.cache for k in findings.scenarios if k.app == app and k.mode == "e2e"}
+        cache = "cold" if measured == {"cold"} else "warm"
+        view = views[cache]
+        answer = deployment_answer(view, app)
+        mine = [
+            practice_1_phases(view, app),
+            practice_2_scale_up(view, app),
+            practice_3_idle_cores(view, app),
+            practice_4_storage(view, app, views["cold"] if "cold" in measured else None),
+            practice_5_e2e(view, app),
+            practice_6_gpu(view, app, cost_notes),
+            practice_7_containers(view, app),
         ]
+        if cache != "warm":
+            for item in [answer, *mine]:
+                _in_cache(item, cache)
+        answers.append(answer)
+        practices += mine
     note = ""
     if findings.emulated:
         note = ("EMULATED results (QEMU TCG): comparisons are between emulated scenarios only and say nothing about "

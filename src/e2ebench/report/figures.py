@@ -12,6 +12,8 @@ do not exist) and never touches pyplot's global state.  :func:`save` writes PNG 
 * :func:`cold_start` — cold start per platform, stacked by part.
 
 Emulated (QEMU TCG) results are drawn only in figures of their own, whose title and a red banner say so.
+Cold-cache scenarios (``#cold-cache``) are drawn next to the warm ones with "cold cache" in their labels; every
+comparison they enter (vs BM, a knee, a normalisation) is with scenarios of the same cache state.
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ def save(fig: Figure, out_dir: Path, name: str, caption: str, emulated: bool = F
     return FigureFile(name, title or name, caption, png, svg, emulated)
 
 
+def _cold(key: ScenarioKey, sep: str = "\n") -> str:
+    """``sep + "cold cache"`` for a cold-cache scenario, ``""`` for the default warm cache."""
+    return f"{sep}{key.cache_title}" if key.cache_title else ""
+
+
 def _platform_rank(platform: str) -> int:
     return PLATFORMS.index(platform) if platform in PLATFORMS else len(PLATFORMS)
 
@@ -130,7 +137,7 @@ def e2e_by_platform(scenarios: dict[ScenarioKey, ScenarioStats], app: str, emula
         ticks, tick_labels, group_centres = [], [], []
         for platform in platforms:
             combos = sorted((k for k in dev_keys if k.platform == platform),
-                            key=lambda k: (k.cores, k.cpu_mode != "VNL"))
+                            key=lambda k: (k.cores, k.cpu_mode != "VNL", k.cache != "warm"))
             start = x
             for k in combos:
                 s = scenarios[k]
@@ -148,16 +155,17 @@ def e2e_by_platform(scenarios: dict[ScenarioKey, ScenarioStats], app: str, emula
                     ax.bar(x, s.e2e_s.mean, 0.8, color="#999999", hatch=hatch, edgecolor="white")
                 ax.errorbar(x, s.e2e_s.mean, yerr=_ci_err(s.e2e_s), color="black", capsize=3, linewidth=1)
                 ticks.append(x)
-                tick_labels.append(f"{k.cores}\n{k.cpu_mode}")
+                tick_labels.append(f"{k.cores}\n{k.cpu_mode}{_cold(k)}")
                 x += 1.0
             group_centres.append(((start + x - 1.0) / 2.0, platform))
             x += 0.8
         ax.set_xticks(ticks, tick_labels, fontsize=8)
+        third_line = any(k.cache != "warm" for k in dev_keys)         # "cold cache" under some ticks
         for centre, platform in group_centres:
-            ax.annotate(platform, xy=(centre, 0), xycoords=("data", "axes fraction"), xytext=(0, -30),
+            ax.annotate(platform, xy=(centre, 0), xycoords=("data", "axes fraction"), xytext=(0, -42 if third_line else -30),
                         textcoords="offset points", ha="center", va="top", fontsize=10, fontweight="bold")
         ax.set_ylabel("mean E2E time of the workload (s)")
-        ax.set_xlabel("\n\nplatform; cores and CPU mode per bar", fontsize=9)
+        ax.set_xlabel(("\n\n\n" if third_line else "\n\n") + "platform; cores and CPU mode per bar", fontsize=9)
         ax.set_title(f"{device}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
@@ -183,7 +191,7 @@ def gpu_speedup(payoffs: Sequence[GpuPayoff], emulated: bool = False) -> Figure 
     axes = fig.subplots(1, len(apps), squeeze=False)[0]
     for ax, app in zip(axes, apps):
         mine = sorted((g for g in measured if g.cpu.app == app),
-                      key=lambda g: (_platform_rank(g.cpu.platform), g.cpu.cores, g.cpu.cpu_mode))
+                      key=lambda g: (_platform_rank(g.cpu.platform), g.cpu.cores, g.cpu.cpu_mode, g.cpu.cache != "warm"))
         for i, g in enumerate(mine):
             for offset, value, colour, label in (
                 (-0.2, g.inference_speedup, "#ff7f0e", "inference only"),
@@ -200,7 +208,8 @@ def gpu_speedup(payoffs: Sequence[GpuPayoff], emulated: bool = False) -> Figure 
                 ax.plot([i + 0.0, i + 0.4], [g.amdahl_bound] * 2, color="black", linestyle="--", linewidth=1.2,
                         label="Amdahl bound of E2E" if i == 0 else None)
         ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_xticks(range(len(mine)), [f"{g.cpu.platform}\n{g.cpu.cores} {g.cpu.cpu_mode}" for g in mine], fontsize=8)
+        ax.set_xticks(range(len(mine)), [f"{g.cpu.platform}\n{g.cpu.cores} {g.cpu.cpu_mode}{_cold(g.cpu)}" for g in mine],
+                      fontsize=8)
         ax.set_ylabel("speedup, CPU time / GPU time (x)")
         ax.set_title(app, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
@@ -214,11 +223,13 @@ def gpu_speedup(payoffs: Sequence[GpuPayoff], emulated: bool = False) -> Figure 
 # (c) normalised E2E across platforms, all apps
 
 
-def choose_config(scenarios: dict[ScenarioKey, ScenarioStats], cpu_mode: str | None = None) -> tuple[int, str, str] | None:
-    """The (cores, CPU mode, device) measured on the most (app, platform) pairs; ties: more cores."""
+def choose_config(scenarios: dict[ScenarioKey, ScenarioStats], cpu_mode: str | None = None,
+                  cache: str = "warm") -> tuple[int, str, str] | None:
+    """The (cores, CPU mode, device) measured on the most (app, platform) pairs of one cache state; ties: more
+    cores."""
     cover: dict[tuple[int, str, str], set] = {}
     for k in scenarios:
-        if k.mode != "e2e" or (cpu_mode and k.cpu_mode != cpu_mode):
+        if k.mode != "e2e" or k.cache != cache or (cpu_mode and k.cpu_mode != cpu_mode):
             continue
         cover.setdefault((k.cores, k.cpu_mode, k.device), set()).add((k.app, k.platform))
     if not cover:
@@ -227,9 +238,10 @@ def choose_config(scenarios: dict[ScenarioKey, ScenarioStats], cpu_mode: str | N
 
 
 def normalised_e2e(scenarios: dict[ScenarioKey, ScenarioStats], config: tuple[int, str, str],
-                   emulated: bool = False) -> Figure | None:
+                   emulated: bool = False, cache: str = "warm") -> Figure | None:
     cores, cpu_mode, device = config
-    keys = [k for k in scenarios if (k.cores, k.cpu_mode, k.device, k.mode) == (cores, cpu_mode, device, "e2e")]
+    keys = [k for k in scenarios
+            if (k.cores, k.cpu_mode, k.device, k.mode, k.cache) == (cores, cpu_mode, device, "e2e", cache)]
     platforms = sorted({k.platform for k in keys}, key=_platform_rank)
     apps = sorted({k.app for k in keys})
     if len(platforms) < 2 or not apps:
@@ -259,7 +271,8 @@ def normalised_e2e(scenarios: dict[ScenarioKey, ScenarioStats], config: tuple[in
     ax.set_xlabel("application (reference platform)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    _title(fig, f"E2E normalised to the reference platform at {cores}/{cpu_mode}/{device} (95% CI)", emulated)
+    cold = "" if cache == "warm" else f", {cache} cache"
+    _title(fig, f"E2E normalised to the reference platform at {cores}/{cpu_mode}/{device}{cold} (95% CI)", emulated)
     return fig
 
 
@@ -270,7 +283,7 @@ def normalised_e2e(scenarios: dict[ScenarioKey, ScenarioStats], config: tuple[in
 def overhead_vs_bm(overheads: Sequence[OverheadFinding], app: str, emulated: bool = False) -> Figure | None:
     mine = sorted((o for o in overheads if o.subject.app == app and o.subject.mode == "e2e" and o.phases),
                   key=lambda o: (o.subject.device, _platform_rank(o.subject.platform), o.subject.cores,
-                                 o.subject.cpu_mode != "VNL"))
+                                 o.subject.cpu_mode != "VNL", o.subject.cache != "warm"))
     if not mine:
         return None
     series = [p for p in PHASES if any(p in o.phases for o in mine)] + ["e2e"]
@@ -301,9 +314,9 @@ def overhead_vs_bm(overheads: Sequence[OverheadFinding], app: str, emulated: boo
                             ha="center", fontsize=11)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(mine)), [f"{o.subject.platform}\n{o.subject.cores} {o.subject.cpu_mode} {o.subject.device}"
-                                     for o in mine], fontsize=8)
+                                     f"{_cold(o.subject)}" for o in mine], fontsize=8)
     ax.set_ylabel("difference vs BM (% of BM's mean E2E)")
-    ax.set_xlabel("platform (vs BM at the same cores, CPU mode and device)")
+    ax.set_xlabel("platform (vs BM at the same cores, CPU mode, device and cache state)")
     handles = [Patch(facecolor=PHASE_COLORS[p], label=PHASE_TITLES[p]) for p in series if p != "e2e"]
     handles.append(Patch(facecolor="black", label="E2E total"))
     handles.append(Line2D([], [], color="black", marker="$*$", linestyle="none", label="significant (Welch, p<0.05)"))
@@ -330,20 +343,23 @@ def scale_up(scenarios: dict[ScenarioKey, ScenarioStats], knees: Sequence[KneeFi
 
     for ax, device in zip(axes, devices):
         all_cores: set[int] = set()
-        for k in sorted((k for k in mine if k.device == device), key=lambda k: (_platform_rank(k.platform), k.cpu_mode)):
+        for k in sorted((k for k in mine if k.device == device),
+                        key=lambda k: (_platform_rank(k.platform), k.cpu_mode, k.cache != "warm")):
             colour = PLATFORM_COLORS.get(k.platform, "#888888")
             style = "-" if k.cpu_mode == "VNL" else "--"
+            cold = _cold(k.key, ", ")
             xs = [c for c, _ in k.points]
             ys = [s.mean for _, s in k.points]
             errs = [_ci_err(s) for _, s in k.points]
             all_cores.update(xs)
             ax.errorbar(xs, ys, yerr=errs, color=colour, linestyle=style, marker="o", capsize=3,
-                        label=f"{k.platform} {k.cpu_mode} (knee {k.knee_cores}, best {k.best_cores} cores)")
+                        mfc="white" if cold else None,
+                        label=f"{k.platform} {k.cpu_mode}{cold} (knee {k.knee_cores}, best {k.best_cores} cores)")
             knee_value = dict(k.points)[k.knee_cores].mean
             ax.plot([k.knee_cores], [knee_value], marker="*", markersize=16, color=colour,
                     markeredgecolor="black", linestyle="none")
-            model = next((m for m in models if (m.app, m.platform, m.cpu_mode, m.device, m.mode, m.emulated)
-                          == (k.app, k.platform, k.cpu_mode, k.device, "e2e", k.emulated)), None)
+            model = next((m for m in models if (m.app, m.platform, m.cpu_mode, m.device, m.mode, m.emulated, m.cache)
+                          == (k.app, k.platform, k.cpu_mode, k.device, "e2e", k.emulated, k.cache)), None)
             fit = model.best_fit("e2e") if model else None
             if fit is not None:
                 top = max(max(xs), max((p.cores for p in model.predictions), default=max(xs)))
@@ -425,13 +441,16 @@ def all_figures(findings, models: Sequence[ScalingModel], out_dir: Path) -> list
     keep(gpu_speedup(findings.gpu, emulated), "gpu-speedup",
          "CPU→GPU speedup of inference alone and of E2E; the dashed line is the Amdahl bound of E2E.")
     seen = set()
-    for cpu_mode in ("VNL", "PIN"):
-        config = choose_config(findings.scenarios, cpu_mode)
-        if config and config not in seen:
-            seen.add(config)
-            keep(normalised_e2e(findings.scenarios, config, emulated), f"normalised-e2e-{config[0]}-{config[1]}-{config[2]}",
-                 f"E2E of every platform divided by the reference platform's (BM when measured) at "
-                 f"{config[0]}/{config[1]}/{config[2]}, per application.")
+    for cache in ("warm", "cold"):
+        for cpu_mode in ("VNL", "PIN"):
+            config = choose_config(findings.scenarios, cpu_mode, cache)
+            if config and (config, cache) not in seen:
+                seen.add((config, cache))
+                cold = "" if cache == "warm" else f"-{cache}-cache"
+                keep(normalised_e2e(findings.scenarios, config, emulated, cache),
+                     f"normalised-e2e-{config[0]}-{config[1]}-{config[2]}{cold}",
+                     f"E2E of every platform divided by the reference platform's (BM when measured) at "
+                     f"{config[0]}/{config[1]}/{config[2]}{', ' + cache + ' cache' if cold else ''}, per application.")
     keep(cold_start(findings.cold_starts, emulated), "cold-start",
          "Cold start (provision, process start, imports, model load, first inference) per platform.")
     return out

@@ -19,8 +19,9 @@ from typing import Any, Iterable, Sequence
 
 from e2ebench import analysis, overhead_model, recommend
 from e2ebench.analysis import PHASE_TITLES, PHASES, Findings, StudyData, fmt_pct, fmt_ratio, fmt_s, significance_text
-from e2ebench.cost import PriceTable, cheapest, cost_notes, cost_rows
+from e2ebench.cost import PriceTable, cheapest, cost_notes, cost_rows, row_caches
 from e2ebench.report import figures as figs
+from e2ebench.scenario import scenario_string
 
 
 class Raw(str):
@@ -205,8 +206,9 @@ class _Part:
         if self.prices:
             d["cost"] = {
                 "currency": self.prices.currency, "rows": [r.to_dict() for r in self.costs],
-                "cheapest": [cheapest(self.costs, app, self.prices.targets, self.prices.currency).to_dict()
-                             for app in sorted({k.app for k in self.findings.scenarios})],
+                "cheapest": [cheapest(self.costs, app, self.prices.targets, self.prices.currency, cache).to_dict()
+                             for app in sorted({k.app for k in self.findings.scenarios})
+                             for cache in row_caches(self.costs, app)],
             }
         return d
 
@@ -322,7 +324,7 @@ def _scenarios(f: Findings) -> str:
 
 def _findings(f: Findings) -> str:
     out = [f'<p class="muted">{esc(f.method)}.</p>']
-    out.append("<h3>Overhead vs bare metal (BM at the same cores, CPU mode, device)</h3>")
+    out.append("<h3>Overhead vs bare metal (BM at the same cores, CPU mode, device and cache state)</h3>")
     rows = []
     for o in f.overheads:
         contrib = "; ".join(f"{p}: {fmt_pct(v.contribution_pct, v.contribution_ci_pct)}" for p, v in o.phases.items())
@@ -334,7 +336,7 @@ def _findings(f: Findings) -> str:
     out.append(f"<h3>Scale-up knee (fewest cores within {f.knee_tolerance_pct:g}% of the best)</h3>")
     rows = []
     for k in f.knees:
-        rows.append((f"{k.app}@{k.platform}/*/{k.cpu_mode}/{k.device}" + ("" if k.mode == "e2e" else f"#{k.mode}"),
+        rows.append((scenario_string(k.app, f"{k.platform}/*/{k.cpu_mode}/{k.device}", k.mode, k.cache),
                      ", ".join(f"{c}: {fmt_s(s)}" for c, s in k.points), k.best_cores, k.knee_cores,
                      fmt_pct(k.knee_vs_best.relative_pct, k.knee_vs_best.relative_ci_pct) if k.knee_vs_best else "0 (same)",
                      ", ".join(str(c) for c in k.slower_beyond_best) or None))
@@ -431,8 +433,9 @@ def _cost(part: _Part) -> str:
     out.append(table(["scenario", "price rule", "price per hour", "cost per 1,000", "95% CI", "p99 (ms)",
                       "throughput (samples/s)", "meets target"], rows))
     for app in sorted({k.app for k in part.findings.scenarios}):
-        choice = cheapest(part.costs, app, prices.targets, prices.currency)
-        out.append(f"<p><b>{esc(app)}</b>: {esc(choice.reason)}.</p>")
+        for cache in row_caches(part.costs, app):
+            choice = cheapest(part.costs, app, prices.targets, prices.currency, cache)
+            out.append(f"<p><b>{esc(app)}</b>: {esc(choice.reason)}.</p>")
     return "\n".join(out)
 
 
