@@ -327,7 +327,8 @@ def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None) 
         values = [_num(((r["result"].get("phases_s") or {}).get(phase))) for r in runs]
         if all(v is not None for v in values):
             phase_values[phase] = [float(v) for v in values]  # type: ignore[arg-type]
-    p99 = [v for v in (_num((r["result"].get("latency_ms") or {}).get("p99")) for r in runs) if v is not None]
+    # LoadGen's latency (issue -> answer, queueing included); runs stored before it existed have none
+    p99 = [v for v in (_num((r["result"].get("loadgen_latency_ms") or {}).get("p99")) for r in runs) if v is not None]
     tput = [v for v in (_num(r["result"].get("throughput_sps")) for r in runs) if v is not None]
     per_sample = []
     for r in runs:

@@ -10,7 +10,7 @@ A price table is TOML::
     "VM/16/*/GPU" = { per_hour = 0.90, per_core_hour = 0.04 } # fixed part + per core
 
     [targets]                       # optional: what "meets the target" means
-    p99_ms = 800                    # 99th-percentile request latency, milliseconds
+    p99_ms = 800                    # 99th-percentile LoadGen latency (issue -> answer), milliseconds
     throughput_sps = 20             # samples per second
 
 Patterns are ``fnmatch``-style over ``PLATFORM/CORES/CPUMODE/DEVICE`` (``*`` any text, ``?`` one character,

@@ -303,7 +303,9 @@ class Store:
             phases = r.get("phases_s") or {}
             latency = r.get("latency_ms") or {}
             run.update({f"{k}_s": phases.get(k) for k in ("io", "pre", "infer", "post", "other")})
-            run.update({f"latency_{k}_ms": latency.get(k) for k in ("p50", "p90", "p99")})
+            run.update({f"latency_{k}_ms": latency.get(k) for k in ("p50", "p90", "p99")})   # service time
+            loadgen_latency = r.get("loadgen_latency_ms") or {}
+            run.update({f"loadgen_latency_{k}_ms": loadgen_latency.get(k) for k in ("p50", "p90", "p99")})
             run["throughput_sps"] = r.get("throughput_sps")
             run["cold_start_s"] = r.get("cold_start_s")
             run["requests"] = r.get("requests")

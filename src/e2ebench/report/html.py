@@ -318,7 +318,7 @@ def _scenarios(f: Findings) -> str:
             fmt_s(s.cold_start_s), s.chr, ", ".join(str(i) for i in s.run_ids),
         ))
         classes.append("emulated" if key.emulated else "")
-    return table(["scenario", "runs", "mean E2E ± 95% CI", "CI half-width", "phase shares of E2E", "p99 latency",
+    return table(["scenario", "runs", "mean E2E ± 95% CI", "CI half-width", "phase shares of E2E", "p99 LoadGen latency",
                   "throughput (samples/s)", "cold start", "CHR", "run ids"], rows, classes)
 
 
