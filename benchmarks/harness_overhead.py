@@ -13,7 +13,7 @@ e2ebench is faster).  Printed per app: median ratio with its range, median throu
 laps (plain infer seconds / e2ebench infer seconds).  Goal: median ratio >= 0.99 for every app and backend.
 
     .venv/bin/python benchmarks/harness_overhead.py [--apps ic ic:onnxruntime sr nlp rs] [--pairs 5] [--cores 2]
-                                                    [--variant full|tiny] [--json]
+                                                    [--variant full|tiny] [--json] [--out F]
 
 This measures and prints; it asserts nothing.
 """
@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=None, help="override every app's request count")
     parser.add_argument("--variant", default="full", choices=("full", "tiny"))
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--out", type=Path, help="also write the JSON object to this file")
     args = parser.parse_args()
 
     rows = []
@@ -138,6 +139,8 @@ def main() -> None:
         for spec in args.apps:
             rows.append(measure_app(spec, args, Path(tmp), Path(tmp) / "store.sqlite"))
     summary = {"machine": machine(), "deployment": f"BM/{args.cores}/PIN/CPU", "rows": rows, "goal": GOAL}
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=1))
     if args.json:
         print(json.dumps(summary))
         return

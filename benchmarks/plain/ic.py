@@ -4,7 +4,7 @@
 
 Everything runs on the main thread: read the JPEG -> decode/resize/crop/normalise -> stack a batch -> ResNet50-v1.5
 (the project's model class, seeded random weights, or the same network exported to ONNX and run by ONNX Runtime
-with its defaults plus ``intra_op_num_threads``) -> softmax/top-5.  No LoadGen, no e2ebench worker, no phase clocks
+with its defaults plus ``intra_op_num_threads``) -> softmax/top-5 with torch and one answer dict per image (as the app's post-processing).  No LoadGen, no e2ebench worker, no phase clocks
 beyond four sums, no cgroups; the thread count is set the way a user would (``torch.set_num_threads``).
 
 The work list (``benchmarks/plain/worklist.py``) names the files in the order LoadGen issues them in an e2ebench
@@ -69,11 +69,14 @@ def main() -> None:
         def infer(pixels: np.ndarray) -> np.ndarray:
             return session.run(["y"], {"x": pixels})[0]
 
+    class_names = [f"class {i}" for i in range(1000)]
+
     def postprocess(logits: np.ndarray) -> list:
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-        top5 = np.argsort(-probabilities, axis=1)[:, :5]
-        return [[(int(c), float(p[c])) for c in row] for row, p in zip(top5, probabilities)]
+        """What the app's post-processing does: torch softmax and top-5 on the logits, one answer dict per image."""
+        probabilities = torch.softmax(torch.from_numpy(logits).float(), dim=1)
+        top = torch.topk(probabilities, k=5, dim=1)
+        return [{"top5": [[c, p, class_names[c]] for c, p in zip(ids, values)]}
+                for ids, values in zip(top.indices.tolist(), top.values.tolist())]
 
     totals = {"io": 0.0, "pre": 0.0, "infer": 0.0, "post": 0.0}
 
