@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -106,13 +107,18 @@ def main() -> None:
     one_batch(warmup_paths)                            # warm-up: one full batch, as the worker does
     warmup_s = time.perf_counter() - t
     totals = dict.fromkeys(totals, 0.0)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     for i in range(0, len(paths), b):
         one_batch(paths[i:i + b])
     wall_s = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    counters = {"user_cpu_s": after.ru_utime - usage.ru_utime, "system_cpu_s": after.ru_stime - usage.ru_stime,
+                "minor_page_faults": after.ru_minflt - usage.ru_minflt,
+                "involuntary_ctx_switches": after.ru_nivcsw - usage.ru_nivcsw}
     print(json.dumps({"program": "plain", "app": "ic", "backend": args.backend, "requests": len(paths),
                       "batch_size": b, "threads": args.threads, "wall_s": wall_s,
-                      "throughput_sps": len(paths) / wall_s, "phases_s": totals, "warmup_s": warmup_s,
+                      "throughput_sps": len(paths) / wall_s, "phases_s": totals, "warmup_s": warmup_s, "counters": counters,
                       "pid": os.getpid(), "python": sys.version.split()[0]}))
 
 

@@ -398,6 +398,8 @@ class CounterSnapshot:
     steal_ticks: int
     user_cpu_s: float
     system_cpu_s: float
+    minor_page_faults: int = 0
+    major_page_faults: int = 0
 
     @classmethod
     def take(cls) -> "CounterSnapshot":
@@ -412,6 +414,8 @@ class CounterSnapshot:
             steal_ticks=_steal_ticks(),
             user_cpu_s=ru.ru_utime,
             system_cpu_s=ru.ru_stime,
+            minor_page_faults=ru.ru_minflt,
+            major_page_faults=ru.ru_majflt,
         )
 
     def delta(self, before: "CounterSnapshot") -> dict:
@@ -428,6 +432,8 @@ class CounterSnapshot:
             "steal_s": (self.steal_ticks - before.steal_ticks) / hz,
             "user_cpu_s": round(self.user_cpu_s - before.user_cpu_s, 6),
             "system_cpu_s": round(self.system_cpu_s - before.system_cpu_s, 6),
+            "minor_page_faults": self.minor_page_faults - before.minor_page_faults,
+            "major_page_faults": self.major_page_faults - before.major_page_faults,
             "peak_rss_bytes": ru.ru_maxrss * 1024,
         }
 
