@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from loop import read_file, report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
 
 
 def main() -> None:
@@ -44,8 +43,6 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     work = json.loads(args.work_list.read_text())
-    paths = [item["path"] for item in work["items"]]
-    warmup_paths = [item["path"] for item in work["warmup"]]
     model = build_resnet50(args.variant, seed=0).eval()
 
     if args.backend == "torch":
@@ -79,48 +76,10 @@ def main() -> None:
         return [{"top5": [[c, p, class_names[c]] for c, p in zip(ids, values)]}
                 for ids, values in zip(top.indices.tolist(), top.values.tolist())]
 
-    totals = {"io": 0.0, "pre": 0.0, "infer": 0.0, "post": 0.0}
-
-    def one_batch(batch_paths: list[str]) -> None:
-        pixels = []
-        for path in batch_paths:
-            a = time.perf_counter()
-            with open(path, "rb") as f:
-                raw = f.read()
-            b = time.perf_counter()
-            pixels.append(preprocess_image(raw))
-            totals["io"] += b - a
-            totals["pre"] += time.perf_counter() - b
-        a = time.perf_counter()
-        stacked = np.stack(pixels)
-        b = time.perf_counter()
-        logits = infer(stacked)
-        c = time.perf_counter()
-        postprocess(logits)
-        d = time.perf_counter()
-        totals["pre"] += b - a
-        totals["infer"] += c - b
-        totals["post"] += d - c
-
-    b = args.batch_size
-    t = time.perf_counter()
-    one_batch(warmup_paths)                            # warm-up: one full batch, as the worker does
-    warmup_s = time.perf_counter() - t
-    totals = dict.fromkeys(totals, 0.0)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
-    for i in range(0, len(paths), b):
-        one_batch(paths[i:i + b])
-    wall_s = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    counters = {"user_cpu_s": after.ru_utime - usage.ru_utime, "system_cpu_s": after.ru_stime - usage.ru_stime,
-                "minor_page_faults": after.ru_minflt - usage.ru_minflt,
-                "involuntary_ctx_switches": after.ru_nivcsw - usage.ru_nivcsw}
-    print(json.dumps({"program": "plain", "app": "ic", "backend": args.backend, "requests": len(paths),
-                      "batch_size": b, "threads": args.threads, "wall_s": wall_s,
-                      "throughput_sps": len(paths) / wall_s, "phases_s": totals, "warmup_s": warmup_s, "counters": counters,
-                      "pid": os.getpid(), "python": sys.version.split()[0]}))
-
+    loop = run_batches(work["warmup"], work["items"], args.batch_size, read=read_file,
+                       preprocess=lambda item, raw: preprocess_image(raw), collate=np.stack, infer=infer,
+                       postprocess=lambda logits, batch, pre, batch_items: postprocess(logits))
+    print(json.dumps(report("ic", loop, len(work["items"]), args.batch_size, args.threads, backend=args.backend)))
 
 if __name__ == "__main__":
     main()

@@ -34,9 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
-import time
 from pathlib import Path
+
+from loop import report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
 
 
 def main() -> None:
@@ -78,8 +78,6 @@ def main() -> None:
     max_answer_length = int(options["max_answer_length"])
 
     torch.set_num_threads(args.threads)
-    items = work["items"]
-    warmup_items = work["warmup"]
     tokenizer = build_tokenizer(options["vocab"], MODEL_CONFIGS[variant]["vocab_size"])
     builder = FeatureBuilder(tokenizer, max_seq_length=int(options["max_seq_length"]),
                              doc_stride=int(options["doc_stride"]), max_query_length=int(options["max_query_length"]))
@@ -122,47 +120,14 @@ def main() -> None:
                             "end_char": span.end_char, "score": span.score, "windows": f.window_count})
         return answers
 
-    totals = {"io": 0.0, "pre": 0.0, "infer": 0.0, "post": 0.0}
-    answers: list[dict] = []
-
-    def one_batch(batch_items: list[dict]) -> list[dict]:
-        features = []
-        for item in batch_items:
-            a = time.perf_counter()
-            raw = read(item)
-            b = time.perf_counter()
-            features.append(preprocess(item, raw))
-            totals["io"] += b - a
-            totals["pre"] += time.perf_counter() - b
-        a = time.perf_counter()
-        input_ids, token_type_ids, attention_mask, window_request = collate(features)
-        b = time.perf_counter()
-        start_logits, end_logits = infer(input_ids, token_type_ids, attention_mask)
-        c = time.perf_counter()
-        batch_answers = postprocess(features, window_request, start_logits, end_logits)
-        d = time.perf_counter()
-        totals["pre"] += b - a
-        totals["infer"] += c - b
-        totals["post"] += d - c
-        return batch_answers
-
-    size = args.batch_size
-    t = time.perf_counter()
-    one_batch(warmup_items)                            # warm-up: the work list's batch through all phases
-    warmup_s = time.perf_counter() - t
-    totals = dict.fromkeys(totals, 0.0)
-    start = time.perf_counter()
-    for i in range(0, len(items), size):
-        answers.extend(one_batch(items[i:i + size]))
-    wall_s = time.perf_counter() - start
-    result = {"program": "plain", "app": "nlp", "variant": variant, "requests": len(items), "batch_size": size,
-              "threads": args.threads, "wall_s": wall_s, "throughput_sps": len(items) / wall_s,
-              "phases_s": totals, "warmup_s": warmup_s, "windows": sum(a["windows"] for a in answers),
-              "pid": os.getpid(), "python": sys.version.split()[0]}
+    loop = run_batches(work["warmup"], work["items"], args.batch_size, read=read, preprocess=preprocess,
+                       collate=collate, infer=lambda batch: infer(*batch[:3]),
+                       postprocess=lambda logits, batch, features, batch_items: postprocess(features, batch[3], *logits))
+    result = report("nlp", loop, len(work["items"]), args.batch_size, args.threads, variant=variant,
+                    windows=sum(a["windows"] for a in loop["answers"]))
     if args.print_answers:
-        result["answers"] = answers
+        result["answers"] = loop["answers"]
     print(json.dumps(result))
-
 
 if __name__ == "__main__":
     main()

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import time
 from pathlib import Path
+
+from loop import report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
 
 
 def main() -> None:
@@ -69,8 +68,6 @@ def main() -> None:
     top_k = int(options["top_k"])
 
     torch.set_num_threads(args.threads)
-    items = work["items"]
-    warmup_items = work["warmup"]
     table_rows = np.asarray(dlrm_config(variant, max_rows_per_table).table_rows, dtype=np.uint64)
     torch.manual_seed(seed)
     model = build_dlrm(variant, max_rows_per_table, seed=seed).eval()
@@ -107,47 +104,15 @@ def main() -> None:
                             "ctr": request_ctr.tolist(), "label": labels[rows].tolist()})
         return answers
 
-    totals = {"io": 0.0, "pre": 0.0, "infer": 0.0, "post": 0.0}
-    answers: list[dict] = []
-
-    def one_batch(batch_items: list[dict]) -> list[dict]:
-        rows = []
-        for item in batch_items:
-            a = time.perf_counter()
-            raw = read(item)
-            b = time.perf_counter()
-            rows.append(preprocess(item, raw))
-            totals["io"] += b - a
-            totals["pre"] += time.perf_counter() - b
-        a = time.perf_counter()
-        dense, sparse, labels, offsets = collate(rows)
-        b = time.perf_counter()
-        logits = infer(dense, sparse)
-        c = time.perf_counter()
-        batch_answers = postprocess(logits, labels, offsets, batch_items)
-        d = time.perf_counter()
-        totals["pre"] += b - a
-        totals["infer"] += c - b
-        totals["post"] += d - c
-        return batch_answers
-
-    size = args.batch_size
-    t = time.perf_counter()
-    one_batch(warmup_items)                            # warm-up: the work list's batch through all phases
-    warmup_s = time.perf_counter() - t
-    totals = dict.fromkeys(totals, 0.0)
-    start = time.perf_counter()
-    for i in range(0, len(items), size):
-        answers.extend(one_batch(items[i:i + size]))
-    wall_s = time.perf_counter() - start
-    result = {"program": "plain", "app": "rs", "variant": variant, "requests": len(items), "batch_size": size,
-              "threads": args.threads, "wall_s": wall_s, "throughput_sps": len(items) / wall_s,
-              "phases_s": totals, "warmup_s": warmup_s, "rows": sum(len(a["ctr"]) for a in answers),
-              "rows_per_request": rows_per_request, "pid": os.getpid(), "python": sys.version.split()[0]}
+    loop = run_batches(work["warmup"], work["items"], args.batch_size, read=read, preprocess=preprocess,
+                       collate=collate, infer=lambda batch: infer(batch[0], batch[1]),
+                       postprocess=lambda logits, batch, pre, batch_items: postprocess(logits, batch[2], batch[3],
+                                                                                        batch_items))
+    result = report("rs", loop, len(work["items"]), args.batch_size, args.threads, variant=variant,
+                    rows=sum(len(a["ctr"]) for a in loop["answers"]), rows_per_request=rows_per_request)
     if args.print_answers:
-        result["answers"] = answers
+        result["answers"] = loop["answers"]
     print(json.dumps(result))
-
 
 if __name__ == "__main__":
     main()

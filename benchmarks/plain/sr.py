@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import time
 from pathlib import Path
+
+from loop import read_file, report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
 
 
 def main() -> None:
@@ -70,8 +69,6 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     threadpool_limits(limits=args.threads, user_api="blas")     # stays in force (restored only on exit)
-    paths = [item["path"] for item in work["items"]]
-    warmup_paths = [item["path"] for item in work["warmup"]]
     model = build_rnnt(variant, seed=int(options["seed"])).to(dtype=torch.float32).eval()
     decoder = GreedyTransducerDecoder(model)
     features = FeatureExtractor()
@@ -99,48 +96,14 @@ def main() -> None:
         return [{"transcript": "".join(ALPHABET[i] for i in u.symbol_ids), "symbols": len(u.symbol_ids),
                  "encoder_frames": u.encoder_frames, "capped_frames": u.capped_frames} for u in utterances]
 
-    totals = {"io": 0.0, "pre": 0.0, "infer": 0.0, "post": 0.0}
-    answers: list[dict] = []
-
-    def one_batch(batch_paths: list[str]) -> list[dict]:
-        items = []
-        for path in batch_paths:
-            a = time.perf_counter()
-            with open(path, "rb") as f:
-                raw = f.read()
-            b = time.perf_counter()
-            items.append(preprocess(raw))
-            totals["io"] += b - a
-            totals["pre"] += time.perf_counter() - b
-        a = time.perf_counter()
-        padded, lengths = collate(items)
-        b = time.perf_counter()
-        utterances = infer(padded, lengths)
-        c = time.perf_counter()
-        batch_answers = postprocess(utterances)
-        d = time.perf_counter()
-        totals["pre"] += b - a
-        totals["infer"] += c - b
-        totals["post"] += d - c
-        return batch_answers
-
-    size = args.batch_size
-    t = time.perf_counter()
-    one_batch(warmup_paths)                            # warm-up: the work list's batch through all phases
-    warmup_s = time.perf_counter() - t
-    totals = dict.fromkeys(totals, 0.0)
-    start = time.perf_counter()
-    for i in range(0, len(paths), size):
-        answers.extend(one_batch(paths[i:i + size]))
-    wall_s = time.perf_counter() - start
-    result = {"program": "plain", "app": "sr", "variant": variant, "requests": len(paths), "batch_size": size,
-              "threads": args.threads, "wall_s": wall_s, "throughput_sps": len(paths) / wall_s,
-              "phases_s": totals, "warmup_s": warmup_s, "max_symbols_per_step": max_symbols,
-              "pid": os.getpid(), "python": sys.version.split()[0]}
+    loop = run_batches(work["warmup"], work["items"], args.batch_size, read=read_file,
+                       preprocess=lambda item, raw: preprocess(raw), collate=collate, infer=lambda batch: infer(*batch),
+                       postprocess=lambda utterances, batch, pre, batch_items: postprocess(utterances))
+    result = report("sr", loop, len(work["items"]), args.batch_size, args.threads, variant=variant,
+                    max_symbols_per_step=max_symbols)
     if args.print_answers:
-        result["answers"] = answers
+        result["answers"] = loop["answers"]
     print(json.dumps(result))
-
 
 if __name__ == "__main__":
     main()
