@@ -96,16 +96,10 @@ def quiet(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
 
 
 def cpu_list(cpus: list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5"."""
-    out, cpus = [], sorted(cpus)
-    i = 0
-    while i < len(cpus):
-        j = i
-        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
-            j += 1
-        out.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
-        i = j + 1
-    return ",".join(out)
+    """[0, 1, 2, 5] -> "0-2,5" (the kernel's cpulist format)."""
+    from e2ebench.measure import format_cpu_list
+
+    return format_cpu_list(cpus)
 
 
 def within(path: str, parent: str) -> bool:

@@ -44,8 +44,9 @@ def e2ebench_bin() -> str:
     return str(here) if here.exists() else "e2ebench"
 
 
-def run_json(argv: list[str], timeout: float = 1800) -> dict:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def run_json(argv: list[str], timeout: float = 1800, cwd: Path = ROOT) -> dict:
+    """Run a program that prints one JSON object; its last JSON line, or RuntimeError with its stderr."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"{' '.join(argv[:4])} ... printed no JSON (exit {proc.returncode}): {proc.stderr[-2000:]}")
@@ -102,7 +103,7 @@ def measure_app(spec: str, args, tmp: Path, store: Path) -> dict:
         plain_argv += ["--backend", backend]
 
     def e2ebench_run() -> dict:
-        r = run_json(e2ebench_argv)
+        r = run_json(e2ebench_argv, cwd=tmp)   # LoadGen's logs (results/logs) go to the temp folder
         return {"sps": r["throughput_sps"], "wall_s": r["e2e_s"], "infer_s": r["phases_s"]["infer"]}
 
     def plain_run() -> dict:

@@ -17,31 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness_overhead import e2ebench_bin, run_json   # benchmarks/ is the script's folder
+
 WORKLOADS = {"ic": (64, 8, 64), "sr": (8, 4, 8), "nlp": (4, 4, 8), "rs": (256, 16, 256)}
-
-
-def e2ebench_bin() -> str:
-    here = Path(sys.executable).parent / "e2ebench"
-    return str(here) if here.exists() else "e2ebench"
 
 
 def run(app: str, deployment: str, cache: str, data: Path, args, store: Path) -> dict:
     requests, batch, _ = WORKLOADS[app]
     argv = [e2ebench_bin(), "run", app, deployment, "--requests", str(requests), "--batch-size", str(batch),
             "--data", str(data), "--variant", args.variant, "--cache", cache, "--json", "--store", str(store)]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, cwd=store.parent)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"{' '.join(argv)} printed no JSON: {proc.stderr[-2000:]}")
-    result = json.loads(lines[-1])
-    if result.get("error"):
-        raise RuntimeError(f"{' '.join(argv)} failed: {result['error']}")
+    result = run_json(argv, cwd=store.parent)
     return {"io_s": result["phases_s"]["io"], "io_ms_per_request": 1e3 * result["phases_s"]["io"] / result["completed"],
             "e2e_s": result["e2e_s"], "page_cache": result.get("page_cache"), "warnings": result.get("warnings")}
 

@@ -38,8 +38,23 @@ def ic_data(tmp_path_factory) -> Path:
     return Path(get_app_class("ic").make_data(out, 6, seed=1))
 
 
+_CLI_CWD: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cli_working_directory(tmp_path_factory):
+    """CLI runs start in a session temp folder, so that what they write by default (LoadGen's ``results/logs``)
+    never lands in the checkout."""
+    _CLI_CWD.append(tmp_path_factory.mktemp("cli-cwd"))
+    yield
+
+
+def cli_cwd() -> Path:
+    return _CLI_CWD[0] if _CLI_CWD else ROOT
+
+
 def run_cli(args: list[str], timeout: float = 600, cwd: Path | None = None, env: dict | None = None):
-    return subprocess.run(E2EBENCH + args, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT,
+    return subprocess.run(E2EBENCH + args, capture_output=True, text=True, timeout=timeout, cwd=cwd or cli_cwd(),
                           env={**os.environ, **(env or {})})
 
 

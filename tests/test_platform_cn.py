@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import E2EBENCH, ROOT
+from conftest import E2EBENCH, cli_cwd
 from e2ebench import runner
 from e2ebench.platforms import cgroups
 from e2ebench.platforms import container as cn
@@ -56,7 +56,7 @@ def leftovers(owner: int) -> list[str]:
 
 
 def run_cli_popen(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(E2EBENCH + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    return subprocess.Popen(E2EBENCH + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cli_cwd(),
                             env={**os.environ, **(env or {})})
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import E2EBENCH, ROOT, run_cli, run_json
+from conftest import E2EBENCH, run_cli, run_json
 from e2ebench import measure
 from e2ebench.platforms import cgroups
 from e2ebench.store import Store
@@ -110,7 +110,7 @@ def test_limits_are_applied_while_the_worker_runs(tmp_path, ic_data):
     proc = subprocess.Popen(
         E2EBENCH + ["run", "ic", "BM/1/PIN/CPU", "--requests", "400", "--data", str(ic_data), "--store",
                     str(tmp_path / "r.sqlite"), "--json"] + TINY,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     seen = None
     deadline = time.monotonic() + 120
     try:
@@ -205,7 +205,7 @@ def test_ctrl_c_leaves_nothing_behind(tmp_path, ic_data):
     proc = subprocess.Popen(
         E2EBENCH + ["run", "ic", "BM/1/PIN/CPU", "--requests", "2000", "--data", str(ic_data), "--store",
                     str(tmp_path / "r.sqlite"), "--json"] + TINY,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not _worker_pids():
         time.sleep(0.1)

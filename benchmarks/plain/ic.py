@@ -15,25 +15,21 @@ worker's warm-up) runs first; then the timed loop.  Prints one JSON object: ``wa
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 from pathlib import Path
 
-from loop import read_file, report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
+from loop import parse_arguments, read_file, report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-list", type=Path, required=True)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
-    parser.add_argument("--variant", default="full")
-    parser.add_argument("--onnx-dir", type=Path, default=Path(tempfile.gettempdir()) / "e2ebench-plain-onnx",
-                        help="where the exported ONNX file is kept between runs")
-    args = parser.parse_args()
+    def ic_options(parser) -> None:
+        parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+        parser.add_argument("--onnx-dir", type=Path, default=Path(tempfile.gettempdir()) / "e2ebench-plain-onnx",
+                            help="where the exported ONNX file is kept between runs")
+
+    args, work, variant = parse_arguments(__doc__.split("\n\n")[0], default_batch_size=8, add=ic_options)
 
     import numpy as np
     import torch
@@ -42,8 +38,7 @@ def main() -> None:
     from e2ebench.models.resnet import build_resnet50
 
     torch.set_num_threads(args.threads)
-    work = json.loads(args.work_list.read_text())
-    model = build_resnet50(args.variant, seed=0).eval()
+    model = build_resnet50(variant, seed=0).eval()
 
     if args.backend == "torch":
         def infer(pixels: np.ndarray) -> np.ndarray:
@@ -53,7 +48,7 @@ def main() -> None:
         import onnxruntime
 
         args.onnx_dir.mkdir(parents=True, exist_ok=True)
-        onnx_path = args.onnx_dir / f"resnet50-{args.variant}-seed0-torch{torch.__version__}.onnx"
+        onnx_path = args.onnx_dir / f"resnet50-{variant}-seed0-torch{torch.__version__}.onnx"
         if not onnx_path.exists():
             partial = onnx_path.with_suffix(f".{os.getpid()}.partial")
             torch.onnx.export(model, (torch.zeros(1, 3, 224, 224),), str(partial), input_names=["x"],
@@ -79,7 +74,8 @@ def main() -> None:
     loop = run_batches(work["warmup"], work["items"], args.batch_size, read=read_file,
                        preprocess=lambda item, raw: preprocess_image(raw), collate=np.stack, infer=infer,
                        postprocess=lambda logits, batch, pre, batch_items: postprocess(logits))
-    print(json.dumps(report("ic", loop, len(work["items"]), args.batch_size, args.threads, backend=args.backend)))
+    print(json.dumps(report("ic", loop, len(work["items"]), args.batch_size, args.threads, backend=args.backend,
+                            variant=variant)))
 
 if __name__ == "__main__":
     main()

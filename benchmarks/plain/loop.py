@@ -3,11 +3,46 @@ on the main thread, four sums of ``time.perf_counter`` and nothing else.  Standa
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+
+def parse_arguments(description: str, default_batch_size: int,
+                    add: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[argparse.Namespace, dict, str]:
+    """The plain programs' common command line: ``--work-list``, ``--batch-size``, ``--threads``, ``--variant``
+    (default: the work list's; a different one is refused), ``--print-answers``.  Returns (args, work list, variant)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--work-list", type=Path, required=True)
+    parser.add_argument("--batch-size", type=int, default=default_batch_size)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variant", choices=("full", "tiny"), default=None, help="model size (default: the work list's)")
+    parser.add_argument("--print-answers", action="store_true", help="add the answers to the JSON (checks)")
+    if add is not None:
+        add(parser)
+    args = parser.parse_args()
+    work = json.loads(args.work_list.read_text())
+    variant = args.variant or work.get("variant", "full")
+    if variant != work.get("variant", variant):
+        parser.error(f"--variant {variant} but the work list was made for {work['variant']}")
+    return args, work, variant
+
+
+def work_options(work: dict, app: str, declared) -> dict:
+    """The app's option defaults (``App.options``, a class attribute) updated by the work list's ``options``;
+    exits with status 2 naming unknown keys."""
+    options = {o.name: o.default for o in declared}
+    unknown = set(work.get("options", {})) - set(options)
+    if unknown:
+        print(f"unknown {app} option(s) in the work list: {', '.join(sorted(unknown))}", file=sys.stderr)
+        raise SystemExit(2)
+    options.update(work.get("options", {}))
+    return options
 
 
 def run_batches(warmup: list, items: list, batch_size: int, *, read: Callable[[Any], bytes],

@@ -31,28 +31,14 @@ through all phases; then the timed loop.  Prints one JSON object: ``wall_s`` (fi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from pathlib import Path
 
-from loop import report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
+from loop import parse_arguments, work_options, report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-list", type=Path, required=True)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variant", choices=("full", "tiny"), default=None,
-                        help="model size (default: the work list's)")
-    parser.add_argument("--print-answers", action="store_true", help="add the answers to the JSON (checks)")
-    args = parser.parse_args()
-
-    work = json.loads(args.work_list.read_text())
-    variant = args.variant or work.get("variant", "full")
-    if variant != work.get("variant", variant):
-        parser.error(f"--variant {variant} but the work list was made for {work['variant']}")
+    args, work, variant = parse_arguments(__doc__.split("\n\n")[0], default_batch_size=4)
 
     # offline, quiet transformers; the tokenizers' thread pool sized before its first use
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -69,11 +55,7 @@ def main() -> None:
                                                   QuestionAnswering, best_answer_span, build_tokenizer)
     from e2ebench.datasets.squad import parse_question
 
-    options = {o.name: o.default for o in QuestionAnswering.options}
-    unknown = set(work.get("options", {})) - set(options)
-    if unknown:
-        parser.error(f"unknown nlp option(s) in the work list: {', '.join(sorted(unknown))}")
-    options.update(work.get("options", {}))
+    options = work_options(work, "nlp", QuestionAnswering.options)
     n_best = int(options["n_best"])
     max_answer_length = int(options["max_answer_length"])
 

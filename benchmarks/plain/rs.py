@@ -28,27 +28,14 @@ timed loop); ``--print-answers`` adds every answer (for checks).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from loop import report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
+from loop import parse_arguments, work_options, report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-list", type=Path, required=True)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variant", choices=("full", "tiny"), default=None,
-                        help="model size (default: the work list's)")
-    parser.add_argument("--print-answers", action="store_true", help="add the answers to the JSON (checks)")
-    args = parser.parse_args()
-
-    work = json.loads(args.work_list.read_text())
-    variant = args.variant or work.get("variant", "full")
-    if variant != work.get("variant", variant):
-        parser.error(f"--variant {variant} but the work list was made for {work['variant']}")
+    args, work, variant = parse_arguments(__doc__.split("\n\n")[0], default_batch_size=16)
 
     import numpy as np
     import torch
@@ -57,11 +44,7 @@ def main() -> None:
     from e2ebench.datasets.criteo import parse_rows, read_byte_range
     from e2ebench.models.dlrm import build_dlrm, dlrm_config
 
-    options = {o.name: o.default for o in Recommendation.options}
-    unknown = set(work.get("options", {})) - set(options)
-    if unknown:
-        parser.error(f"unknown rs option(s) in the work list: {', '.join(sorted(unknown))}")
-    options.update(work.get("options", {}))
+    options = work_options(work, "rs", Recommendation.options)
     seed = int(options["seed"])
     max_rows_per_table = int(options["max_rows_per_table"])
     rows_per_request = int(options["rows_per_request"])

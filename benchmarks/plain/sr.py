@@ -27,27 +27,13 @@ all phases; then the timed loop.  Prints one JSON object: ``wall_s`` (first read
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
-from loop import read_file, report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
+from loop import parse_arguments, work_options, read_file, report, run_batches  # benchmarks/plain/loop.py: the shared timed loop
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-list", type=Path, required=True)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variant", choices=("full", "tiny"), default=None,
-                        help="model size (default: the work list's)")
-    parser.add_argument("--print-answers", action="store_true", help="add the answers to the JSON (checks)")
-    args = parser.parse_args()
-
-    work = json.loads(args.work_list.read_text())
-    variant = args.variant or work.get("variant", "full")
-    if variant != work.get("variant", variant):
-        parser.error(f"--variant {variant} but the work list was made for {work['variant']}")
+    args, work, variant = parse_arguments(__doc__.split("\n\n")[0], default_batch_size=4)
 
     import numpy as np
     import torch
@@ -58,11 +44,7 @@ def main() -> None:
     from e2ebench.datasets.audio import decode_audio, resample
     from e2ebench.models.rnnt import ALPHABET, GreedyTransducerDecoder, build_rnnt
 
-    options = {o.name: o.default for o in SpeechRecognition.options}
-    unknown = set(work.get("options", {})) - set(options)
-    if unknown:
-        parser.error(f"unknown sr option(s) in the work list: {', '.join(sorted(unknown))}")
-    options.update(work.get("options", {}))
+    options = work_options(work, "sr", SpeechRecognition.options)
     bound = options["max_symbols_per_step"]
     max_symbols = (RANDOM_WEIGHTS_MAX_SYMBOLS_PER_STEP if bound is None or str(bound).strip().lower() == "auto"
                    else int(bound))

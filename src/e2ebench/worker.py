@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -173,8 +174,6 @@ class Worker:
         self.notes: list[str] = []
 
     def run(self) -> dict:
-        import threading
-
         spec = self.spec
         result: dict = {
             "schema": RESULT_SCHEMA,
@@ -318,8 +317,6 @@ class Worker:
         meet shapes in the timed window that the warm-up did not: their one-time costs are part of E2E, as they
         are for a plain program warmed the same way.  Returns the number of requests warmed up.
         """
-        import threading
-
         from e2ebench.apps.base import SampleError
 
         self.thread_ids["warmup"] = threading.get_native_id()
@@ -369,9 +366,7 @@ class Worker:
         return {"state": "warm", "requests_read": len(distinct), "bytes_read": read}
 
     def _process(self, app, clock, samples, refs, complete, issued_ns: int) -> None:
-        """Run one batch of (sample id, index) through all phases; call complete(ids, answers)."""
-        import threading
-
+        """Run one batch of (sample id, index) through all phases; answer LoadGen with complete(ids)."""
         from e2ebench.apps.base import SampleError
 
         perf = time.perf_counter_ns
@@ -455,8 +450,6 @@ class Worker:
 
     def _run_inference_only(self, app, refs, indices: list[int]):
         """DLBS-style: pre-process the workload before timing, then time the DNN alone on this thread."""
-        import threading
-
         from e2ebench.apps.base import SampleError
         from e2ebench.measure import PhaseClock, TimedWindow
 
