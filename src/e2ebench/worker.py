@@ -506,7 +506,10 @@ def _drive_loadgen(spec: WorkerSpec, sample_count: int, issue_queries, flush_que
     else:
         import tempfile
 
-        out.outdir = tempfile.mkdtemp(prefix="e2ebench-loadgen-")
+        # a throw-away log folder; inside the run's own log folder when it has one, so that a worker killed
+        # mid-test leaves nothing in /tmp
+        scratch_parent = spec.output_dir if spec.output_dir and os.path.isdir(spec.output_dir) else None
+        out.outdir = tempfile.mkdtemp(prefix="e2ebench-loadgen-", dir=scratch_parent)
     out.copy_summary_to_stdout = False
     log_settings.log_output = out
     log_settings.enable_trace = False
