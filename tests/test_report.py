@@ -293,3 +293,58 @@ def test_cheapest_compares_deployments_of_one_cache_state(tmp_path):
     cold = cheapest(rows, "ic", Targets(), "EUR", cache="cold")
     assert cold.considered == 1 and cold.row.key.scenario == "ic@BM/1/PIN/CPU#cold-cache"
     assert "cold page cache" in cold.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# escaping is the default (Jinja2, autoescape on)
+
+HOSTILE = '<script>alert(1)</script>"q'
+
+
+def test_hostile_study_name_scenario_and_app_option_are_escaped(tmp_path):
+    with Store(tmp_path / "r.sqlite") as store:
+        sid = store.create_study(f"study {HOSTILE}", config={"host": {"cores": 2},
+                                                             "apps": {"ic": {"options": {"resize": HOSTILE}}}})
+        fill_store(store, sid, {"BM/2/PIN/CPU": phases(), "CN/2/PIN/CPU": scale(phases(), 1.05)}, runs=2)
+        odd = make_result("ic", "BM/2/PIN/CPU", phases())
+        odd["scenario"] = f"ic@BM/2/PIN/CPU{HOSTILE}"
+        odd["parameters"] = {"app_options": {"resize": HOSTILE}}
+        odd["platform_info"]["option"] = HOSTILE
+        store.add_run(odd, study_id=sid, seq=9)
+        out = build_report(store, sid, tmp_path / "report")
+    page = out.html_path.read_text()
+    assert "<script" not in page and '"q' not in page
+    assert f"<title>e2ebench report — study {esc(HOSTILE)}</title>" in page              # study name
+    assert f'<span class="nowrap">ic@BM/2/PIN/CPU{esc(HOSTILE)}</span>' in page          # scenario
+    assert esc(json.dumps(HOSTILE)) in page                                              # app option (configuration)
+    assert esc(HOSTILE) == "&lt;script&gt;alert(1)&lt;/script&gt;&quot;q"
+
+
+def test_a_template_variable_without_an_escape_call_is_escaped():
+    from markupsafe import Markup
+
+    from e2ebench.report import html as report_html
+
+    env = report_html.environment()
+    assert env.autoescape is True
+    # a variable nobody escaped, in text and in an attribute
+    page = env.from_string('<p title="{{ added }}">{{ added }}</p>{{ nothing }}').render(added=HOSTILE, nothing=None)
+    assert page == f'<p title="{esc(HOSTILE)}">{esc(HOSTILE)}</p>—'
+    assert env.from_string("{{ ours }}").render(ours=Markup("<b>ours</b>")) == "<b>ours</b>"      # the marked exception
+    # the report's template, and the blocks and cells its sections are made of
+    section = report_html._Section(HOSTILE, HOSTILE, [
+        report_html._h3(HOSTILE), report_html._p(HOSTILE), report_html._notice(HOSTILE),
+        report_html.Block("answer", text=HOSTILE, add=HOSTILE), report_html.Block("lead", lead=HOSTILE, text=HOSTILE),
+        report_html.Block("figure", title=HOSTILE, png_base64="AAAA", caption=HOSTILE, svg=HOSTILE, emulated=True),
+        report_html.table([HOSTILE], [[HOSTILE, report_html.badge(HOSTILE), report_html.nowrap(HOSTILE),
+                                       report_html._details(HOSTILE, HOSTILE),
+                                       report_html._scenario_cell(HOSTILE, True, no_wrap=True), 1.5]],
+                          [HOSTILE], cls=HOSTILE),
+        report_html._meta_table([(HOSTILE, HOSTILE)]),
+    ])
+    page = env.get_template("report.html").render(title=HOSTILE, subtitle=HOSTILE, style=Markup("p { }"),
+                                                  sections=[section], version=HOSTILE, generated_at=HOSTILE,
+                                                  store=HOSTILE)
+    assert "<script" not in page and '"q' not in page
+    assert page.count(esc(HOSTILE)) >= 30
+    assert '<td class="num">1.5</td>' in page and '<span class="emulated-label">EMULATED</span>' in page

@@ -1,8 +1,11 @@
 """One self-contained HTML report per study (figures embedded as base64 PNG), plus the figure files.
 
-Rendering uses :class:`string.Template` and :func:`html.escape`; there is no template engine.  Every string
-that comes from the store — study names, scenario labels, errors, environment values, platform_info — goes
-through :func:`esc` before it reaches the page; only markup built here is inserted raw (:class:`Raw`).
+The page is rendered by Jinja2 from ``templates/report.html`` with escaping as the default: the environment has
+autoescape on, and its ``finalize`` hook escapes every ``{{ value }}`` that is not :class:`markupsafe.Markup`
+(with :func:`esc`, so the entities are those of :func:`html.escape`).  No code here writes HTML: a section is a
+list of :class:`Block` (table, heading, paragraph, notice, answer, figure) whose table cells are plain values or
+:class:`Cell` (badge, nowrap, details, scenario label, prediction tag), and the template's macros draw them.
+The one raw exception is the style sheet, read from this package's ``templates/report.css`` (marked Markup).
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as _dt
+import functools
 import html
 import json
-import string
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterable, Sequence
+
+import jinja2
+from markupsafe import Markup
 
 from e2ebench import analysis, overhead_model, recommend
 from e2ebench.analysis import PHASE_TITLES, PHASES, Findings, StudyData, fmt_pct, fmt_ratio, fmt_s, significance_text
@@ -24,49 +31,84 @@ from e2ebench.report import figures as figs
 from e2ebench.scenario import scenario_string
 
 
-class Raw(str):
-    """Markup built by this module: inserted without escaping."""
-
-
 def esc(value: Any) -> str:
-    """Escape anything for HTML text and attribute values (``None`` becomes an em dash)."""
-    if isinstance(value, Raw):
-        return str(value)
+    """Escape anything for HTML text and attribute values (``None`` becomes an em dash; Markup stays as it is)."""
+    if hasattr(value, "__html__"):
+        return str(value.__html__())
     if value is None:
         return "—"
     return html.escape(str(value), quote=True)
 
 
-def _cell(value: Any) -> str:
-    cls = ' class="num"' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-    if isinstance(value, float):
-        value = f"{value:.4g}"
-    return f"<td{cls}>{esc(value)}</td>"
+def _finalize(value: Any) -> Markup:
+    """Every ``{{ value }}`` of the report's templates passes here: escaped unless it is Markup."""
+    return Markup(esc(value))
+
+
+class Block(SimpleNamespace):
+    """One piece of a section's body, drawn by the ``block`` macro of ``report.html``."""
+
+    KINDS = ("table", "meta", "h3", "p", "lead", "notice", "answer", "figure", "models_intro")
+
+    def __init__(self, kind: str, **fields: Any):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown report block {kind!r}")
+        super().__init__(kind=kind, **fields)
+
+
+class Cell(SimpleNamespace):
+    """A table cell with markup (drawn by the ``content`` macro); any other cell value is plain text."""
+
+    KINDS = ("badge", "nowrap", "details", "scenario", "prediction")
+
+    def __init__(self, kind: str, **fields: Any):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown report cell {kind!r}")
+        super().__init__(kind=kind, **fields)
+
+
+def _is_numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell_text(value: Any) -> Any:
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], row_classes: Sequence[str] | None = None,
-          cls: str = "") -> Raw:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for i, row in enumerate(rows):
-        rc = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
-        body.append(f"<tr{rc}>" + "".join(_cell(v) for v in row) + "</tr>")
-    if not body:
-        return Raw('<p class="muted">No data.</p>')
-    return Raw(f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>')
+          cls: str = "") -> Block:
+    """A table (``<p class="muted">No data.</p>`` when it has no row); numbers are right-aligned, floats 4 digits."""
+    rows = [list(r) for r in rows]
+    classes = [(row_classes[i] if row_classes else "") or "" for i in range(len(rows))]
+    return Block("table", headers=list(headers), rows=rows, row_classes=classes, cls=cls)
 
 
-def _meta_table(rows: Iterable[tuple[str, Any]]) -> Raw:
-    body = "".join(f"<tr><td>{esc(k)}</td>{_cell(v)}</tr>" for k, v in rows)
-    return Raw(f'<table class="meta"><tbody>{body}</tbody></table>')
+def _meta_table(rows: Iterable[tuple[str, Any]]) -> Block:
+    return Block("meta", rows=list(rows))
 
 
-def nowrap(value: Any) -> Raw:
-    return Raw(f'<span class="nowrap">{esc(value)}</span>')
+def _h3(text: str) -> Block:
+    return Block("h3", text=text)
 
 
-def _details(summary: str, body: str) -> Raw:
-    return Raw(f'<details><summary>{esc(summary)}</summary><pre class="mono">{esc(body)}</pre></details>')
+def _p(text: str, muted: bool = False) -> Block:
+    return Block("p", text=text, muted=muted)
+
+
+def _notice(text: str) -> Block:
+    return Block("notice", text=text)
+
+
+def nowrap(value: Any) -> Cell:
+    return Cell("nowrap", value=value)
+
+
+def _details(summary: str, body: str) -> Cell:
+    return Cell("details", summary=summary, body=body)
+
+
+def _scenario_cell(scenario: str, emulated: bool, no_wrap: bool = False) -> Cell:
+    return Cell("scenario", value=scenario, emulated=emulated, nowrap=no_wrap)
 
 
 def _small(value: float) -> str:
@@ -74,8 +116,8 @@ def _small(value: float) -> str:
     return "0" if abs(value) < 1e-9 else f"{value:+.3g}"
 
 
-def badge(verdict: str) -> Raw:
-    return Raw(f'<span class="badge v-{esc(verdict.replace(" ", "-"))}">{esc(verdict)}</span>')
+def badge(verdict: str) -> Cell:
+    return Cell("badge", value=verdict, css="v-" + verdict.replace(" ", "-"))
 
 
 def _iso(ts: Any) -> str:
@@ -98,8 +140,17 @@ def _template(name: str) -> str:
     return resources.files("e2ebench.report").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def _emu_label(emulated: bool) -> Raw:
-    return Raw('<span class="emulated-label">EMULATED</span>') if emulated else Raw("")
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """The Jinja2 environment of the report: autoescape on, every output escaped unless Markup."""
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_template), autoescape=True, finalize=_finalize, undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    )
+    env.tests["cell"] = lambda value: isinstance(value, Cell)
+    env.tests["numeric"] = _is_numeric
+    env.filters["cell_text"] = _cell_text
+    return env
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,17 +168,20 @@ class ReportOutput:
 class _Section:
     anchor: str
     title: str
-    html: str
+    blocks: list[Block]
 
 
 def build_report(store, study_id: str | None = None, out_dir: Path = Path("results") / "report",
                  prices: PriceTable | None = None, include_emulated: bool = False, include_outliers: bool | None = None,
                  knee_tolerance_pct: float = analysis.DEFAULT_KNEE_TOLERANCE_PCT) -> ReportOutput:
-    """Analyse ``study_id`` (default: the latest study), draw its figures and write ``out_dir/report.html``."""
+    """Analyse ``study_id`` (default: the latest study, else the ad-hoc runs of ``e2ebench run``), draw its figures
+    and write ``out_dir/report.html``."""
     if study_id is None:
-        latest = store.latest_study()
+        from e2ebench.store import ADHOC_STUDY
+
+        latest = store.latest_study() or store.get_study(ADHOC_STUDY)
         if latest is None:
-            raise LookupError(f"no study in {store.path}; run `e2ebench study run ...` first")
+            raise LookupError(f"no study in {store.path}; run `e2ebench study` or `e2ebench run` first")
         study_id = latest["id"]
     data = analysis.load_study(store, study_id, include_outliers=include_outliers)
     out_dir = Path(out_dir)
@@ -142,19 +196,16 @@ def build_report(store, study_id: str | None = None, out_dir: Path = Path("resul
     for part in parts:
         sections += part.sections(out_dir)
     sections.append(_provenance(data))
-    nav = " ".join(f'<a href="#{esc(s.anchor)}">{esc(s.title)}</a>' for s in sections)
-    body = "\n".join(f'<section id="{esc(s.anchor)}"><h2>{esc(s.title)}</h2>\n{s.html}</section>' for s in sections)
     study = data.study
-    page = string.Template(_template("report.html")).substitute(
-        title=esc(f"e2ebench report — {study['name']}"),
-        subtitle=esc(f"study {study['id']} · created {_iso(study['created_at'])} · status {study['status']} · "
-                     f"{len(data.used_run_ids)} runs in {len(data.scenarios)} scenarios"),
-        style=_template("report.css"),
-        nav=nav,
-        body=body,
-        version=esc(_version()),
-        generated_at=esc(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")),
-        store=esc(str(store.path)),
+    page = environment().get_template("report.html").render(
+        title=f"e2ebench report — {study['name']}",
+        subtitle=f"study {study['id']} · created {_iso(study['created_at'])} · status {study['status']} · "
+                 f"{len(data.used_run_ids)} runs in {len(data.scenarios)} scenarios",
+        style=Markup(_template("report.css")),          # our own style sheet: the one raw insertion
+        sections=sections,
+        version=_version(),
+        generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        store=str(store.path),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path = out_dir / "report.html"
@@ -219,9 +270,9 @@ class _Part:
         if not f.scenarios:
             if f.emulated:
                 return []
-            return [_Section("answers", "Answers", '<p class="muted">No successful native measurement runs in this study.</p>')]
-        notice = (f'<div class="notice">{esc(figs.EMULATED_BANNER)}. These scenarios ran under QEMU TCG; they are '
-                  f'compared only with each other.</div>') if f.emulated else ""
+            return [_Section("answers", "Answers", [_p("No successful native measurement runs in this study.", muted=True)])]
+        notice = [_notice(f"{figs.EMULATED_BANNER}. These scenarios ran under QEMU TCG; they are compared only with "
+                          "each other.")] if f.emulated else []
         out = [
             _Section(anchor + "answers", pre + "Answers", notice + _answers(self.recommendations)),
             _Section(anchor + "practices", pre + "Best practices, evaluated", _practices(self.recommendations)),
@@ -254,43 +305,38 @@ def _overview(data: StudyData, store_path: Path, native: Findings, include_emula
     ]
     config = s.get("config") or {}
     if config:
-        rows.append(("study configuration", Raw(f'<details><summary>show</summary><pre class="mono">'
-                                                f'{esc(json.dumps(config, indent=1, sort_keys=True))}</pre></details>')))
-    html_text = _meta_table(rows)
+        rows.append(("study configuration", _details("show", json.dumps(config, indent=1, sort_keys=True))))
+    blocks = [_meta_table(rows)]
     if data.infeasible:
-        html_text += Raw("<h3>Planned but not feasible on this host</h3>") + table(
-            ["scenario", "why"], [(p.get("scenario"), p.get("reason")) for p in data.infeasible])
+        blocks += [_h3("Planned but not feasible on this host"),
+                   table(["scenario", "why"], [(p.get("scenario"), p.get("reason")) for p in data.infeasible])]
     n_emu = sum(1 for k in data.scenarios if k.emulated)
     if n_emu:
         where = "shown in their own sections below, never beside native results" if include_emulated else \
             "left out of this report (add --include-emulated to see them in their own sections)"
-        html_text += Raw(f'<div class="notice">{n_emu} scenario(s) ran EMULATED (QEMU TCG): {esc(where)}.</div>')
-    return _Section("overview", "Study", html_text)
+        blocks.append(_notice(f"{n_emu} scenario(s) ran EMULATED (QEMU TCG): {where}."))
+    return _Section("overview", "Study", blocks)
 
 
-def _answers(recs: recommend.RecommendationSet) -> str:
-    parts = []
-    for a in recs.answers:
-        add = f'<br><span class="muted">To firm this up, add: {esc(", ".join(a.runs_to_add))}</span>' if a.runs_to_add else ""
-        parts.append(f'<div class="answer">{esc(a.text)}{add}</div>')
-    return "\n".join(parts)
+def _answers(recs: recommend.RecommendationSet) -> list[Block]:
+    return [Block("answer", text=a.text, add=", ".join(a.runs_to_add)) for a in recs.answers]
 
 
-def _practices(recs: recommend.RecommendationSet) -> str:
+def _practices(recs: recommend.RecommendationSet) -> list[Block]:
     out = []
     apps = sorted({r.app for r in recs.practices})
     for app in apps:
         rows = []
         for r in recs.for_app(app):
             rows.append((r.practice, r.title, badge(r.verdict), r.text, ", ".join(r.runs_to_add) or None))
-        out.append(f"<h3>{esc(app)}</h3>" + table(["#", "best practice (paper, section VI)", "verdict", "what the data say",
-                                                   "scenarios to add"], rows))
-    return "\n".join(out)
+        out += [_h3(app), table(["#", "best practice (paper, section VI)", "verdict", "what the data say",
+                                 "scenarios to add"], rows)]
+    return out
 
 
-def _figures(files: Sequence[figs.FigureFile], out_dir: Path) -> str:
+def _figures(files: Sequence[figs.FigureFile], out_dir: Path) -> list[Block]:
     if not files:
-        return '<p class="muted">No figure: not enough data.</p>'
+        return [_p("No figure: not enough data.", muted=True)]
     out = []
     for f in files:
         data = base64.b64encode(f.png.read_bytes()).decode("ascii")
@@ -298,33 +344,29 @@ def _figures(files: Sequence[figs.FigureFile], out_dir: Path) -> str:
             svg_rel = f.svg.relative_to(out_dir).as_posix()
         except ValueError:
             svg_rel = f.svg.as_posix()
-        out.append(
-            f'<figure><img alt="{esc(f.title)}" src="data:image/png;base64,{data}">'
-            f'<figcaption>{_emu_label(f.emulated)} {esc(f.caption)} '
-            f'<a href="{esc(svg_rel)}">SVG</a></figcaption></figure>'
-        )
-    return "\n".join(out)
+        out.append(Block("figure", title=f.title, png_base64=data, caption=f.caption, svg=svg_rel, emulated=f.emulated))
+    return out
 
 
-def _scenarios(f: Findings) -> str:
+def _scenarios(f: Findings) -> list[Block]:
     rows, classes = [], []
     for key, s in f.scenarios.items():
         shares = ", ".join(f"{p} {100 * (s.phase_share(p) or 0):.1f}%" for p in PHASES if p in s.phases_s)
         rel = f"{s.e2e_s.half_width_pct:.1f}%" if analysis.has_ci(s.e2e_s) and s.e2e_s.mean else "—"
         rows.append((
-            Raw(esc(key.scenario) + " " + _emu_label(key.emulated)), s.n, fmt_s(s.e2e_s), rel, shares,
+            _scenario_cell(key.scenario, key.emulated), s.n, fmt_s(s.e2e_s), rel, shares,
             fmt_s(s.latency_p99_ms).replace(" s", " ms") if s.latency_p99_ms else None,
             f"{s.throughput_sps.mean:.3g}" if s.throughput_sps else None,
             fmt_s(s.cold_start_s), s.chr, ", ".join(str(i) for i in s.run_ids),
         ))
         classes.append("emulated" if key.emulated else "")
-    return table(["scenario", "runs", "mean E2E ± 95% CI", "CI half-width", "phase shares of E2E", "p99 LoadGen latency",
-                  "throughput (samples/s)", "cold start", "CHR", "run ids"], rows, classes)
+    return [table(["scenario", "runs", "mean E2E ± 95% CI", "CI half-width", "phase shares of E2E", "p99 LoadGen latency",
+                   "throughput (samples/s)", "cold start", "CHR", "run ids"], rows, classes)]
 
 
-def _findings(f: Findings) -> str:
-    out = [f'<p class="muted">{esc(f.method)}.</p>']
-    out.append("<h3>Overhead vs bare metal (BM at the same cores, CPU mode, device and cache state)</h3>")
+def _findings(f: Findings) -> list[Block]:
+    out = [_p(f"{f.method}.", muted=True)]
+    out.append(_h3("Overhead vs bare metal (BM at the same cores, CPU mode, device and cache state)"))
     rows = []
     for o in f.overheads:
         contrib = "; ".join(f"{p}: {fmt_pct(v.contribution_pct, v.contribution_ci_pct)}" for p, v in o.phases.items())
@@ -333,7 +375,7 @@ def _findings(f: Findings) -> str:
     out.append(table(["platform scenario", "E2E overhead ± 95% CI", "significance", "largest phase",
                       "phase contributions (points of BM's E2E)"], rows))
 
-    out.append(f"<h3>Scale-up knee (fewest cores within {f.knee_tolerance_pct:g}% of the best)</h3>")
+    out.append(_h3(f"Scale-up knee (fewest cores within {f.knee_tolerance_pct:g}% of the best)"))
     rows = []
     for k in f.knees:
         rows.append((scenario_string(k.app, f"{k.platform}/*/{k.cpu_mode}/{k.device}", k.mode, k.cache),
@@ -343,12 +385,12 @@ def _findings(f: Findings) -> str:
     out.append(table(["group", "E2E by cores", "best cores", "knee cores", "knee vs best", "significantly slower beyond best"],
                      rows))
 
-    out.append("<h3>Pinning gain (PIN vs VNL; positive = pinning faster)</h3>")
+    out.append(_h3("Pinning gain (PIN vs VNL; positive = pinning faster)"))
     rows = [(p.pinned.label, fmt_s(f.scenarios[p.vanilla].e2e_s), fmt_s(f.scenarios[p.pinned].e2e_s),
              fmt_pct(p.gain_pct, p.gain_ci_pct), significance_text(p.comparison), badge(p.verdict)) for p in f.pinning]
     out.append(table(["pinned scenario", "VNL E2E", "PIN E2E", "time saved ± 95% CI", "significance", "verdict"], rows))
 
-    out.append("<h3>GPU payoff and Amdahl bound</h3>")
+    out.append(_h3("GPU payoff and Amdahl bound"))
     rows = []
     for g in f.gpu:
         rows.append((g.cpu.label, g.gpu.label if g.gpu else "not measured",
@@ -361,16 +403,16 @@ def _findings(f: Findings) -> str:
     out.append(table(["CPU scenario", "GPU scenario", "inference share (CPU)", "bounding phase", "its share",
                       "max E2E speedup (Amdahl)", "inference speedup", "E2E speedup (measured)"], rows))
 
-    out.append("<h3>Container-to-host ratio (CHR)</h3>")
+    out.append(_h3("Container-to-host ratio (CHR)"))
     rows = [(p.key.label, f"{p.chr:.3g}", p.host_cores, p.host_cores_source,
              fmt_pct(p.overhead.relative_pct, p.overhead.relative_ci_pct) if p.overhead else "no BM baseline")
             for p in f.chr.points]
     out.append(table(["scenario", "CHR", "host cores", "host cores from", "E2E overhead vs BM"], rows))
     for mode, (rho, p_value, n) in f.chr.correlation.items():
-        out.append(f"<p>{esc(mode)}: Spearman rank correlation of CHR with overhead rho = {rho:.2f} "
-                   f"(p = {p_value:.2g}, {n} scenarios); the paper expects rho &lt; 0 for vanilla CN.</p>")
+        out.append(_p(f"{mode}: Spearman rank correlation of CHR with overhead rho = {rho:.2f} "
+                      f"(p = {p_value:.2g}, {n} scenarios); the paper expects rho < 0 for vanilla CN."))
 
-    out.append("<h3>Idle host cores (deployment cores = host cores, the paper's Fig. 9 case)</h3>")
+    out.append(_h3("Idle host cores (deployment cores = host cores, the paper's Fig. 9 case)"))
     rows = [(i.full.label, fmt_pct(i.full_overhead.relative_pct, i.full_overhead.relative_ci_pct) if i.full_overhead else "no BM baseline",
              i.idle.label if i.idle else "not measured",
              fmt_pct(i.idle_overhead.relative_pct, i.idle_overhead.relative_ci_pct) if i.idle_overhead else None,
@@ -379,23 +421,19 @@ def _findings(f: Findings) -> str:
     out.append(table(["no idle host core", "overhead vs BM", "with idle host cores", "overhead vs BM",
                       "overhead higher without idle cores?"], rows))
 
-    out.append("<h3>Cold start</h3>")
+    out.append(_h3("Cold start"))
     rows = [(c.app, c.platform, c.device, fmt_s(c.total_s),
              ", ".join(f"{k.removesuffix('_s')} {v.mean:.3g} s" for k, v in c.parts_s.items())) for c in f.cold_starts]
     out.append(table(["app", "platform", "device", "cold start ± 95% CI", "parts (means)"], rows))
-    return "\n".join(out)
+    return out
 
 
-def _models(models: Sequence[overhead_model.ScalingModel]) -> str:
+def _models(models: Sequence[overhead_model.ScalingModel]) -> list[Block]:
     if not models:
-        return '<p class="muted">No group was measured at two or more core counts: nothing to fit.</p>'
-    out = ['<p>Per phase and for E2E, <b>Amdahl</b> <code>t(n) = serial_s + parallel_s / n</code> and the '
-           '<b>Universal Scalability Law</b> <code>t(n) = t1_s (1 + sigma (n-1) + kappa n (n-1)) / n</code> are fitted '
-           'to every run with scipy.optimize.curve_fit; the preferred model has the lower AICc. A <i>saturated</i> fit '
-           'has as many parameters as measured core counts and passes through the means: its R² shows only run-to-run '
-           'noise. <span class="prediction">PREDICTION</span> rows are model output, not measurements.</p>']
+        return [_p("No group was measured at two or more core counts: nothing to fit.", muted=True)]
+    out = [Block("models_intro")]          # the method, with its formulas: written in report.html
     for m in models:
-        out.append(f"<h3>{esc(m.label)}</h3>")
+        out.append(_h3(m.label))
         rows = []
         for metric, fits in m.fits.items():
             for name, fit in fits.items():
@@ -409,22 +447,22 @@ def _models(models: Sequence[overhead_model.ScalingModel]) -> str:
                           "saturated", "runs"], rows))
         rows = []
         for p in m.predictions:
-            rows.append((Raw('<span class="prediction">PREDICTION</span>'), p.cores, f"{p.value_s:.4g} s",
+            rows.append((Cell("prediction"), p.cores, f"{p.value_s:.4g} s",
                          f"[{p.ci_s[0]:.4g}, {p.ci_s[1]:.4g}]" if p.ci_s else "no band (no residual dof)",
                          f"[{p.pi_s[0]:.4g}, {p.pi_s[1]:.4g}]" if p.pi_s else None,
                          "extrapolated" if p.extrapolated else ("fitted at a measured count" if p.measured else "interpolated"),
                          p.model))
         out.append(table(["kind", "cores", "predicted mean E2E", "95% band (mean)", "95% band (one run)", "range", "model"],
                          rows))
-    return "\n".join(out)
+    return out
 
 
-def _cost(part: _Part) -> str:
+def _cost(part: _Part) -> list[Block]:
     prices = part.prices
     assert prices is not None
-    out = [f"<p>Price table {esc(prices.source)}; currency {esc(prices.currency)}; targets: "
-           f"{esc(prices.targets.describe())}. Cost per 1,000 inferences = price per hour / 3600 × (E2E / completed "
-           "requests) × 1000. A target is met when the conservative end of the 95% CI meets it.</p>"]
+    out = [_p(f"Price table {prices.source}; currency {prices.currency}; targets: {prices.targets.describe()}. Cost "
+              "per 1,000 inferences = price per hour / 3600 × (E2E / completed requests) × 1000. A target is met when "
+              "the conservative end of the 95% CI meets it.")]
     rows = [(r.key.label, r.pattern, f"{r.price_per_hour:.4g}", f"{r.cost_per_1000:.4g}",
              f"[{r.cost_per_1000_ci[0]:.4g}, {r.cost_per_1000_ci[1]:.4g}]" if r.cost_per_1000_ci else None,
              f"{r.p99_ms:.4g}" if r.p99_ms is not None else None,
@@ -435,8 +473,8 @@ def _cost(part: _Part) -> str:
     for app in sorted({k.app for k in part.findings.scenarios}):
         for cache in row_caches(part.costs, app):
             choice = cheapest(part.costs, app, prices.targets, prices.currency, cache)
-            out.append(f"<p><b>{esc(app)}</b>: {esc(choice.reason)}.</p>")
-    return "\n".join(out)
+            out.append(Block("lead", lead=app, text=f"{choice.reason}."))
+    return out
 
 
 def _provenance(data: StudyData) -> _Section:
@@ -453,7 +491,7 @@ def _provenance(data: StudyData) -> _Section:
             headline = f"torch {libs['torch']}" if "torch" in libs else f"{len(libs)} libraries"
             libs_html = _details(headline, "\n".join(f"{k} {v}" for k, v in sorted(libs.items())))
         rows.append((
-            run["id"], Raw(nowrap(run["scenario"]) + " " + _emu_label(bool(run["emulated"]))), run["phase"], run["seq"],
+            run["id"], _scenario_cell(run["scenario"], bool(run["emulated"]), no_wrap=True), run["phase"], run["seq"],
             run["status"], "yes" if run["outlier"] else "no", "yes" if used else "no",
             nowrap(_iso(run["started_at"]).replace("T", " ").replace("+00:00", "Z")),
             nowrap(f"{run['e2e_s']:.4g} s") if run.get("e2e_s") is not None else None,
@@ -461,6 +499,6 @@ def _provenance(data: StudyData) -> _Section:
             run.get("error"),
         ))
         classes.append("emulated" if run["emulated"] else "")
-    text = table(["run", "scenario", "phase", "seq", "status", "outlier", "used", "started (UTC)", "E2E", "host",
-                  "kernel", "CPU", "Python", "libraries", "platform_info", "error"], rows, classes, cls="provenance")
-    return _Section("provenance", "Provenance of every run", text)
+    blocks = [table(["run", "scenario", "phase", "seq", "status", "outlier", "used", "started (UTC)", "E2E", "host",
+                  "kernel", "CPU", "Python", "libraries", "platform_info", "error"], rows, classes, cls="provenance")]
+    return _Section("provenance", "Provenance of every run", blocks)
