@@ -257,36 +257,80 @@ def run(
 
 
 @app.command()
-def apps(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """List the applications, their models, backends, defaults and options."""
-    from e2ebench.apps import app_names, get_app_class
+def apps(
+    app_name: Optional[str] = typer.Argument(None, metavar="[APP]",
+                                             help="Show this application's options: meaning, type and default."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List the applications, their models, backends, defaults and options (with APP: each option in full)."""
+    import textwrap
+
+    from e2ebench.apps import AppError, app_names, get_app_class
+
+    def describe(name: str, cls) -> dict:
+        return {
+            "name": name, "title": cls.title, "model": cls.model_name, "input": cls.input_kind,
+            "backends": list(cls.backends), "variants": list(cls.variants), "default_requests": cls.default_requests,
+            "default_batch_size": cls.default_batch_size,
+            "options": [{"name": o.name, "default": o.default, "help": o.help, "type": o.type_name}
+                        for o in cls.options],
+        }
+
+    def say(text: str, indent: int = 0, style: str | None = None, hang: int = 0) -> None:
+        # wrapped here at spaces only, then printed unwrapped: a name is never cut, whatever the width
+        lines = textwrap.wrap(text, width=max(40, console.width), initial_indent=" " * indent,
+                              subsequent_indent=" " * (indent + hang), break_long_words=False, break_on_hyphens=False)
+        for line in lines or [""]:
+            console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+
+    if app_name is not None:
+        try:
+            name = app_name.strip().lower()
+            cls = get_app_class(name)
+        except AppError as exc:
+            raise fail_usage(str(exc))
+        row = describe(name, cls)
+        if as_json:
+            emit_json(row)
+            return
+        say(f"{row['name']} — {row['title']}", style="bold")
+        say(f"model {row['model']}; input {row['input']}; backends {', '.join(row['backends'])}; "
+            f"variants {', '.join(row['variants'])}")
+        say(f"defaults: {row['default_requests']} requests per run, batch size {row['default_batch_size']}")
+        if not row["options"]:
+            say("options: none")
+            return
+        say(f"options (e2ebench run --option KEY=VALUE, or options = {{ KEY = VALUE }} in a study's "
+            f"[workload.{row['name']}]):")
+        for o in row["options"]:
+            console.print()
+            say(o["name"], indent=2, style="bold")
+            default = "none" if o["default"] is None else str(o["default"])
+            say(f"type: {o['type']}; default: {default}", indent=4)
+            say(o["help"], indent=4)
+        return
 
     rows = []
     for name in app_names():
         try:
-            cls = get_app_class(name)
+            rows.append(describe(name, get_app_class(name)))
         except Exception as exc:
             rows.append({"name": name, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        rows.append({
-            "name": name, "title": cls.title, "model": cls.model_name, "input": cls.input_kind,
-            "backends": list(cls.backends), "default_requests": cls.default_requests,
-            "default_batch_size": cls.default_batch_size,
-            "options": [{"name": o.name, "default": o.default, "help": o.help} for o in cls.options],
-        })
     if as_json:
         emit_json(rows)
         return
-    table = Table(title="applications", header_style="bold")
-    for column in ("name", "title", "input", "backends", "requests", "batch", "options"):
-        table.add_column(column)
+    say("applications", style="bold")
     for r in rows:
+        console.print()
         if "error" in r:
-            table.add_row(r["name"], f"[red]cannot load: {escape(r['error'])}[/]", "", "", "", "", "")
+            say(f"{r['name']}: cannot load: {r['error']}", style="red")
             continue
-        table.add_row(r["name"], escape(r["title"]), r["input"], ", ".join(r["backends"]), str(r["default_requests"]),
-                      str(r["default_batch_size"]), ", ".join(o["name"] for o in r["options"]))
-    console.print(table)
+        say(f"{r['name']} — {r['title']}", style="bold")
+        say(f"input {r['input']}; backends {', '.join(r['backends'])}; defaults: {r['default_requests']} "
+            f"requests, batch size {r['default_batch_size']}", indent=2)
+        say("options: " + (", ".join(o["name"] for o in r["options"]) or "none"), indent=2, hang=9)
+    console.print()
+    say("Each option's meaning, type and default: e2ebench apps APP", style="dim")
 
 
 @data_app.command("make")

