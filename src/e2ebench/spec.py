@@ -43,6 +43,8 @@ class WorkerSpec:
     seed: int = 0
     warmup_requests: int = 1              # first inference(s) timed as part of cold start
     emulated: bool = False                # the platform knows it runs under TCG
+    lifeline: str | None = None           # a file the runner holds locked; the worker exits when the lock drops
+    die_with_parent: bool = False         # PR_SET_PDEATHSIG: the worker's parent is the runner or `runc run`
     platform_info: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:

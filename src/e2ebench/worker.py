@@ -578,6 +578,17 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"e2ebench worker: unusable spec: {exc}", file=sys.stderr)
         return 2
+    # Exit the moment the e2ebench process that started this run dies (see e2ebench.lifecycle): by the kernel's
+    # parent-death signal where the parent lives as long as the run (the runner, `runc run`), and by the
+    # lifeline, whose thread needs the GIL and so may lag behind a long C-level import by seconds.
+    if spec.die_with_parent:
+        from e2ebench.lifecycle import set_parent_death_signal
+
+        set_parent_death_signal()
+    if spec.lifeline:
+        from e2ebench.lifecycle import watch_lifeline
+
+        watch_lifeline(spec.lifeline)
     _configure_threads_env(spec)
     try:
         result = Worker(spec).run()

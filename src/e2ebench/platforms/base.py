@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Sequence
 
+from e2ebench.lifecycle import die_with_parent, owner_env
 from e2ebench.scenario import Deployment
 from e2ebench.spec import WorkerFailure, WorkerSpec, extract_result
 
@@ -55,6 +56,9 @@ class Session(abc.ABC):
         self.provision_s = 0.0   # time to create the deployment (cgroup, container bundle, VM boot)
         self.emulated = False
         self.info: dict = {}
+        # True where the worker runs on the host's kernel and sees the run's log folder (BM, CN): it then
+        # watches the runner's lifeline there (e2ebench.lifecycle); a guest dies with its VMM instead.
+        self.shares_host_kernel = False
 
     @property
     def cold_start_s(self) -> float:
@@ -121,11 +125,15 @@ class CommandResult:
 def run_command(argv: Sequence[str], timeout: float, env: dict | None = None,
                 preexec_fn: Callable[[], None] | None = None, cwd: str | None = None,
                 input_text: str | None = None) -> CommandResult:
-    """Run an argument list in its own process group; kill the whole group on timeout or Ctrl-C."""
+    """Run an argument list in its own process group; kill the whole group on timeout or Ctrl-C.
+
+    The child gets ``PR_SET_PDEATHSIG=SIGKILL`` (:func:`e2ebench.lifecycle.die_with_parent`): it dies
+    with the caller even when the caller is SIGKILLed.
+    """
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE if input_text else subprocess.DEVNULL,
-        env=env, cwd=cwd, text=True, start_new_session=preexec_fn is None, preexec_fn=_with_setsid(preexec_fn),
+        env=env, cwd=cwd, text=True, start_new_session=True, preexec_fn=die_with_parent(preexec_fn),
     )
     try:
         out, err = proc.communicate(input=input_text, timeout=timeout)
@@ -140,17 +148,6 @@ def run_command(argv: Sequence[str], timeout: float, env: dict | None = None,
     return CommandResult(proc.returncode, out or "", err or "", time.perf_counter() - t0)
 
 
-def _with_setsid(fn: Callable[[], None] | None) -> Callable[[], None] | None:
-    if fn is None:
-        return None
-
-    def run() -> None:
-        os.setsid()
-        fn()
-
-    return run
-
-
 def result_from_command(cmd: CommandResult) -> dict:
     """Parse the worker's RunResult out of a finished command, with a useful error when missing."""
     try:
@@ -161,12 +158,14 @@ def result_from_command(cmd: CommandResult) -> dict:
 
 
 def worker_env(extra: dict | None = None) -> dict:
-    """The environment a worker gets: the caller's, minus thread settings the worker sets itself."""
+    """The environment a worker gets: the caller's, minus thread settings the worker sets itself, plus the
+    owner mark (:data:`e2ebench.lifecycle.OWNER_ENV`) that names this process as the worker's owner."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_CPU_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES")}
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(owner_env())
     if extra:
         env.update(extra)
     return env

@@ -1,0 +1,217 @@
+"""What dead e2ebench processes left behind, and which other measurements run now.
+
+:func:`clean_leftovers` runs before every ``run`` and study: it removes what an e2ebench process that
+died (SIGKILL, OOM, power cut of the terminal) left — processes carrying its owner mark
+(:data:`e2ebench.lifecycle.OWNER_ENV`): workers, containers' processes, QEMU/Firecracker; the
+``e2ebench`` cgroups named after it; its ``runc`` containers; its ``/tmp/e2ebench-<pid>-*`` folders — and
+returns one line per thing removed, which the CLI prints.  Nothing whose owner is alive (or unknown)
+is touched.
+
+:func:`other_measurements` lists the live workers and VMMs of *other* e2ebench processes and the CPUs
+they may use; the runner records them in a run's result as ``contended``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from e2ebench.lifecycle import OWNER_ENV, owner_alive, parse_owner
+
+TEMP_PREFIX = "e2ebench-"
+_TEMP_OWNED = re.compile(r"^e2ebench-(\d+)-")
+
+
+def temp_prefix() -> str:
+    """Prefix of this process's temporary folders: ``e2ebench-<pid>-`` (the pid names the owner)."""
+    return f"{TEMP_PREFIX}{os.getpid()}-"
+
+
+@dataclasses.dataclass
+class MarkedProcess:
+    pid: int
+    owner: str          # the owner token
+    what: str           # "worker", "qemu", "firecracker", "runc", "podman", ...
+    command: str        # the command line, shortened
+    cpus: list[int]     # CPUs it may run on (Cpus_allowed_list)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _owner_of(pid: int) -> str | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    key = OWNER_ENV.encode() + b"="
+    for item in env.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key):].decode(errors="replace")
+    return None
+
+
+def _allowed_cpus(pid: int) -> list[int]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                return parse_cpu_list(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return []
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            cpus.extend(range(int(lo), int(hi) + 1))
+        else:
+            cpus.append(int(part))
+    return cpus
+
+
+def _describe(pid: int) -> tuple[str, str]:
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        argv = []
+    command = " ".join(argv)[:160]
+    if "e2ebench.worker" in argv:
+        return "worker", command
+    name = os.path.basename(argv[0]) if argv else "?"
+    if name.startswith("qemu-system"):
+        return "qemu", command
+    for known in ("firecracker", "runc", "podman", "conmon", "docker"):
+        if name.startswith(known):
+            return known, command
+    return name, command
+
+
+def marked_processes() -> list[MarkedProcess]:
+    """Every process carrying an e2ebench owner mark (needs root to read other users' environments)."""
+    out = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        owner = _owner_of(pid)
+        if owner is None:
+            continue
+        what, command = _describe(pid)
+        out.append(MarkedProcess(pid, owner, what, command, _allowed_cpus(pid)))
+    return out
+
+
+def other_measurements(cpus: list[int] | None = None) -> list[dict]:
+    """Live measurement processes (workers, VMMs) of *other* e2ebench processes that may use ``cpus``
+    (any CPU when None)."""
+    own = os.getpid()
+    found = []
+    wanted = set(cpus) if cpus else None
+    for proc in marked_processes():
+        parsed = parse_owner(proc.owner)
+        if parsed is None or parsed[0] == own or not owner_alive(proc.owner):
+            continue
+        if proc.what not in ("worker", "qemu", "firecracker"):
+            continue
+        if wanted is not None and proc.cpus and not wanted & set(proc.cpus):
+            continue
+        found.append({"pid": proc.pid, "what": proc.what, "owner_pid": parsed[0], "cpus": proc.cpus,
+                      "command": proc.command})
+    return found
+
+
+def kill_orphans(grace_s: float = 2.0) -> list[str]:
+    """SIGKILL every marked process whose owner is gone; one line per process."""
+    victims = [p for p in marked_processes() if not owner_alive(p.owner)]
+    removed = []
+    for proc in victims:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            continue
+        removed.append(f"process {proc.pid} ({proc.what}, owner {proc.owner.split(':')[0]} gone): {proc.command[:80]}")
+    deadline = time.monotonic() + grace_s
+    for proc in victims:
+        while Path(f"/proc/{proc.pid}").exists() and _is_running(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return removed
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def stale_temp_folders(parent: Path | None = None) -> list[Path]:
+    """``e2ebench-<pid>-*`` folders in the temp directory whose owner pid is gone."""
+    parent = Path(parent or tempfile.gettempdir())
+    out = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return out
+    for entry in entries:
+        match = _TEMP_OWNED.match(entry.name)
+        if not match or not entry.is_dir() or entry.is_symlink():
+            continue
+        if Path(f"/proc/{match.group(1)}").exists():
+            continue
+        out.append(entry)
+    return sorted(out)
+
+
+def remove_temp_folders(parent: Path | None = None) -> list[str]:
+    from e2ebench.platforms.container import _is_mount_free
+
+    removed = []
+    for folder in stale_temp_folders(parent):
+        if not _is_mount_free(folder):
+            removed.append(f"left {folder} in place: something is mounted under it")
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed.append(f"temporary folder {folder}")
+    return removed
+
+
+def clean_leftovers() -> list[str]:
+    """Remove what dead e2ebench processes left; one line per thing removed (or left, with why)."""
+    from e2ebench.platforms import cgroups
+
+    lines = kill_orphans()
+    if shutil.which("runc"):
+        from e2ebench.platforms.container import remove_stale_containers
+
+        try:
+            lines += [f"container {name}" if not name.startswith("/") else f"cgroup {name}"
+                      for name in remove_stale_containers("runc")]
+        except Exception as exc:   # housekeeping must never stop a run
+            lines.append(f"could not list runc containers: {type(exc).__name__}: {exc}")
+    try:
+        lines += [f"cgroup {d}" for d in cgroups.remove_stale()]
+    except Exception as exc:
+        lines.append(f"could not clean cgroups: {type(exc).__name__}: {exc}")
+    lines += remove_temp_folders()
+    return lines
+
+
+__all__ = ["MarkedProcess", "clean_leftovers", "kill_orphans", "marked_processes", "other_measurements",
+           "parse_cpu_list", "remove_temp_folders", "stale_temp_folders", "temp_prefix"]
