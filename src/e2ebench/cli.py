@@ -1,6 +1,8 @@
 """The ``e2ebench`` command line.
 
-Exit codes: 0 success, 1 a run (or study) failed, 2 usage or validation error.
+Exit codes: 0 success, 1 a run (or study) failed, 2 usage or validation error, 3 the store cannot be used (not a
+store, damaged, read-only, full, locked; one sentence says what to do, and names the file that keeps a run that could
+not be stored).
 """
 
 from __future__ import annotations
@@ -36,11 +38,20 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_STORE = 3      # the store cannot be used: e2ebench.store.StoreFault
 
 
 def fail_usage(message: str) -> "typer.Exit":
     err_console.print(f"[bold red]error:[/] {escape(message)}")
     return typer.Exit(EXIT_USAGE)
+
+
+def fail_store(exc: Exception) -> "typer.Exit":
+    """``error: <sentence>`` for a StoreError: exit 3 when the file cannot be used (StoreFault), else 2."""
+    from e2ebench.store import StoreFault
+
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
+    return typer.Exit(EXIT_STORE if isinstance(exc, StoreFault) else EXIT_USAGE)
 
 
 def parse_options(pairs: list[str] | None) -> dict:
@@ -391,15 +402,20 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
 
 
 def main() -> None:
+    from e2ebench.store import StoreError
+
     register_subcommands()
-    app()
+    try:
+        app()
+    except StoreError as exc:           # raised wherever the store is reached (SQLite finds some damage lazily)
+        raise SystemExit(fail_store(exc).exit_code) from None
 
 
 def register_subcommands() -> None:
     """Sub-command modules (studies, reports) register themselves on ``app`` when imported."""
     import importlib
 
-    for module in ("e2ebench.cli_study", "e2ebench.cli_report"):
+    for module in ("e2ebench.cli_study", "e2ebench.cli_report", "e2ebench.cli_store"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from e2ebench.cli import EXIT_OK, app, console, emit_json, err_console, fail_usage
+from e2ebench.cli import EXIT_OK, app, console, emit_json, err_console, fail_store, fail_usage
 from e2ebench.store import DEFAULT_STORE
 
 DEFAULT_REPORT_DIR = Path("results") / "report"
@@ -30,7 +30,7 @@ def resolve_study(store, wanted: str | None) -> dict:
     try:
         return store.resolve_study(wanted)
     except StoreError as exc:
-        raise fail_usage(str(exc))
+        raise fail_store(exc)
 
 
 def _open_store(store_path: Path):
@@ -39,9 +39,9 @@ def _open_store(store_path: Path):
     if not store_path.exists():
         raise fail_usage(f"store {store_path} does not exist; run `e2ebench study` first (or pass --store)")
     try:
-        return Store(store_path)
+        return Store(store_path, read_only_ok=True)
     except StoreError as exc:
-        raise fail_usage(str(exc))
+        raise fail_store(exc)
 
 
 def _load_prices(path: Path | None):

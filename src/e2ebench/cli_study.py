@@ -26,7 +26,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from e2ebench.cli import EXIT_FAILED, EXIT_OK, app, console, emit_json, err_console, fail_usage
+from e2ebench.cli import EXIT_FAILED, EXIT_OK, app, console, emit_json, err_console, fail_store, fail_usage
 from e2ebench.store import DEFAULT_STORE
 
 EXIT_INTERRUPTED = 130
@@ -255,7 +255,7 @@ def study(
     try:
         store = Store(store_file)
     except StoreError as exc:
-        raise fail_usage(str(exc))
+        raise fail_store(exc)
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops cleanly, like Ctrl-C
     try:
@@ -303,7 +303,7 @@ def _find_study(store, wanted: str | None) -> dict:
     try:
         return store.resolve_study(wanted, fallback_adhoc=True)    # only ad-hoc runs: show those
     except StoreError as exc:
-        raise fail_usage(str(exc))
+        raise fail_store(exc)
 
 
 def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
@@ -383,7 +383,7 @@ def show(
         raise fail_usage("--csv and --json are exclusive")
     if not store_path.exists():
         raise fail_usage(f"store {store_path} does not exist; run `e2ebench study` first (or pass --store)")
-    with Store(store_path) as store:
+    with Store(store_path, read_only_ok=True) as store:
         record = _find_study(store, study_id)
         if runs and (as_csv or as_json):
             rows = store.export_rows(record["id"])
@@ -421,7 +421,7 @@ def studies(
 
     if not store_path.exists():
         raise fail_usage(f"store {store_path} does not exist")
-    with Store(store_path) as store:
+    with Store(store_path, read_only_ok=True) as store:
         rows = store.studies()
     out = []
     for r in rows:

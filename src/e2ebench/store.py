@@ -3,36 +3,56 @@
 One row per run with the full RunResult JSON plus indexed columns for queries.  Every run is
 committed in its own transaction, so a run that finished is never lost when a later one dies.
 
-Schema (version 2)::
+Schema (version 3)::
 
     meta(key PRIMARY KEY, value)                         -- schema_version
     studies(id PRIMARY KEY, name, source, config_json, created_at, status)
     runs(id PRIMARY KEY AUTOINCREMENT, study_id, scenario, app, platform, cores, cpu_mode,
          device, mode, cache, phase, seq, status, outlier, started_at, finished_at, e2e_s,
-         emulated, error, result_json)
+         emulated, error, result_json, uuid)
 
 ``phase`` is ``warmup`` or ``measure``; ``status`` is ``ok`` or ``failed``; ``seq`` numbers the
 runs of one scenario in one study (0-based, per phase) and is unique with (study, scenario,
 phase), which makes resuming idempotent.  ``cache`` is ``warm`` or ``cold``, the page-cache state the run
-was measured with; it is part of the scenario (``ic@BM/2/PIN/CPU#cold-cache``).
+was measured with; it is part of the scenario (``ic@BM/2/PIN/CPU#cold-cache``).  ``uuid`` is the run's
+identity (32 hex digits, unique): it is chosen before the run is stored, so a run kept in a spill file
+(below) is imported once, whatever happens.
 
 Migrations: version 1 -> 2 adds ``runs.cache`` (``ALTER TABLE ... ADD COLUMN``, default ``warm``: version 1
-had no cold-cache runs; the column then comes last in the table, which no query depends on).  A store is migrated when it is opened; a store newer than this code is refused.
+had no cold-cache runs; the column then comes last in the table, which no query depends on); version 2 -> 3
+adds ``runs.uuid`` (random for the runs already stored) and its unique index.  A store is migrated when it is
+opened; a store newer than this code is refused.
+
+Faults (see docs/store.md): every SQLite error that means the file cannot be used is raised as a
+:class:`StoreFault` (a :class:`StoreError`) whose message is one sentence naming the file and what to do:
+not a store, damaged (SQLite notices some damage only when a query reaches it, so queries are guarded
+too, not only the opening), read-only, full, I/O error, locked.  A run that cannot be stored is written
+to a spill file (``<store>.pending/<uuid>.json``, else ``$E2EBENCH_CACHE/pending``, the run's log folder,
+or the temporary folder) that the error names; the next writable opening imports the spill files beside
+the store (and those in ``$E2EBENCH_CACHE/pending`` written for it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import sqlite3
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import quote
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_STORE = Path("results") / "e2ebench.sqlite"
 ADHOC_STUDY = "adhoc"
+BUSY_TIMEOUT_S = 30.0
+PENDING_FORMAT = "e2ebench.pending-run/1"
+
+log = logging.getLogger("e2ebench.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -64,7 +84,8 @@ CREATE TABLE IF NOT EXISTS runs (
     e2e_s REAL,
     emulated INTEGER NOT NULL DEFAULT 0,
     error TEXT,
-    result_json TEXT NOT NULL
+    result_json TEXT NOT NULL,
+    uuid TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_study ON runs(study_id, scenario, phase);
 CREATE INDEX IF NOT EXISTS runs_app ON runs(app, platform, cores, cpu_mode, device);
@@ -72,6 +93,9 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
 CREATE INDEX IF NOT EXISTS runs_e2e ON runs(e2e_s);
 CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(study_id, scenario, phase, seq) WHERE seq IS NOT NULL;
 """
+# Created by _migrate, after the column exists (a version 2 store has the table without it).
+_UUID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS runs_uuid ON runs(uuid)"
+STORE_TABLES = frozenset({"meta", "studies", "runs"})
 
 RUN_COLUMNS = (
     "id", "study_id", "scenario", "app", "platform", "cores", "cpu_mode", "device", "mode", "cache", "phase", "seq",
@@ -83,26 +107,299 @@ class StoreError(RuntimeError):
     pass
 
 
-class Store:
-    """A results database.  Use as a context manager or call :meth:`close`."""
+class StoreFault(StoreError):
+    """The store file cannot be used as it is.  The message is one sentence naming the file and what to do.
 
-    def __init__(self, path: Path | str = DEFAULT_STORE):
+    ``spill`` is the file that holds a run that could not be stored (None when there was none, or when no
+    folder took it)."""
+
+    def __init__(self, message: str, path: Path | None = None, spill: Path | None = None):
+        super().__init__(message)
+        self.path = path
+        self.spill = spill
+
+
+class StoreNotAStoreError(StoreFault):
+    """The file is not an SQLite database, or an SQLite database of something else."""
+
+
+class StoreDamagedError(StoreFault):
+    """SQLite reports the file as malformed, or a stored result cannot be read back."""
+
+
+class StoreReadOnlyError(StoreFault):
+    """The file or its folder cannot be written."""
+
+
+class StoreFullError(StoreFault):
+    """The file system holding the store is full."""
+
+
+class StoreIOError(StoreFault):
+    """The operating system reported an I/O error reading or writing the store."""
+
+
+class StoreBusyError(StoreFault):
+    """Another process held the store's write lock for longer than the busy timeout."""
+
+
+def _damaged_sentence(path: Path, what: str) -> str:
+    return (f"store {path} is damaged ({what}): run `e2ebench store check --store {path} --repair` to copy its "
+            f"readable runs into a new file")
+
+
+def sqlite_fault(path: Path, exc: BaseException) -> StoreFault | None:
+    """The :class:`StoreFault` an SQLite error means for the store at ``path``; None for errors that are not about
+    the file (a constraint, a programming error), which callers re-raise unchanged."""
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)):
+        return None
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    message = str(exc)
+    if primary == 26:                                                  # SQLITE_NOTADB
+        return StoreNotAStoreError(
+            f"{path} is not an e2ebench store (not an SQLite database): pass --store with your results file, or move "
+            f"this file aside to start a new store under its name", path)
+    if primary == 11 or message.startswith("Could not decode to UTF-8"):   # SQLITE_CORRUPT; a mangled text value
+        return StoreDamagedError(_damaged_sentence(path, message.split(" with text ")[0][:200]), path)
+    if primary == 13:                                                  # SQLITE_FULL
+        return StoreFullError(f"the file system holding store {path} is full: free some space and run the command "
+                              f"again", path)
+    if primary in (8, 23) or (primary == 14 and not _writable(path)):  # SQLITE_READONLY, SQLITE_AUTH, CANTOPEN
+        return StoreReadOnlyError(
+            f"store {path} is read-only ({message}): make the file and its folder writable, or pass --store with a "
+            f"writable path", path)
+    if primary == 14:
+        return StoreFault(f"store {path} cannot be opened ({message}): check that its folder exists and that this "
+                          f"user may write there, or pass another --store", path)
+    if primary == 10:                                                  # SQLITE_IOERR
+        return StoreIOError(f"store {path} could not be read or written ({message}): check the disk (`dmesg`), then "
+                            f"run `e2ebench store check --store {path}`", path)
+    if primary in (5, 6):                                              # SQLITE_BUSY, SQLITE_LOCKED
+        return StoreBusyError(f"store {path} stayed locked by another process for more than {BUSY_TIMEOUT_S:g} s "
+                              f"({message}): run the command again when the other one has finished, or use another "
+                              f"--store", path)
+    return None
+
+
+def _writable(path: Path) -> bool:
+    """Whether this user may write the store file (when it exists) and its folder (for the -wal and -shm files)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not os.access(path, os.W_OK):
+        return False
+    return os.access(folder, os.W_OK)
+
+
+class _Cursor:
+    """An ``sqlite3.Cursor`` whose reads raise :class:`StoreFault` (SQLite finds damage while stepping, too)."""
+
+    def __init__(self, cursor: sqlite3.Cursor, guard):
+        self._cursor, self._guard = cursor, guard
+
+    def fetchone(self):
+        with self._guard():
+            return self._cursor.fetchone()
+
+    def fetchall(self):
+        with self._guard():
+            return self._cursor.fetchall()
+
+    def __iter__(self):
+        return iter(self.fetchall())
+
+    @property
+    def lastrowid(self):
+        return self._cursor.lastrowid
+
+    @property
+    def rowcount(self):
+        return self._cursor.rowcount
+
+
+class _Connection:
+    """An ``sqlite3.Connection`` whose statements raise :class:`StoreFault` for faults of the file."""
+
+    def __init__(self, conn: sqlite3.Connection, guard):
+        self.raw, self._guard = conn, guard
+
+    def execute(self, sql: str, args: Any = ()) -> _Cursor:
+        with self._guard():
+            return _Cursor(self.raw.execute(sql, args), self._guard)
+
+    def executemany(self, sql: str, rows: Any) -> _Cursor:
+        with self._guard():
+            return _Cursor(self.raw.executemany(sql, rows), self._guard)
+
+    def executescript(self, script: str) -> None:
+        with self._guard():
+            self.raw.executescript(script)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.in_transaction
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def spill_folders(store_path: Path, result: dict | None = None) -> list[Path]:
+    """Where a run that cannot be stored is written, in order: beside the store, the cache's ``pending`` folder,
+    the run's log folder (``logs_dir``: where the worker's output is), the temporary folder."""
+    folders = [pending_dir(store_path), cache_pending_dir()]
+    logs_dir = (result or {}).get("logs_dir")
+    if logs_dir:
+        folders.append(Path(logs_dir))
+    folders.append(Path(tempfile.gettempdir()) / "e2ebench-pending")
+    return folders
+
+
+def pending_dir(store_path: Path) -> Path:
+    """The spill folder beside a store: ``<store>.pending``."""
+    store_path = Path(store_path)
+    return store_path.with_name(store_path.name + ".pending")
+
+
+def cache_pending_dir() -> Path:
+    return Path(os.environ.get("E2EBENCH_CACHE", Path.home() / ".cache" / "e2ebench")) / "pending"
+
+
+def pending_files(store_path: Path) -> list[Path]:
+    """The spill files waiting for this store: all of ``<store>.pending/*.json`` and those in the cache's
+    ``pending`` folder that name this store."""
+    store_path = Path(store_path)
+    found = sorted(pending_dir(store_path).glob("*.json")) if pending_dir(store_path).is_dir() else []
+    cache = cache_pending_dir()
+    if cache.is_dir():
+        resolved = str(store_path.resolve())
+        for path in sorted(cache.glob("*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(path.read_text()).get("store") == resolved:
+                    found.append(path)
+    return found
+
+
+def _write_atomically(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    tmp = folder / f".{name}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return target
+
+
+class Store:
+    """A results database.  Use as a context manager or call :meth:`close`.
+
+    Opening creates (or migrates) the schema and imports the spill files waiting beside the store.  A store that
+    cannot be written raises :class:`StoreReadOnlyError`, unless ``read_only_ok``: then it is opened for reading
+    (``writable`` is False) when its schema can be read as it is.
+    """
+
+    def __init__(self, path: Path | str = DEFAULT_STORE, *, read_only_ok: bool = False, import_pending: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writable = True
+        self.imported: list[dict] = []
+        if self.path.is_dir():
+            raise StoreNotAStoreError(f"{self.path} is a folder, not an e2ebench store: pass --store with a file "
+                                      f"path", self.path)
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreReadOnlyError(f"cannot create the folder of store {self.path} ({exc.strerror}): pass --store "
+                                     f"with a writable path", self.path) from exc
+        try:
+            self._open_writable()
+        except StoreReadOnlyError:
+            if not (read_only_ok and self.path.exists()):
+                raise
+            self._open_read_only()
+        if self.writable and import_pending:
+            self.import_pending()
+
+    # -- opening --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+            fault = sqlite_fault(self.path, exc)
+            if fault is None:
+                raise
+            raise fault from exc
+
+    def _connect(self, target: str, uri: bool = False) -> None:
+        with self._guard():
+            conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
+        conn.row_factory = sqlite3.Row
+        self.db = _Connection(conn, self._guard)
+
+    def _open_writable(self) -> None:
+        self._connect(str(self.path))
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL").fetchone()
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._check_is_a_store()
+            self._migrate()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _open_read_only(self) -> None:
+        """Read-only: ``mode=ro`` reads a WAL store when its ``-shm`` file can be used; on a read-only file system
+        without one, ``immutable=1`` (nobody can write it there, so nothing changes under the reader)."""
+        target = quote(str(self.path.resolve()))
+        last: StoreFault | None = None
+        for flags in ("mode=ro", "immutable=1"):
+            try:
+                self._connect(f"file:{target}?{flags}", uri=True)
+                self.db.execute("PRAGMA foreign_keys=ON")
+                self._check_is_a_store()
+                version = self.schema_version
+                break
+            except StoreFault as exc:
+                with contextlib.suppress(Exception):
+                    self.db.close()
+                last = exc
+        else:
+            assert last is not None
+            raise last
+        if version > SCHEMA_VERSION:
+            self.db.close()
+            raise StoreError(f"store {self.path} has schema version {version}, newer than this e2ebench "
+                             f"({SCHEMA_VERSION})")
+        if version < 2:
+            self.db.close()
+            raise StoreReadOnlyError(f"store {self.path} is read-only and has schema version {version}, which must be "
+                                     f"migrated before it can be read: make it writable once", self.path)
+        self.writable = False
+
+    def _check_is_a_store(self) -> None:
+        tables = {r["name"] for r in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
+        if tables and "meta" not in tables and not tables <= STORE_TABLES:
+            shown = ", ".join(sorted(tables)[:4]) + (", …" if len(tables) > 4 else "")
+            raise StoreNotAStoreError(f"{self.path} is an SQLite database but not an e2ebench store (its tables: "
+                                      f"{shown}): pass --store with your results file", self.path)
 
     def _migrate(self) -> None:
         # executescript() COMMITs any open transaction first (Python 3.11), so it cannot run inside
         # transaction(); the schema statements are idempotent (IF NOT EXISTS) and run in one script.
-        self.db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        try:
+            self.db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        except BaseException:
+            self._rollback()
+            raise
         with self.transaction():
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
@@ -111,23 +408,35 @@ class Store:
                 raise StoreError(
                     f"store {self.path} has schema version {row['value']}, newer than this e2ebench ({SCHEMA_VERSION})"
                 )
-            # 1 -> 2: runs.cache.  Checked on the columns, not only the version, so a half-migrated store heals.
+            # Checked on the columns, not only the version, so a half-migrated store heals.
             columns = {r["name"] for r in self.db.execute("PRAGMA table_info(runs)")}
-            if "cache" not in columns:
+            if "cache" not in columns:                          # 1 -> 2
                 self.db.execute("ALTER TABLE runs ADD COLUMN cache TEXT NOT NULL DEFAULT 'warm'")
+            if "uuid" not in columns:                           # 2 -> 3: an identity for every run
+                self.db.execute("ALTER TABLE runs ADD COLUMN uuid TEXT")
+                self.db.execute("UPDATE runs SET uuid=lower(hex(randomblob(16))) WHERE uuid IS NULL")
+            self.db.execute(_UUID_INDEX)
             if row is not None and int(row["value"]) < SCHEMA_VERSION:
                 self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
+    def _rollback(self) -> None:
+        """Roll back what is open; SQLite has already rolled back after some errors (a full disk), and a failing
+        ROLLBACK must not hide the error that caused it."""
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.raw.execute("ROLLBACK")
+
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[_Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``: the write lock is taken first (waiting up to the busy timeout for another
+        writer), so what is read inside the transaction is still true when it commits."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        else:
             self.db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -155,8 +464,11 @@ class Store:
 
     def ensure_study(self, study_id: str, name: str | None = None, config: dict | None = None,
                      source: str | None = None) -> str:
-        if self.get_study(study_id) is None:
-            self.create_study(name or study_id, config, source, study_id=study_id)
+        with self.transaction():                       # atomic: two processes may ensure the same study at once
+            self.db.execute(
+                "INSERT OR IGNORE INTO studies(id, name, source, config_json, created_at) VALUES (?, ?, ?, ?, ?)",
+                (study_id, name or study_id, source, json.dumps(config or {}, sort_keys=True), time.time()),
+            )
         return study_id
 
     def get_study(self, study_id: str) -> dict | None:
@@ -228,26 +540,147 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------
     def add_run(self, result: dict, study_id: str = ADHOC_STUDY, phase: str = "measure", seq: int | None = None,
-                status: str | None = None, error: str | None = None) -> int:
-        """Store one RunResult (a failed run too) atomically; return its row id."""
-        dep = result["deployment"]
+                status: str | None = None, error: str | None = None, run_uuid: str | None = None) -> int:
+        """Store one RunResult (a failed run too) atomically; return its row id.
+
+        The run's identity (``run_uuid``, random when not given) is fixed before anything is written: storing the
+        same identity again returns the stored row.  When the store cannot take the run (full, read-only, damaged,
+        I/O error, locked), the run is written to a spill file and the :class:`StoreFault` raised names it, so that
+        nothing measured is lost; the next writable opening of the store imports it.
+        """
         status = status or ("failed" if result.get("error") else "ok")
-        error = error or result.get("error")
-        now = time.time()
+        record = {
+            "format": PENDING_FORMAT, "store": str(self.path.resolve()), "uuid": run_uuid or uuid.uuid4().hex,
+            "study_id": study_id, "phase": phase, "seq": seq, "status": status, "error": error or result.get("error"),
+            "result": result,
+        }
+        _run_columns(record)                          # a malformed result fails here, before anything is written
+        json.dumps(result)                            # an unserialisable one too (TypeError)
+        try:
+            with self.transaction():
+                return self._insert(record)[0]
+        except StoreFault as exc:
+            raise self._spill(exc, record) from exc
+
+    def _insert(self, record: dict, renumber: bool = False) -> tuple[int, str]:
+        """Insert one run record (inside a transaction); ``(row id, what happened)``.  A record whose identity is
+        stored already is not inserted again.  ``renumber``: a ``seq`` taken in the meantime (a study resumed before
+        a spill file was imported) becomes the next free one, so the run is kept."""
+        found = self.db.execute("SELECT id FROM runs WHERE uuid=?", (record["uuid"],)).fetchone()
+        if found is not None:
+            return int(found["id"]), "already stored"
+        study_id = record["study_id"]
+        study = record.get("study") or {}
         if study_id == ADHOC_STUDY:
-            self.ensure_study(ADHOC_STUDY, "ad-hoc runs")
+            study = {"name": "ad-hoc runs"}
+        self.db.execute(
+            "INSERT OR IGNORE INTO studies(id, name, source, config_json, created_at, status) VALUES (?, ?, ?, ?, ?, ?)",
+            (study_id, study.get("name") or study_id, study.get("source"),
+             json.dumps(study.get("config") or {}, sort_keys=True), float(study.get("created_at") or time.time()),
+             study.get("status") or "running"),
+        )
+        columns = _run_columns(record)
+        outcome = "imported"
+        if renumber and columns["seq"] is not None:
+            taken = self.db.execute("SELECT 1 FROM runs WHERE study_id=? AND scenario=? AND phase=? AND seq=?",
+                                    (study_id, columns["scenario"], columns["phase"], columns["seq"])).fetchone()
+            if taken is not None:
+                top = self.db.execute("SELECT MAX(seq) AS m FROM runs WHERE study_id=? AND scenario=? AND phase=?",
+                                      (study_id, columns["scenario"], columns["phase"])).fetchone()["m"]
+                outcome = f"imported as {columns['phase']} #{top + 1} (#{columns['seq']} was stored meanwhile)"
+                columns["seq"] = top + 1
+        names = list(columns) + ["result_json", "uuid"]
+        cur = self.db.execute(
+            f"INSERT INTO runs({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            (*columns.values(), json.dumps(record["result"], sort_keys=True), record["uuid"]),
+        )
+        return int(cur.lastrowid), outcome
+
+    def _spill(self, exc: StoreFault, record: dict) -> StoreFault:
+        """Write a run the store could not take to the first folder that takes it; the fault to raise, naming it."""
+        with contextlib.suppress(Exception):
+            if record["study_id"] != ADHOC_STUDY:
+                study = self.get_study(record["study_id"])
+                if study:
+                    record = {**record, "study": {k: study[k] for k in ("name", "source", "config", "created_at")}}
+        record = {**record, "written_at": time.time(), "reason": str(exc)}
+        text = json.dumps(record, sort_keys=True, indent=1, default=str)
+        logs_dir = record["result"].get("logs_dir")
+        spill, tried = None, []
+        for folder in spill_folders(self.path, record["result"]):
+            name = f"pending-run-{record['uuid']}.json" if logs_dir and folder == Path(logs_dir) \
+                else f"{record['uuid']}.json"
+            try:
+                spill = _write_atomically(folder, name, text)
+                break
+            except OSError as err:
+                tried.append(f"{folder}: {err.strerror or err}")
+        cause, remedy = _fault_words(exc, self.path)
+        if spill is None:
+            message = (f"{cause}, so this run was not stored, and no folder could keep its result "
+                       f"({'; '.join(tried)}): {remedy} and run it again")
+        elif spill.parent in (pending_dir(self.path), cache_pending_dir()):
+            message = (f"{cause}, so this run was not stored: its result is kept in {spill}; {remedy}, and the next "
+                       f"e2ebench command that opens the store imports it")
+        else:
+            message = (f"{cause}, so this run was not stored: its result is kept in {spill}; {remedy}, then run "
+                       f"`e2ebench store import --store {self.path} {spill}`")
+        return type(exc)(message, self.path, spill)
+
+    # -- spill files ----------------------------------------------------------------------
+    def import_pending(self) -> list[dict]:
+        """Import the spill files waiting for this store (see :func:`pending_files`), each once, and delete them.
+
+        Called when a writable store is opened.  A file that cannot be imported is kept and named in a warning; when
+        the store cannot take runs now (still full), the files wait for the next opening."""
+        outcomes = []
+        for path in pending_files(self.path):
+            try:
+                outcomes.append(self.import_file(path))
+            except StoreFault as exc:
+                log.warning("e2ebench: %d spill file(s) wait beside %s: %s", len(pending_files(self.path)), self.path,
+                            exc)
+                break
+            except (OSError, ValueError, KeyError, TypeError, sqlite3.IntegrityError) as exc:
+                log.warning("e2ebench: spill file %s kept: it cannot be imported (%s)", path, exc)
+        if outcomes:
+            log.warning("e2ebench: imported %d run(s) that could not be stored earlier into %s (%s)", len(outcomes),
+                        self.path, ", ".join(f"run {o['run_id']}: {o['outcome']}" for o in outcomes))
+        self.imported.extend(outcomes)
+        return outcomes
+
+    def import_file(self, path: Path | str, delete: bool = True) -> dict:
+        """Import one spill file (or one plain RunResult JSON, as an ad-hoc run); return ``{file, uuid, run_id,
+        outcome}``.  Idempotent: the run's identity is checked in the same transaction that inserts it, and a spill
+        file is deleted only after that transaction committed (``delete``); a plain RunResult is never deleted."""
+        path = Path(path)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        spill = data.get("format") == PENDING_FORMAT
+        if spill:
+            record = data
+        else:                                         # a RunResult: its identity is its scenario and start time
+            if "scenario" not in data or "started_at" not in data:
+                raise ValueError("neither an e2ebench spill file nor a RunResult (no scenario or started_at)")
+            record = {"uuid": uuid.uuid5(uuid.NAMESPACE_URL, f"e2ebench-run:{data['scenario']}:{data['started_at']!r}").hex,
+                      "study_id": ADHOC_STUDY, "phase": "measure", "seq": None,
+                      "status": "failed" if data.get("error") else "ok", "error": data.get("error"), "result": data}
+        if not isinstance(record.get("result"), dict) or not record.get("uuid") or not record.get("study_id"):
+            raise ValueError("spill file without a result, identity or study")
+        _run_columns(record)
         with self.transaction():
-            cur = self.db.execute(
-                f"INSERT INTO runs({', '.join(RUN_COLUMNS[1:])}, result_json) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
-                (
-                    study_id, result["scenario"], result["app"], dep["platform"], int(dep["cores"]), dep["cpu_mode"],
-                    dep["device"], result.get("mode", "e2e"), run_cache(result), phase, seq, status, 0,
-                    float(result.get("started_at", now)), float(result.get("finished_at", now)),
-                    result.get("e2e_s") if status == "ok" else None, int(bool(result.get("emulated"))), error,
-                    json.dumps(result, sort_keys=True),
-                ),
-            )
-        return int(cur.lastrowid)
+            if not spill:
+                same = self.db.execute("SELECT id FROM runs WHERE scenario=? AND started_at=?",
+                                       (record["result"]["scenario"], float(record["result"]["started_at"]))).fetchone()
+                if same is not None:
+                    return {"file": str(path), "uuid": record["uuid"], "run_id": int(same["id"]),
+                            "outcome": "already stored"}
+            run_id, outcome = self._insert(record, renumber=True)
+        if spill and delete:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return {"file": str(path), "uuid": record["uuid"], "run_id": run_id, "outcome": outcome}
 
     def runs(self, study_id: str | None = None, scenario: str | None = None, phase: str | None = "measure",
              status: str | None = None, app: str | None = None, cache: str | None = None,
@@ -266,7 +699,11 @@ class Store:
             d["outlier"] = bool(d["outlier"])
             d["emulated"] = bool(d["emulated"])
             if with_result:
-                d["result"] = json.loads(row["result_json"])
+                try:
+                    d["result"] = json.loads(row["result_json"])
+                except ValueError as exc:
+                    raise StoreDamagedError(_damaged_sentence(self.path, f"run {d['id']}'s result cannot be read: {exc}"),
+                                            self.path) from exc
             out.append(d)
         return out
 
@@ -326,3 +763,37 @@ def _study_dict(row: sqlite3.Row) -> dict:
         "id": row["id"], "name": row["name"], "source": row["source"],
         "config": json.loads(row["config_json"] or "{}"), "created_at": row["created_at"], "status": row["status"],
     }
+
+
+def _run_columns(record: dict) -> dict:
+    """The indexed columns of a run record (``result`` plus ``study_id``, ``phase``, ``seq``, ``status``, ``error``)."""
+    result = record["result"]
+    dep = result["deployment"]
+    now = time.time()
+    status = record["status"]
+    return {
+        "study_id": record["study_id"], "scenario": result["scenario"], "app": result["app"],
+        "platform": dep["platform"], "cores": int(dep["cores"]), "cpu_mode": dep["cpu_mode"], "device": dep["device"],
+        "mode": result.get("mode", "e2e"), "cache": run_cache(result), "phase": record["phase"], "seq": record["seq"],
+        "status": status, "outlier": 0, "started_at": float(result.get("started_at", now)),
+        "finished_at": float(result.get("finished_at", now)),
+        "e2e_s": result.get("e2e_s") if status == "ok" else None, "emulated": int(bool(result.get("emulated"))),
+        "error": record["error"],
+    }
+
+
+def _fault_words(exc: StoreFault, path: Path) -> tuple[str, str]:
+    """(what happened, what to do) for a spill message."""
+    if isinstance(exc, StoreFullError):
+        return f"the file system holding store {path} is full", "free some space"
+    if isinstance(exc, StoreReadOnlyError):
+        return f"store {path} is read-only", "make it writable"
+    if isinstance(exc, StoreDamagedError):
+        return f"store {path} is damaged", f"repair it with `e2ebench store check --store {path} --repair`"
+    if isinstance(exc, StoreNotAStoreError):
+        return f"{path} is not an e2ebench store", "pass --store with your results file"
+    if isinstance(exc, StoreBusyError):
+        return f"store {path} stayed locked by another process", "wait for the other process to finish"
+    if isinstance(exc, StoreIOError):
+        return f"store {path} could not be written (I/O error)", "check the disk"
+    return f"store {path} cannot be written ({exc})", "fix the store"
