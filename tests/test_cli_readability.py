@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
+import pytest
 from conftest import run_cli, run_json
+from test_analysis import fill_store, make_result, phases, scale
 
+from e2ebench import analysis
 from e2ebench.apps import app_names, get_app_class
+from e2ebench.store import ADHOC_STUDY, Store
 
 # ---------------------------------------------------------------------------------------------
 # apps
@@ -56,3 +61,93 @@ def test_apps_json_keeps_its_keys_and_adds_types():
     assert rc == 0 and row == next(r for r in rows if r["name"] == "rs")
     assert {o["name"]: o["type"] for o in row["options"]}["max_rows_per_table"] == "integer"
     json.dumps(row)
+
+
+# ---------------------------------------------------------------------------------------------
+# ad-hoc runs (e2ebench run) in show, report and recommend
+
+def _fill_adhoc_and_study(path: Path) -> str:
+    """The same results twice: as ad-hoc runs (study ``adhoc``) and as a study's runs; returns the study id."""
+    spec = {"BM/2/PIN/CPU": phases(), "CN/2/PIN/CPU": scale(phases(), 1.1)}
+    with Store(path) as store:
+        fill_store(store, ADHOC_STUDY, spec, runs=3, noise=0.02)
+        sid = store.create_study("twin", config={"host": {"cores": 2}})
+        fill_store(store, sid, spec, runs=3, noise=0.02)
+    return sid
+
+
+def test_show_report_and_recommend_read_a_store_of_adhoc_runs_only(tmp_path):
+    path = tmp_path / "adhoc.sqlite"
+    with Store(path) as store:
+        fill_store(store, ADHOC_STUDY, {"BM/2/PIN/CPU": phases(), "CN/2/PIN/CPU": scale(phases(), 1.1)}, runs=3,
+                   noise=0.02)
+    proc = run_cli(["show", "--store", str(path)], env={"COLUMNS": "120"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ad-hoc runs") and "BM/2/PIN/CPU" in proc.stdout and "CN/2/PIN/CPU" in proc.stdout
+    rc, shown, err = run_json(["show", "--store", str(path)])
+    assert rc == 0, err
+    assert shown["study"]["id"] == ADHOC_STUDY
+    assert all(s["n"] == 3 and s["mean_s"] and s["ci_halfwidth_pct"] for s in shown["scenarios"])
+    rc, report, err = run_json(["report", "--store", str(path), "--out", str(tmp_path / "report")])
+    assert rc == 0, err
+    assert report["study"]["id"] == ADHOC_STUDY and report["runs_used"] == 6
+    overheads = report["native"]["findings"]["overhead_vs_bm"]
+    assert [(o["subject"]["scenario"], o["baseline"]["scenario"]) for o in overheads] == [
+        ("ic@CN/2/PIN/CPU", "ic@BM/2/PIN/CPU")]
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "e2ebench report — ad-hoc runs" in page and "runs made with e2ebench run" in page
+    rc, advice, err = run_json(["recommend", "--store", str(path)])
+    assert rc == 0, err
+    assert advice["study"]["id"] == ADHOC_STUDY and advice["native"]["answers"][0]["app"] == "ic"
+    proc = run_cli(["recommend", "--store", str(path)], env={"COLUMNS": "120"})
+    assert proc.returncode == 0 and proc.stdout.startswith("ad-hoc runs (e2ebench run): 6 runs in 2 scenarios")
+
+
+def test_adhoc_runs_get_the_statistics_of_a_study_and_the_latest_study_stays_the_default(tmp_path):
+    path = tmp_path / "both.sqlite"
+    sid = _fill_adhoc_and_study(path)
+    rc, default, err = run_json(["show", "--store", str(path)])
+    assert rc == 0 and default["study"]["id"] == sid
+    assert f"--study {ADHOC_STUDY}" in err                      # says where the ad-hoc runs are
+    rc, adhoc, _ = run_json(["show", "--store", str(path), "--study", ADHOC_STUDY])
+    assert rc == 0 and adhoc["study"]["id"] == ADHOC_STUDY
+    keys = ("scenario", "n", "mean_s", "stdev_s", "ci_halfwidth_s", "ci_halfwidth_pct", "phases_s")
+    assert [{k: s[k] for k in keys} for s in adhoc["scenarios"]] == [{k: s[k] for k in keys} for s in default["scenarios"]]
+    rc, report_study, _ = run_json(["recommend", "--store", str(path)])
+    rc2, report_adhoc, _ = run_json(["recommend", "--store", str(path), "--study", ADHOC_STUDY])
+    assert rc == rc2 == 0 and report_study["study"]["id"] == sid and report_adhoc["study"]["id"] == ADHOC_STUDY
+    assert report_adhoc["native"]["answers"] == report_study["native"]["answers"]
+
+
+def test_adhoc_runs_of_another_workload_are_left_out_and_said_so(tmp_path):
+    path = tmp_path / "mixed.sqlite"
+    with Store(path) as store:
+        fill_store(store, ADHOC_STUDY, {"BM/2/PIN/CPU": phases()}, runs=3)
+        small = make_result("ic", "BM/2/PIN/CPU", scale(phases(), 0.1), requests=8, started_at=1_600_000_000.0)
+        store.add_run(small)                                    # older, 8 requests instead of 64
+        data = analysis.load_study(store, ADHOC_STUDY)
+    (stats,) = data.scenarios.values()
+    assert stats.n == 3 and data.excluded == {analysis.ADHOC_OTHER_WORKLOAD: 1}
+    rc, shown, _ = run_json(["show", "--store", str(path)])
+    assert rc == 0 and shown["scenarios"][0]["n"] == 3
+    proc = run_cli(["show", "--store", str(path)], env={"COLUMNS": "200"})
+    assert "ic: counted the runs with the workload of its latest run (64 requests" in proc.stdout
+    assert "1 run(s) with another workload left out" in proc.stdout
+
+
+def test_real_e2ebench_run_results_are_shown_reported_and_recommended(tmp_path, ic_data):
+    from e2ebench.platforms import cgroups
+
+    if not cgroups.writable()[0]:
+        pytest.skip("cgroups not writable: BM runs need their limits")
+    store = str(tmp_path / "r.sqlite")
+    for _ in range(2):
+        rc, result, err = run_json(["run", "ic", "BM/1/VNL/CPU", "--variant", "tiny", "--requests", "6", "--data",
+                                    str(ic_data), "--store", store], timeout=300)
+        assert rc == 0, err
+    for command in (["show"], ["recommend"], ["report", "--out", str(tmp_path / "report")]):
+        proc = run_cli(command + ["--store", store], env={"COLUMNS": "120"}, timeout=300)
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert "no study" not in proc.stderr
+    rc, shown, _ = run_json(["show", "--store", store])
+    assert shown["scenarios"][0]["scenario"] == "ic@BM/1/VNL/CPU" and shown["scenarios"][0]["n"] == 2

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 from e2ebench.scenario import PLATFORMS, Deployment, Scenario, cache_title, scenario_string
 from e2ebench.stats import ConfidenceInterval, confidence_interval, mean, stdev, t_critical
+from e2ebench.store import ADHOC_STUDY
 
 Summary = ConfidenceInterval
 """A scenario number over runs: ``mean``, ``stdev``, ``n``, ``half_width`` (``inf`` below two runs), ``low``/``high``."""
@@ -263,6 +264,48 @@ def _configured_host_cores(study: dict) -> int | None:
     return int(cores) if cores else None
 
 
+ADHOC_OTHER_WORKLOAD = "another workload than the app's latest ad-hoc run"
+
+
+def workload_of(result: dict) -> tuple:
+    """What a run measured besides its scenario: requests, batch size, variant, backend, LoadGen scenario, app options
+    and weights.  A study gives every run of an app the same; ``e2ebench run`` takes them from its command line."""
+    info = result.get("app_info") or {}
+    batch = result.get("batch_size_requested") or result.get("batch_size")
+    options = tuple(sorted((str(k), repr(v)) for k, v in (info.get("options") or {}).items()))
+    return (result.get("requests"), batch, result.get("variant"), result.get("backend"),
+            result.get("loadgen_scenario"), options, info.get("weights"))
+
+
+def describe_workload(workload: tuple) -> str:
+    requests, batch, variant, backend, loadgen_scenario, options, weights = workload
+    text = f"{requests} requests, batch size {batch}, {variant} variant, {backend}, {loadgen_scenario}"
+    if options:
+        text += ", options " + ", ".join(f"{k}={v}" for k, v in options)
+    return text + (f", weights {weights}" if weights and not str(weights).startswith("random") else "")
+
+
+def adhoc_other_workloads(runs: Sequence[dict]) -> tuple[set[int], dict[str, tuple[str, int]]]:
+    """Ad-hoc runs (``e2ebench run``, study ``adhoc``) of one app can differ in workload (``-n 8`` here, ``-n 64``
+    there), and a mean over both means nothing.  Per app, the successful measured runs made with the workload of the
+    app's latest successful run count; this returns the ids of the others and, per app that has such others,
+    (the kept workload in words, how many runs were left out)."""
+    ok = [r for r in runs if r.get("phase") == "measure" and r.get("status") == "ok" and r.get("result")]
+    latest: dict[str, dict] = {}
+    for run in ok:
+        if run["app"] not in latest or (run["started_at"], run["id"]) > (latest[run["app"]]["started_at"],
+                                                                         latest[run["app"]]["id"]):
+            latest[run["app"]] = run
+    kept = {app: workload_of(run["result"]) for app, run in latest.items()}
+    left_out = {r["id"] for r in ok if workload_of(r["result"]) != kept[r["app"]]}
+    notes = {}
+    for app, workload in kept.items():
+        n = sum(1 for r in ok if r["app"] == app and r["id"] in left_out)
+        if n:
+            notes[app] = (describe_workload(workload), n)
+    return left_out, notes
+
+
 def load_study(store, study_id: str, include_outliers: bool | None = None) -> StudyData:
     """Read a study's runs from ``store`` (an :class:`e2ebench.store.Store`) and summarise every scenario.
 
@@ -277,7 +320,11 @@ def load_study(store, study_id: str, include_outliers: bool | None = None) -> St
     all_runs = store.runs(study_id=study_id, phase=None)
     excluded: dict[str, int] = defaultdict(int)
     grouped: dict[ScenarioKey, list[dict]] = defaultdict(list)
+    other_workload = adhoc_other_workloads(all_runs)[0] if study_id == ADHOC_STUDY else set()
     for run in all_runs:
+        if run["id"] in other_workload:
+            excluded[ADHOC_OTHER_WORKLOAD] += 1
+            continue
         if run["phase"] != "measure":
             excluded[f"phase {run['phase']}"] += 1
             continue

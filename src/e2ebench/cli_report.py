@@ -25,12 +25,49 @@ VERDICT_STYLES = {
 
 
 def resolve_study(store, wanted: str | None) -> dict:
+    """``--study`` (default: the latest study; with no study, the ad-hoc runs of ``e2ebench run``)."""
     from e2ebench.store import StoreError
 
     try:
-        return store.resolve_study(wanted)
+        record = store.resolve_study(wanted, fallback_adhoc=True)
+        if wanted is None:
+            adhoc_hint(store, record)
+        return record
     except StoreError as exc:
         raise fail_store(exc)
+
+
+def adhoc_hint(store, record: dict) -> None:
+    """When the default chose a study and the store also holds ad-hoc runs, say how to see those."""
+    from e2ebench.store import ADHOC_STUDY
+
+    if record["id"] == ADHOC_STUDY:
+        return
+    n = len(store.runs(study_id=ADHOC_STUDY, status="ok", with_result=False))
+    if n:
+        err_console.print(f"[dim]showing study {escape(record['id'])}; the store also holds {n} ad-hoc run(s) of "
+                          f"`e2ebench run`: add --study {ADHOC_STUDY}[/]")
+
+
+def study_title(record: dict) -> str:
+    """``study NAME (ID)``, or ``ad-hoc runs (e2ebench run)`` for the runs of ``e2ebench run``."""
+    from e2ebench.store import ADHOC_STUDY
+
+    if record["id"] == ADHOC_STUDY:
+        return "ad-hoc runs (e2ebench run)"
+    return f"study {record['name']} ({record['id']})"
+
+
+def adhoc_workload_notes(data_runs: list[dict], study_id: str) -> list[str]:
+    """One line per app whose ad-hoc runs were made with more than one workload (only its latest one counts)."""
+    from e2ebench.analysis import adhoc_other_workloads
+    from e2ebench.store import ADHOC_STUDY
+
+    if study_id != ADHOC_STUDY:
+        return []
+    _, notes = adhoc_other_workloads(data_runs)
+    return [f"{app}: counted the runs with the workload of its latest run ({workload}); {n} run(s) with another "
+            "workload left out" for app, (workload, n) in sorted(notes.items())]
 
 
 def _open_store(store_path: Path):
@@ -123,8 +160,10 @@ def recommend(
                    "native": sets[0].to_dict(), "emulated": sets[1].to_dict() if len(sets) > 1 else None,
                    "emulated_scenarios_kept_apart": sum(1 for k in data.scenarios if k.emulated)})
         raise typer.Exit(EXIT_OK)
-    console.print(f"[bold]study[/] {escape(record['name'])} ({escape(record['id'])}): "
-                  f"{len(data.used_run_ids)} runs in {len(data.scenarios)} scenarios")
+    console.print(f"[bold]{escape(study_title(record))}[/]: {len(data.used_run_ids)} runs in {len(data.scenarios)} "
+                  "scenarios")
+    for note in adhoc_workload_notes(data.runs, record["id"]):
+        console.print(f"[yellow]{escape(note)}[/]")
     n_emulated = sum(1 for k in data.scenarios if k.emulated)
     if n_emulated and not include_emulated:
         console.print(f"[yellow]{n_emulated} emulated (QEMU TCG) scenario(s) left out; add --include-emulated to "

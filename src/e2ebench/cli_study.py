@@ -298,15 +298,21 @@ def study(
 
 
 def _find_study(store, wanted: str | None) -> dict:
+    from e2ebench.cli_report import adhoc_hint
     from e2ebench.store import StoreError
 
     try:
-        return store.resolve_study(wanted, fallback_adhoc=True)    # only ad-hoc runs: show those
+        record = store.resolve_study(wanted, fallback_adhoc=True)    # only ad-hoc runs: show those
     except StoreError as exc:
         raise fail_store(exc)
+    if wanted is None:
+        adhoc_hint(store, record)
+    return record
 
 
 def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
+    from e2ebench.cli_report import adhoc_workload_notes
+    from e2ebench.store import ADHOC_STUDY
     from e2ebench.study_runner import summarize_study
 
     record = store.get_study(study_id)
@@ -314,7 +320,12 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
     by_app: dict[str, list] = defaultdict(list)
     for s in summaries:
         by_app[s.app].append(s)
-    console.print(f"[bold]study {escape(study_id)}[/] ({escape(record['name'])}, {record['status']})")
+    if study_id == ADHOC_STUDY:
+        console.print("[bold]ad-hoc runs[/] (made with e2ebench run)")
+        for note in adhoc_workload_notes(store.runs(study_id=study_id, phase=None), study_id):
+            console.print(f"[yellow]{escape(note)}[/]")
+    else:
+        console.print(f"[bold]study {escape(study_id)}[/] ({escape(record['name'])}, {record['status']})")
     colour = {"target": "green", "max-runs": "yellow", "abandoned": "red", "active": "cyan", "pending": "dim"}
     for app_name, rows in by_app.items():
         measured = [s for s in rows if s.status != "infeasible"]

@@ -32,7 +32,7 @@ from typing import Iterator, Protocol
 from e2ebench.runner import Workload, default_data, execute, failed_result
 from e2ebench.stats import (StopDecision, confidence_interval, outlier_mask, predicted_runs_needed,
                             stopping_decision)
-from e2ebench.store import Store
+from e2ebench.store import ADHOC_STUDY, Store
 from e2ebench.study import Plan, PlannedScenario, RepetitionPolicy, Study
 
 PHASE_WARMUP, PHASE_MEASURE = "warmup", "measure"
@@ -544,6 +544,11 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
     keep = policy.keep_outliers if keep_outliers is None else keep_outliers
     plan = record["config"].get("plan") or []
     runs = store.runs(study_id=study_id, phase=None)
+    if study_id == ADHOC_STUDY:                 # per app, the runs of one workload: its latest run's
+        from e2ebench.analysis import adhoc_other_workloads
+
+        other_workload = adhoc_other_workloads(runs)[0]
+        runs = [r for r in runs if r["id"] not in other_workload]
     by_scenario: dict[str, list[dict]] = {}
     for run in runs:
         by_scenario.setdefault(run["scenario"], []).append(run)

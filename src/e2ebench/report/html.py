@@ -29,6 +29,7 @@ from e2ebench.analysis import PHASE_TITLES, PHASES, Findings, StudyData, fmt_pct
 from e2ebench.cost import PriceTable, cheapest, cost_notes, cost_rows, row_caches
 from e2ebench.report import figures as figs
 from e2ebench.scenario import scenario_string
+from e2ebench.store import ADHOC_STUDY
 
 
 def esc(value: Any) -> str:
@@ -177,8 +178,6 @@ def build_report(store, study_id: str | None = None, out_dir: Path = Path("resul
     """Analyse ``study_id`` (default: the latest study, else the ad-hoc runs of ``e2ebench run``), draw its figures
     and write ``out_dir/report.html``."""
     if study_id is None:
-        from e2ebench.store import ADHOC_STUDY
-
         latest = store.latest_study() or store.get_study(ADHOC_STUDY)
         if latest is None:
             raise LookupError(f"no study in {store.path}; run `e2ebench study` or `e2ebench run` first")
@@ -197,10 +196,11 @@ def build_report(store, study_id: str | None = None, out_dir: Path = Path("resul
         sections += part.sections(out_dir)
     sections.append(_provenance(data))
     study = data.study
+    counts = f"{len(data.used_run_ids)} runs in {len(data.scenarios)} scenarios"
     page = environment().get_template("report.html").render(
         title=f"e2ebench report — {study['name']}",
-        subtitle=f"study {study['id']} · created {_iso(study['created_at'])} · status {study['status']} · "
-                 f"{len(data.used_run_ids)} runs in {len(data.scenarios)} scenarios",
+        subtitle=(f"study {study['id']} · created {_iso(study['created_at'])} · status {study['status']} · {counts}"
+                  if study["id"] != ADHOC_STUDY else f"runs made with e2ebench run (study id {ADHOC_STUDY}) · {counts}"),
         style=Markup(_template("report.css")),          # our own style sheet: the one raw insertion
         sections=sections,
         version=_version(),
