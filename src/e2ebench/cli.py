@@ -101,6 +101,8 @@ def public_result(result: dict) -> dict:
         "window_wall_s", "laps_coverage", "laps_cover_window", "service_time_ms", "loadgen_latency_ms",
         "batch_size_requested", "warmup_requests", "compute_threads", "page_cache", "warnings",
     )
+    keys += ("memory_limit_mib", "peak_memory_mib", "oom_killed")  # issue 10: memory limits
+    keys += ("contended", "contention")  # issue 10: another e2ebench measurement ran on the run's cores
     out = {k: result.get(k) for k in keys}
     if out["errors"] is None:
         out["errors"] = {"count": 0, "fraction": 0.0, "samples": []}
@@ -152,6 +154,11 @@ def print_result(result: dict) -> None:
     if errors.get("count"):
         console.print(f"[yellow]{errors['count']} request(s) failed[/]: " +
                       "; ".join(escape(f"{e['where']}: {e['message']}") for e in errors.get("samples", [])[:5]))
+    if result.get("memory_limit_mib") is not None or result.get("peak_memory_mib") is not None:
+        peak = result.get("peak_memory_mib")
+        limit = result.get("memory_limit_mib")
+        console.print(f"memory: limit {'none' if limit is None else f'{limit} MiB'}; peak "
+                      f"{'—' if peak is None else f'{peak:g} MiB'}")
     if result.get("run_id") is not None:
         console.print(f"stored as run {result['run_id']}")
     if not ok:
@@ -181,6 +188,11 @@ def run(
                                          help="Container engine for CN: runc (default), podman or docker."),
     vm_memory_mib: Optional[int] = typer.Option(None, "--vm-memory-mib", min=256,
                                                 help="Guest memory for VM, MVM and VMCN (default 4096 MiB)."),
+    memory_mib: Optional[int] = typer.Option(None, "--memory-mib",
+                                             help="Memory limit in MiB, swap included: a memory cgroup for BM and CN "
+                                                  "(at least 64), the guest's memory for VM, MVM and VMCN (at least "
+                                                  "256, as --vm-memory-mib). A worker the OOM killer kills is a "
+                                                  "failed run: out of memory (limit N MiB)."),
     store_path: Path = typer.Option(DEFAULT_STORE, "--store", help="SQLite results file."),
     timeout: float = typer.Option(1800.0, "--timeout", min=1, help="Seconds before the run is killed."),
     max_error_fraction: float = typer.Option(0.01, "--max-error-fraction", min=0, max=1,
@@ -228,8 +240,23 @@ def run(
         if sc.deployment.platform not in ("VM", "MVM", "VMCN"):
             raise fail_usage(f"--vm-memory-mib applies to VM, MVM and VMCN deployments only, not {sc.deployment.platform}")
         platform_options["memory_mib"] = vm_memory_mib
+    if memory_mib is not None:
+        from e2ebench.platforms.memory import MemoryLimitError, memory_limit_problem, validate_memory_mib
+
+        guest = sc.deployment.platform in ("VM", "MVM", "VMCN")
+        try:
+            validate_memory_mib(memory_mib, minimum=256 if guest else 64,
+                                what="--memory-mib (the guest's memory)" if guest else "--memory-mib")
+        except MemoryLimitError as exc:
+            raise fail_usage(str(exc))
+        if vm_memory_mib is not None and vm_memory_mib != memory_mib:
+            raise fail_usage(f"--memory-mib {memory_mib} and --vm-memory-mib {vm_memory_mib} disagree: both set the "
+                             "guest's memory; give one of them")
+        platform_options["memory_mib"] = memory_mib
     host = HostFacts.detect()
     reason = infeasibility(sc.deployment, host)
+    if reason is None and memory_mib is not None:
+        reason = memory_limit_problem(sc.deployment.platform)
     if reason is None and sc.deployment.platform != "BM":
         from e2ebench.platforms import PlatformError, get_platform
 
@@ -253,9 +280,12 @@ def run(
     with Store(store_path) as store:
         if as_json:
             result = run_single(sc, workload, store=store, platform_options=platform_options)
-        else:
+        elif err_console.is_terminal:
             with err_console.status(f"measuring {sc}"):
                 result = run_single(sc, workload, store=store, progress=progress, platform_options=platform_options)
+        else:       # in a file or a pipe a spinner shows nothing: plain progress lines only
+            progress(f"measuring {sc}")
+            result = run_single(sc, workload, store=store, progress=progress, platform_options=platform_options)
     if as_json:
         emit_json(public_result(result))
     else:

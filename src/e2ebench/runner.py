@@ -7,15 +7,19 @@ spec) and platforms (through :class:`~e2ebench.platforms.base.Platform`).  Study
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+from e2ebench.housekeeping import clean_leftovers, other_measurements, temp_prefix
+from e2ebench.lifecycle import Lifeline
 from e2ebench.platforms.base import Session
 from e2ebench.scenario import Scenario
 from e2ebench.spec import WorkerFailure, WorkerSpec, RESULT_SCHEMA
@@ -155,8 +159,13 @@ def execute(session: Session, scenario: Scenario, workload: Workload, data: Path
     logs_dir.mkdir(parents=True, exist_ok=True)
     spec = _spec_for(scenario, workload, Path(session.host_path(data)), Path(session.host_path(logs_dir)))
     spec.emulated = session.emulated
+    host_cpus = session.info.get("pinned_cpus") or session.info.get("pinned_host_cpus") or None
+    contention = other_measurements(host_cpus)          # before: what already runs on our cores
     try:
-        result = session.run_worker(spec, timeout=workload.timeout_s)
+        with Lifeline(logs_dir) as lifeline:
+            if session.shares_host_kernel:
+                spec.lifeline = session.host_path(lifeline.path)
+            result = session.run_worker(spec, timeout=workload.timeout_s)
     except WorkerFailure as exc:
         return failed_result(scenario, workload, f"worker failed: {exc}", started,
                              {"output_tail": exc.output_tail[-4000:], "emulated": session.emulated,
@@ -164,6 +173,7 @@ def execute(session: Session, scenario: Scenario, workload: Workload, data: Path
     except Exception as exc:
         return failed_result(scenario, workload, f"{type(exc).__name__}: {exc}", started,
                              {"output_tail": traceback.format_exc()[-4000:], "platform_info": session.info})
+    _record_contention(result, contention, other_measurements(host_cpus))
     # The scenario (with its cache state) is the runner's: the worker's string may not carry the cache suffix.
     result["scenario"] = str(scenario)
     result["cache"] = scenario.cache
@@ -182,6 +192,43 @@ def execute(session: Session, scenario: Scenario, workload: Workload, data: Path
         if mismatch:
             result["error"] = mismatch
     return result
+
+
+def _record_contention(result: dict, before: list[dict], after: list[dict]) -> None:
+    """``contended``: another e2ebench measurement ran on this run's cores when it started or ended
+    (``contention`` says which: pid, what, owner, CPUs).  Checked at both ends of the run, not in between."""
+    seen: dict[int, dict] = {}
+    for moment, procs in (("start", before), ("end", after)):
+        for proc in procs:
+            seen.setdefault(proc["pid"], {**proc, "seen_at": []})["seen_at"].append(moment)
+    result["contended"] = bool(seen)
+    result["contention"] = list(seen.values())
+    if seen:
+        what = ", ".join(f"{p['what']} {p['pid']} of e2ebench process {p['owner_pid']}" for p in seen.values())
+        result.setdefault("warnings", []).append(
+            f"another e2ebench measurement ran on this run's cores ({what}): the run is flagged contended")
+
+
+@contextlib.contextmanager
+def platform_workdir() -> Iterator[Path]:
+    """A temporary folder for one deployment (bundles, specs, sockets), named ``e2ebench-<pid>-*`` so that
+    :func:`e2ebench.housekeeping.clean_leftovers` can remove it if this process dies."""
+    with tempfile.TemporaryDirectory(prefix=temp_prefix()) as tmp:
+        yield Path(tmp)
+
+
+def say_on_stderr(message: str) -> None:
+    print(f"e2ebench: {message}", file=sys.stderr, flush=True)
+
+
+def housekeeping(say: Callable[[str], None] | None = None) -> list[str]:
+    """Remove what dead e2ebench processes left (orphans, containers, cgroups, temp folders) and say so
+    (on stderr unless ``say`` is given)."""
+    say = say or say_on_stderr
+    removed = clean_leftovers()
+    if removed:
+        say(f"removed what dead e2ebench runs left behind ({len(removed)}): " + "; ".join(removed))
+    return removed
 
 
 def run_single(scenario: Scenario, workload: Workload, store=None, study_id: str | None = None,
@@ -203,10 +250,11 @@ def run_single(scenario: Scenario, workload: Workload, store=None, study_id: str
     platform = get_platform(scenario.deployment.platform, **(platform_options or {}))
     run_tag = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     logs_dir = (results_dir / "logs" / f"{scenario.app}-{str(scenario.deployment).replace('/', '_')}-{run_tag}").resolve()
-    with tempfile.TemporaryDirectory(prefix="e2ebench-") as tmp:
+    housekeeping(progress)
+    with platform_workdir() as tmp:
         try:
             say(f"provisioning {scenario.deployment}")
-            with platform.session(scenario.deployment, Path(tmp)) as session:
+            with platform.session(scenario.deployment, tmp) as session:
                 say(f"running {scenario}")
                 result = execute(session, scenario, workload, data, logs_dir)
         except Exception as exc:

@@ -24,12 +24,11 @@ import fcntl
 import math
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
-from e2ebench.runner import Workload, default_data, execute, failed_result
+from e2ebench.runner import Workload, default_data, execute, failed_result, housekeeping, platform_workdir
 from e2ebench.stats import (StopDecision, confidence_interval, outlier_mask, predicted_runs_needed,
                             stopping_decision)
 from e2ebench.store import ADHOC_STUDY, Store
@@ -265,6 +264,8 @@ class StudyRunner:
         self.study_id = study_id
         self.keep_outliers = self.policy.keep_outliers if keep_outliers is None else keep_outliers
         self.observer = observer or SilentObserver()
+        self.notice: Callable[[str], None] | None = None     # where housekeeping says what it removed (stderr)
+        self.leftovers_removed: list[str] = []
         self.results_dir = (results_dir or store.path.resolve().parent)
         self.retry_abandoned = retry_abandoned
         self.resumed = resumed
@@ -350,10 +351,7 @@ class StudyRunner:
         The interrupted run is discarded (never stored) and the study is marked ``interrupted``;
         running the same study again resumes it.
         """
-        from e2ebench.platforms import cgroups
-
-        with contextlib.suppress(Exception):
-            cgroups.remove_stale()
+        self.leftovers_removed = housekeeping(self.notice)
         status = STUDY_INTERRUPTED
         with self._lock():
             self.store.set_study_status(self.study_id, STUDY_RUNNING)
@@ -440,10 +438,11 @@ class StudyRunner:
                                  started)
         slug = str(scenario).replace("/", "_").replace("@", "_").replace("#", "_")
         logs_dir = (self.results_dir / "logs" / self.study_id / f"{slug}-{phase}-{seq}").resolve()
-        with tempfile.TemporaryDirectory(prefix="e2ebench-") as tmp:
+        with platform_workdir() as tmp:
             try:
-                platform = get_platform(scenario.deployment.platform)
-                with platform.session(scenario.deployment, Path(tmp)) as session:
+                platform = get_platform(scenario.deployment.platform,
+                                        **self.plan.study.platform_options(scenario.deployment.platform))
+                with platform.session(scenario.deployment, tmp) as session:
                     return execute(session, scenario, workload, data, logs_dir)
             except Exception as exc:
                 return failed_result(scenario, workload, f"provisioning failed: {type(exc).__name__}: {exc}", started)
