@@ -7,6 +7,7 @@ A study file looks like this (every key is optional except ``apps``; see ``docs/
     seed = 0                        # interleaving order and synthetic data
     store = "results/e2ebench.sqlite"   # relative to the current directory, like `--store`
     timeout_s = 900                 # per run
+    memory_mib = 2048               # memory limit of every scenario (BM/CN: memory cgroup; VM: guest memory)
 
     apps = ["ic", "rs"]
     platforms = ["BM"]
@@ -59,7 +60,8 @@ PRESETS = ("quick", "paper", "edge")
 DEFAULT_PRESET = "quick"
 
 TOP_KEYS = ("name", "description", "seed", "store", "timeout_s", "apps", "platforms", "cores", "cpu_modes", "devices",
-            "scenarios", "repetition", "workload", "exclude")
+            "scenarios", "repetition", "workload", "exclude", "memory_mib")
+GUEST_PLATFORMS = ("VM", "MVM", "VMCN")   # their memory limit is the guest's memory (at least 256 MiB)
 REPETITION_KEYS = ("warmup_runs", "min_runs", "max_runs", "target_ci_halfwidth_pct", "confidence",
                    "max_consecutive_failures", "outlier_sigmas", "keep_outliers")
 WORKLOAD_KEYS = ("requests", "loadgen_scenario", "batch_size", "backend", "mode", "cache", "data", "weights",
@@ -236,6 +238,7 @@ class Study:
     repetition: RepetitionPolicy = RepetitionPolicy()
     workloads: dict = dataclasses.field(default_factory=dict)      # app -> AppWorkload
     exclusions: tuple[ExclusionRule, ...] = ()
+    memory_mib: int | None = None    # memory limit of every scenario; None: none (VM guests: their default memory)
 
     # -- identity --------------------------------------------------------------------
     @property
@@ -285,6 +288,7 @@ class Study:
         planned: list[PlannedScenario] = []
         seen: set[str] = set()
         app_problems: dict[str, str | None] = {}
+        memory_problems: dict[str, str | None] = {}
         candidates = [(s, "matrix") for s in self.matrix_scenarios(host.cores)]
         candidates += [(s, "explicit") for s in self.extra_scenarios]
         for scenario, origin in candidates:
@@ -303,6 +307,13 @@ class Study:
                 reason = app_problems[scenario.app]
             if reason is None:
                 reason = infeasibility(scenario.deployment, host)
+            if reason is None and self.memory_mib is not None:
+                platform = scenario.deployment.platform
+                if platform not in memory_problems:
+                    from e2ebench.platforms.memory import memory_limit_problem
+
+                    memory_problems[platform] = memory_limit_problem(platform)
+                reason = memory_problems[platform]
             if reason is not None:
                 planned.append(PlannedScenario(scenario, None, False, reason, origin))
                 continue
@@ -312,6 +323,11 @@ class Study:
                 note = "emulated (QEMU TCG): labelled, never compared with native results"
             planned.append(PlannedScenario(scenario, workload, True, None, origin, note))
         return Plan(self, host, tuple(planned))
+
+    def platform_options(self, platform: str) -> dict:
+        """Options for ``get_platform(platform, **options)`` that the study sets: ``memory_mib`` (BM/CN: a memory
+        cgroup; VM, MVM, VMCN: the guest's memory)."""
+        return {} if self.memory_mib is None else {"memory_mib": self.memory_mib}
 
     def used_platforms(self) -> set[str]:
         return set(self.platforms) | {s.deployment.platform for s in self.extra_scenarios}
@@ -524,6 +540,7 @@ class _Validator:
         seed = self.integer("seed", raw.get("seed", 0), 0)
         store = Path(self.string("store", raw.get("store", str(DEFAULT_STORE))))
         timeout_s = self.number("timeout_s", raw.get("timeout_s", DEFAULT_TIMEOUT_S), 0)
+        memory_mib = self.memory_mib(raw.get("memory_mib"), raw)
         if "apps" not in raw and "scenarios" not in raw:
             raise self.error("the study lists no 'apps' (and no explicit 'scenarios'): nothing to run")
         apps = self.choices("apps", raw["apps"], known_apps) if raw.get("apps") else ()
@@ -557,11 +574,39 @@ class _Validator:
             "workload": {app: _workload_config(w) for app, w in sorted(workloads.items())},
             "exclude": [_rule_config(r) for r in exclusions],
         }
+        if memory_mib is not None:   # only when set: studies without it keep their identity hash
+            config["memory_mib"] = memory_mib
         return Study(
             name=name, path=self.path, config=config, description=description, seed=seed, store=store,
             timeout_s=timeout_s, apps=apps, platforms=platforms, cores=cores, cpu_modes=cpu_modes, devices=devices,
             extra_scenarios=tuple(extra), repetition=repetition, workloads=workloads, exclusions=tuple(exclusions),
+            memory_mib=memory_mib,
         )
+
+    def memory_mib(self, value: Any, raw: dict) -> int | None:
+        """``memory_mib``: a whole number of MiB, at least 64 (256 when the study uses VM, MVM or VMCN, whose
+        limit is the guest's memory)."""
+        from e2ebench.platforms.memory import MAX_MEMORY_MIB, MIN_MEMORY_MIB
+
+        if value is None:
+            return None
+        platforms = raw.get("platforms", [])
+        platforms = [platforms] if isinstance(platforms, str) else platforms if isinstance(platforms, list) else []
+        scenarios = raw.get("scenarios", [])
+        scenarios = [scenarios] if isinstance(scenarios, str) else scenarios if isinstance(scenarios, list) else []
+        used = {str(p).strip().upper() for p in platforms}
+        used |= {str(s).split("@", 1)[-1].split("/", 1)[0].strip().upper() for s in scenarios}
+        guests = sorted(used & set(GUEST_PLATFORMS))
+        minimum = 256 if guests else MIN_MEMORY_MIB
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"memory_mib = {value!r} is invalid: expected a whole number of MiB (e.g. 2048), "
+                             f"at least {minimum}")
+        if value < minimum:
+            why = f" (the guest's memory of {', '.join(guests)})" if guests else ""
+            raise self.error(f"memory_mib = {value} is invalid: at least {minimum} MiB{why}")
+        if value > MAX_MEMORY_MIB:
+            raise self.error(f"memory_mib = {value} is invalid: at most {MAX_MEMORY_MIB} MiB")
+        return value
 
     def repetition(self, table: Any) -> RepetitionPolicy:
         if not isinstance(table, dict):

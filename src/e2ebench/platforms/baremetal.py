@@ -5,6 +5,10 @@
 * ``PIN`` — the worker is confined to N dedicated host cores (a cpuset cgroup); inside it no thread
   is bound to a single core (see docs/measurement.md).  Where cgroups cannot be written,
   ``sched_setaffinity`` confines the process instead (reported in ``platform_info``).
+
+With ``memory_mib`` the same cgroup (v2) or a memory cgroup (v1) limits the worker's memory, swap
+included; a worker the OOM killer kills is a failed run ``out of memory (limit N MiB)`` (see
+:mod:`e2ebench.platforms.memory`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from e2ebench.platforms import cgroups
+from e2ebench.platforms import memory
 from e2ebench.platforms.base import Availability, Platform, PlatformError, Session, result_from_command, run_command, worker_env
 from e2ebench.scenario import Deployment
 from e2ebench.spec import WorkerSpec
@@ -35,6 +40,8 @@ class BareMetalSession(Session):
             "cgroup_dirs": [str(d) for d in group.dirs] if group else [],
             "pinned_cpus": list(plan.cpus) if plan.cpus else None,
             "quota_cores": plan.quota_cores,
+            "memory_limit_mib": group.memory_mib if group else None,
+            "memory_cgroup": str(group.memory_dir) if group and group.memory_dir else None,
         }
         self.runs = 0
 
@@ -62,16 +69,35 @@ class BareMetalSession(Session):
             if pinned:
                 os.sched_setaffinity(0, pinned)
 
+        memory_dir = self.group.memory_dir if self.group else None
+        if memory_dir is not None:
+            memory.reset_peak(memory_dir)
+        before = memory.read_memory_stats(memory_dir) if memory_dir else None
         cmd = run_command(argv, timeout=timeout, env=worker_env(), preexec_fn=enter_limits)
+        after = memory.read_memory_stats(memory_dir) if memory_dir else None   # before the cgroup is removed
+        limit_mib = self.info["memory_limit_mib"]
+        evidence = memory.oom_kill_seen(before, after, cmd.returncode)
+        if evidence and cmd.returncode != 0:
+            tail = (cmd.stdout[-2000:] + "\n" + cmd.stderr[-3000:]).strip()
+            return memory.oom_result(spec, limit_mib, f"{evidence} (exit status {cmd.returncode})",
+                                     after.peak_mib if after else None, tail, self.info)
         result = result_from_command(cmd)
         result.setdefault("platform_info", {}).update(self.info)
         result["worker_wall_s"] = cmd.wall_s
-        return result
+        return memory.annotate(result, limit_mib, after)
 
 
 class BareMetal(Platform):
     NAME = "BM"
     TITLE = "bare metal"
+
+    def __init__(self, memory_mib: int | None = None):
+        if memory_mib is not None:
+            try:
+                memory_mib = memory.validate_memory_mib(memory_mib)
+            except memory.MemoryLimitError as exc:
+                raise PlatformError(str(exc)) from None
+        self.memory_mib = memory_mib
 
     def probe(self) -> Availability:
         ok, why = cgroups.writable()
@@ -91,13 +117,17 @@ class BareMetal(Platform):
         t0 = time.perf_counter()
         can_write, why = cgroups.writable()
         cgroups.remove_stale()
+        if self.memory_mib is not None:
+            mem_ok, mem_why = cgroups.memory_writable()
+            if not (can_write and mem_ok):
+                raise PlatformError(f"a memory limit needs writable cgroups: {why if not can_write else mem_why}")
         if not can_write:
             if plan.quota_us is not None:
                 raise PlatformError(f"BM/{deployment.cores}/VNL needs a CFS quota but cgroups are not writable: {why}")
             group = None
             stack = contextlib.nullcontext()
         else:
-            group = cgroups.CpuCgroup(plan)
+            group = cgroups.CpuCgroup(plan, memory_mib=self.memory_mib)
             stack = group
         with stack:
             session = BareMetalSession(deployment, workdir, plan, group)

@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from e2ebench.measure import CGROUP_ROOT, cgroup_version, format_cpu_list, parse_cpu_list
+from e2ebench.measure import CGROUP_ROOT, cgroup_version, format_cpu_list, own_cgroups, parse_cpu_list
 
 PARENT = "e2ebench"
 DEFAULT_PERIOD_US = 100_000
@@ -137,6 +137,51 @@ def writable(root: Path = CGROUP_ROOT) -> tuple[bool, str]:
     return True, f"cgroup v{version}, cpu and cpuset controllers writable"
 
 
+def memory_parent(root: Path = CGROUP_ROOT) -> Path | None:
+    """The folder e2ebench's memory cgroups are created in, or None without a memory controller.
+
+    v2: ``<root>/e2ebench`` (the same cgroup as the CPU limits).  v1: ``e2ebench`` under this process's own
+    memory cgroup (runc's rule for relative cgroup paths, see ``container.runc_cgroups_path``), so that a
+    memory limit or accounting around the caller keeps covering the worker.
+    """
+    version = cgroup_version(root)
+    if version == 2:
+        try:
+            controllers = (root / "cgroup.controllers").read_text().split()
+        except OSError:
+            return None
+        return root / PARENT if "memory" in controllers else None
+    if version == 1 and (root / "memory").is_dir():
+        own = own_cgroups().get("memory", "/").lstrip("/")
+        return root / "memory" / own / PARENT
+    return None
+
+
+def memory_parents(root: Path = CGROUP_ROOT) -> list[Path]:
+    """Every folder that can hold e2ebench's memory cgroups: :func:`memory_parent`, and on v1 also
+    ``memory/e2ebench`` (podman's and docker's absolute ``--cgroup-parent``)."""
+    out = []
+    mine = memory_parent(root)
+    if mine is not None:
+        out.append(mine)
+        if cgroup_version(root) == 1 and root / "memory" / PARENT not in out:
+            out.append(root / "memory" / PARENT)
+    return out
+
+
+def memory_writable(root: Path = CGROUP_ROOT) -> tuple[bool, str]:
+    """Can e2ebench create memory cgroups with a limit here? (and why not)."""
+    parent = memory_parent(root)
+    if parent is None:
+        return False, f"no memory cgroup controller under {root}"
+    base = parent.parent
+    if not base.is_dir() or not os.access(base, os.W_OK):
+        return False, f"{base} is not writable (run as root or delegate the cgroup)"
+    if cgroup_version(root) == 1 and not (base / "memory.limit_in_bytes").exists():
+        return False, f"{base} has no memory.limit_in_bytes"
+    return True, f"cgroup v{cgroup_version(root)} memory controller writable"
+
+
 def _ensure_parent_v1_cpuset(cpuset_root: Path) -> Path:
     parent = cpuset_root / PARENT
     parent.mkdir(exist_ok=True)
@@ -146,28 +191,32 @@ def _ensure_parent_v1_cpuset(cpuset_root: Path) -> Path:
     return parent
 
 
-def _ensure_parent_v2(root: Path) -> Path:
+def _ensure_parent_v2(root: Path, controllers: tuple[str, ...] = ("cpu", "cpuset")) -> Path:
     parent = root / PARENT
     for d in (root, parent):
         if d is parent:
             d.mkdir(exist_ok=True)
         control = d / "cgroup.subtree_control"
         enabled = control.read_text().split()
-        for c in ("cpu", "cpuset"):
+        for c in controllers:
             if c not in enabled:
                 _write(control, f"+{c}")
     return parent
 
 
 class CpuCgroup:
-    """A cgroup (one per controller on v1) with a plan's quota/cpuset; removed on exit."""
+    """A cgroup (one per controller on v1) with a plan's quota/cpuset, and optionally a memory limit of
+    ``memory_mib`` without swap; removed on exit."""
 
-    def __init__(self, plan: CpuLimitPlan, name: str | None = None, root: Path = CGROUP_ROOT):
+    def __init__(self, plan: CpuLimitPlan, name: str | None = None, root: Path = CGROUP_ROOT,
+                 memory_mib: int | None = None):
         self.plan = plan
         self.root = root
         self.name = name or cgroup_name()
         self.version = cgroup_version(root)
         self.dirs: list[Path] = []
+        self.memory_mib = memory_mib
+        self.memory_dir: Path | None = None    # where the memory limit and its counters are
 
     def __enter__(self) -> "CpuCgroup":
         try:
@@ -186,7 +235,7 @@ class CpuCgroup:
         if not dirs:
             raise CgroupError(f"no usable cgroup filesystem under {self.root}")
         if self.version == 2:
-            parent = _ensure_parent_v2(self.root)
+            parent = _ensure_parent_v2(self.root, ("cpu", "cpuset") + (("memory",) if self.memory_mib is not None else ()))
             d = parent / self.name
             d.mkdir()
             self.dirs.append(d)
@@ -196,6 +245,8 @@ class CpuCgroup:
                 _write(d / "cpuset.mems", mems)
             if plan.quota_us is not None:
                 _write(d / "cpu.max", f"{plan.quota_us} {plan.period_us}")
+            if self.memory_mib is not None:
+                self._limit_memory(d)
         else:
             if plan.quota_us is not None:
                 parent = dirs["cpu"] / PARENT
@@ -212,6 +263,30 @@ class CpuCgroup:
                 self.dirs.append(d)
                 _write(d / "cpuset.cpus", format_cpu_list(plan.cpus))
                 _write(d / "cpuset.mems", (parent / "cpuset.mems").read_text().strip())
+            if self.memory_mib is not None:
+                parent = memory_parent(self.root)
+                if parent is None:
+                    raise CgroupError(f"no memory cgroup controller under {self.root}")
+                parent.mkdir(exist_ok=True)
+                d = parent / self.name
+                d.mkdir()
+                self.dirs.append(d)
+                self._limit_memory(d)
+
+    def _limit_memory(self, d: Path) -> None:
+        """``memory_mib`` in ``d``, swap included (v2: memory.max, memory.swap.max = 0; v1: memory.limit_in_bytes,
+        then memory.memsw.limit_in_bytes, which must not be below it); files the kernel lacks (no swap
+        accounting) are skipped."""
+        limit = str(int(self.memory_mib) << 20)
+        if self.version == 2:
+            _write(d / "memory.max", limit)
+            if (d / "memory.swap.max").exists():
+                _write(d / "memory.swap.max", "0")
+        else:
+            _write(d / "memory.limit_in_bytes", limit)
+            if (d / "memory.memsw.limit_in_bytes").exists():
+                _write(d / "memory.memsw.limit_in_bytes", limit)
+        self.memory_dir = d
 
     @property
     def procs_files(self) -> list[str]:
@@ -279,8 +354,8 @@ def _kill_and_rmdir(d: Path, timeout_s: float) -> None:
 def list_children(root: Path = CGROUP_ROOT) -> list[Path]:
     """Every cgroup e2ebench created that still exists."""
     out = []
-    for d in set(controller_dirs(root).values()):
-        parent = d / PARENT
+    parents = {d / PARENT for d in controller_dirs(root).values()} | set(memory_parents(root))
+    for parent in sorted(parents):
         if parent.is_dir():
             out.extend(sorted(p for p in parent.iterdir() if p.is_dir()))
     return out

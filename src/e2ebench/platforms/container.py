@@ -17,6 +17,12 @@ CPU limits, the same for every engine:
   (OCI ``linux.resources.cpu.cpus``; ``--cpuset-cpus``); the worker binds its compute threads one
   per listed CPU (host CPU ids are what a container sees).
 
+Memory limit (option ``memory_mib``), swap included: OCI ``linux.resources.memory.limit`` and ``swap``
+(runc), ``--memory``/``--memory-swap`` (podman, docker).  runc then runs with ``--keep`` so that the
+container's cgroup — and its ``oom_kill`` counter and peak — outlives the worker until e2ebench has read
+it; podman and docker keep the stopped container for its ``OOMKilled`` state.  A worker the OOM killer
+killed is a failed run ``out of memory (limit N MiB)`` (:mod:`e2ebench.platforms.memory`).
+
 Every container's cgroup lives under the ``e2ebench`` parent and is named
 ``cn-<owner pid>-<random>`` (for podman and docker that name is the per-session
 ``--cgroup-parent``), so :func:`cgroups.list_children` and :func:`remove_stale_containers` find
@@ -49,6 +55,7 @@ from typing import Iterator
 
 from e2ebench.measure import CGROUP_ROOT, cgroup_version, format_cpu_list, own_cgroups
 from e2ebench.platforms import cgroups
+from e2ebench.platforms import memory as memory_lib
 from e2ebench.platforms import rootfs as rootfs_lib
 from e2ebench.platforms.base import (Availability, CommandResult, Platform, PlatformError, Session,
                                      kill_process_group, result_from_command)
@@ -134,7 +141,7 @@ def oci_config(argv: list[str], env: dict[str, str], *, root: str, readonly_bind
                writable_binds: list[str], quota_cores: float | None, cpuset: list[int] | None,
                cgroups_path: str | None, network: bool = False, cwd: str = "/", hostname: str = HOSTNAME,
                period_us: int = DEFAULT_PERIOD_US, rlimits: dict[str, tuple[int, int]] | None = None,
-               root_readonly: bool = True) -> dict:
+               root_readonly: bool = True, memory_mib: int | None = None, memory_swap: bool = True) -> dict:
     """An OCI runtime ``config.json`` (runtime-spec 1.0.2) for one worker process.
 
     Namespaces: pid, ipc, uts, mount, cgroup and — unless ``network`` — a new network namespace
@@ -144,6 +151,8 @@ def oci_config(argv: list[str], env: dict[str, str], *, root: str, readonly_bind
     then the bind mounts.  ``quota_cores`` becomes ``cpu.quota = round(cores * period)``;
     ``cpuset`` becomes ``cpu.cpus``.  ``rlimits`` (``{"RLIMIT_NOFILE": (soft, hard)}``) is
     omitted by default: the process keeps the runtime's own limits, as a bare-metal process would.
+    ``memory_mib`` becomes ``memory.limit`` in bytes and — unless ``memory_swap`` is false (a host without
+    swap accounting) — ``memory.swap`` (memory + swap) of the same size: no swap on top of the limit.
     """
     if quota_cores is not None and quota_cores <= 0:
         raise ValueError(f"quota_cores must be positive, got {quota_cores}")
@@ -180,6 +189,9 @@ def oci_config(argv: list[str], env: dict[str, str], *, root: str, readonly_bind
     resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
     if cpu:
         resources["cpu"] = cpu
+    if memory_mib is not None:
+        limit = int(memory_lib.validate_memory_mib(memory_mib)) << 20
+        resources["memory"] = {"limit": limit, **({"swap": limit} if memory_swap else {})}
     process: dict = {
         "terminal": False,
         "user": {"uid": 0, "gid": 0},
@@ -213,7 +225,8 @@ def make_oci_bundle(bundle_dir: Path, argv: list[str], env: dict[str, str], *, r
                     readonly_binds: list[str], writable_binds: list[str], quota_cores: float | None,
                     cpuset: list[int] | None, cgroups_path: str | None, network: bool = False, cwd: str = "/",
                     symlinks: dict[str, str] | None = None, hostname: str = HOSTNAME,
-                    rlimits: dict[str, tuple[int, int]] | None = None, create_mount_targets: bool = True) -> Path:
+                    rlimits: dict[str, tuple[int, int]] | None = None, create_mount_targets: bool = True,
+                    memory_mib: int | None = None, memory_swap: bool = True) -> Path:
     """Write an OCI bundle for ``runc run --bundle bundle_dir ID`` and return ``bundle_dir``.
 
     ``root`` is the root filesystem directory (relative paths are inside the bundle).  A root
@@ -237,7 +250,7 @@ def make_oci_bundle(bundle_dir: Path, argv: list[str], env: dict[str, str], *, r
             rootfs_lib.make_empty_root(root_abs, symlinks)
     config = oci_config(argv, env, root=root_text, readonly_binds=readonly_binds, writable_binds=writable_binds,
                         quota_cores=quota_cores, cpuset=cpuset, cgroups_path=cgroups_path, network=network,
-                        cwd=cwd, hostname=hostname, rlimits=rlimits)
+                        cwd=cwd, hostname=hostname, rlimits=rlimits, memory_mib=memory_mib, memory_swap=memory_swap)
     if create_mount_targets:
         prepare_mount_targets(root_abs, config["mounts"], extra_dirs=[cwd])
     (bundle_dir / "config.json").write_text(json.dumps(config, indent=1))
@@ -374,6 +387,28 @@ def remove_cgroup_dirs(dirs: list[Path], timeout_s: float = 10.0) -> list[str]:
         except (cgroups.CgroupError, OSError) as exc:
             errors.append(str(exc))
     return errors
+
+
+def memory_cgroup_dir(dirs: list[Path], root: Path = CGROUP_ROOT) -> Path | None:
+    """The memory controller's directory among a container's cgroup directories (v2: the one directory)."""
+    for d in dirs:
+        if cgroup_version(root) == 2:
+            return d
+        try:
+            hierarchy = d.relative_to(root).parts[0]
+        except (ValueError, IndexError):
+            continue
+        if "memory" in hierarchy.split(","):
+            return d
+    return None
+
+
+def swap_accounting(root: Path = CGROUP_ROOT) -> bool:
+    """Can a runtime limit memory + swap here?  (v1 needs ``memory.memsw.*``; v2 runtimes skip a missing
+    ``memory.swap.max`` when asked for no swap.)"""
+    if cgroup_version(root) == 1:
+        return (root / "memory" / "memory.memsw.limit_in_bytes").exists()
+    return True
 
 
 def container_cgroup_leftovers(root: Path = CGROUP_ROOT, only_dead_owners: bool = True) -> list[Path]:
@@ -736,6 +771,7 @@ class ContainerSession(Session):
             "quota_cores": self.plan.quota_cores,
             "network": self.platform.network,
             "limit_mechanism": "cgroup (container runtime)",
+            "memory_limit_mib": self.platform.memory_mib,
         }
 
     def _docker_empty_image(self) -> str:
@@ -793,31 +829,75 @@ class ContainerSession(Session):
             make_oci_bundle(self.bundle_dir, argv, env, root=self.root_dir, readonly_binds=readonly,
                             writable_binds=writable, quota_cores=self.plan.quota_cores,
                             cpuset=list(self.plan.cpus) if self.plan.cpus else None,
-                            cgroups_path=self.cgroups_path, network=self.platform.network, symlinks=self.symlinks)
-            command = ["runc", "run", "--bundle", str(self.bundle_dir), self.container_id]
+                            cgroups_path=self.cgroups_path, network=self.platform.network, symlinks=self.symlinks,
+                            memory_mib=self.platform.memory_mib, memory_swap=swap_accounting())
+            # --keep: the stopped container keeps its cgroup (OOM counter, peak) until _remove_container
+            keep = ["--keep"] if self.platform.memory_mib is not None else []
+            command = ["runc", "run", *keep, "--bundle", str(self.bundle_dir), self.container_id]
         elif self.engine == "podman":
             command = self._podman_run_argv(argv, env, readonly, writable)
         else:
             command = self._docker_run_argv(argv, env, readonly, writable)
         spec.platform_info["launched_at"] = time.time()
         spec.write(spec_path)
+        limit_mib = self.platform.memory_mib
+        before = self._memory_stats() if limit_mib is not None else None
+        after, engine_oom = None, None
         try:
             cmd = run_container_command(command, timeout, stop_container=self._kill_container)
+            if limit_mib is not None:     # before the container (and runc's cgroup) is removed
+                after, engine_oom = self._memory_stats(), self._engine_oom_killed()
         finally:
             self._remove_container()
+        if limit_mib is not None:
+            evidence = memory_lib.oom_kill_seen(before, after, cmd.returncode,
+                                                counts_descendants=self.engine == "runc", limit_bytes=limit_mib << 20)
+            if engine_oom and not evidence:
+                evidence = f"{self.engine} inspect: State.OOMKilled = true"
+            if evidence and cmd.returncode != 0:
+                tail = (cmd.stdout[-2000:] + "\n" + cmd.stderr[-3000:]).strip()
+                return memory_lib.oom_result(spec, limit_mib, f"{evidence} (exit status {cmd.returncode})",
+                                             after.peak_mib if after else None, tail, self.info)
         result = result_from_command(cmd)
         result.setdefault("platform_info", {}).update(self.info)
         result["worker_wall_s"] = cmd.wall_s
-        return result
+        return memory_lib.annotate(result, limit_mib, after)
+
+    def _memory_stats(self) -> memory_lib.MemoryStats | None:
+        """The memory counters of this run's container: runc's own cgroup (kept by ``--keep``); for podman and
+        docker the session's ``--cgroup-parent``, which holds the container's cgroup."""
+        if self.cgroups_path:
+            d = memory_cgroup_dir(cgroup_dirs_of(self.cgroups_path))
+        else:
+            d = memory_cgroup_dir([m / cgroups.PARENT / self.name for m, _ in cgroup_hierarchies()])
+        return memory_lib.read_memory_stats(d) if d is not None else None
+
+    def _engine_oom_killed(self) -> bool:
+        """podman/docker: the stopped container's ``State.OOMKilled`` (runc has no such state)."""
+        if self.engine == "podman":
+            base = podman_base_argv(self.platform.podman_root, self.platform.podman_runroot)
+        elif self.engine == "docker":
+            base = docker_base_argv(self.platform.docker_host)
+        else:
+            return False
+        proc = _quiet(base + ["inspect", "--format", "{{.State.OOMKilled}}", self.container_id], timeout=30)
+        return proc.returncode == 0 and proc.stdout.strip().lower() == "true"
 
     def _limit_args(self) -> list[str]:
         if self.plan.cpus is not None:
-            return ["--cpuset-cpus", format_cpu_list(self.plan.cpus)]
-        quota = self.plan.quota_cores
-        return [] if quota is None else ["--cpus", f"{quota:g}"]
+            args = ["--cpuset-cpus", format_cpu_list(self.plan.cpus)]
+        else:
+            quota = self.plan.quota_cores
+            args = [] if quota is None else ["--cpus", f"{quota:g}"]
+        if self.platform.memory_mib is not None:   # memory + swap = memory: no swap on top of the limit
+            limit = f"{int(memory_lib.validate_memory_mib(self.platform.memory_mib))}m"
+            args += ["--memory", limit, "--memory-swap", limit]
+        return args
 
     def _common_run_args(self, env: dict[str, str], readonly: list[str], writable: list[str]) -> list[str]:
-        args = ["run", "--rm", "--name", self.container_id, "--hostname", HOSTNAME, "--read-only",
+        # with a memory limit the stopped container stays for its OOMKilled state; _remove_container removes it
+        keep = self.platform.memory_mib is not None
+        args = ["run", *([] if keep else ["--rm"]), "--name", self.container_id, "--hostname", HOSTNAME, "--read-only",
                 "--cgroup-parent", self.cgroup_parent, "--workdir", "/"]
         args += ["--network", "host"] if self.platform.network else ["--network", "none"]
         args += self._limit_args()
@@ -942,7 +1022,8 @@ class Container(Platform):
     TITLE = "container"
 
     def __init__(self, engine: str | None = None, rootfs: str | None = None, network: bool | None = None,
-                 docker_host: str | None = None, podman_root: str | None = None, podman_runroot: str | None = None):
+                 docker_host: str | None = None, podman_root: str | None = None, podman_runroot: str | None = None,
+                 memory_mib: int | None = None):
         engine = (engine or os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE).strip().lower()
         if engine not in ENGINES:
             raise PlatformError(f"unknown container engine {engine!r}; accepted: {', '.join(ENGINES)}")
@@ -957,6 +1038,12 @@ class Container(Platform):
         self.docker_host = docker_host or os.environ.get(DOCKER_HOST_ENV) or os.environ.get("DOCKER_HOST") or None
         self.podman_root = podman_root
         self.podman_runroot = podman_runroot
+        if memory_mib is not None:
+            try:
+                memory_mib = memory_lib.validate_memory_mib(memory_mib)
+            except memory_lib.MemoryLimitError as exc:
+                raise PlatformError(str(exc)) from None
+        self.memory_mib = memory_mib
         self._version: str | None = None
 
     def engine_version(self) -> str:
@@ -1005,6 +1092,10 @@ class Container(Platform):
             plan = cgroups.plan_limits(deployment.cores, deployment.cpu_mode, host_cpus, cgroups.numa_nodes())
         except ValueError as exc:
             raise PlatformError(str(exc)) from None
+        if self.memory_mib is not None and self.engine in ("runc", "podman"):
+            problem = memory_lib.memory_limit_problem("CN")
+            if problem:
+                raise PlatformError(problem)
         # housekeeping first (not part of provisioning): what SIGKILLed runs left behind
         remove_stale_containers(self.engine, self.docker_host, self.podman_root, self.podman_runroot)
         cgroups.remove_stale()

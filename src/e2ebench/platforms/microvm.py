@@ -372,12 +372,16 @@ class FirecrackerSession(VirtualMachineSession):
                 self.fc_guest = guest
                 try:
                     result = self._supervise_firecracker(guest, run_dir, output_host, timeout)
+                except WorkerFailure as exc:
+                    result = self.guest_oom_result(exc, spec, run_dir / "console.log")
                 finally:
                     self.fc_guest = None
         finally:
             if image is not None and not image.cached:
                 image.image.unlink(missing_ok=True)
         result.setdefault("platform_info", {}).update(self.info)
+        result.setdefault("memory_limit_mib", self.memory_mib)
+        result.setdefault("oom_killed", False)
         return result
 
     def _supervise_firecracker(self, guest: FirecrackerGuest, run_dir: Path, output_host: Path | None,

@@ -671,6 +671,7 @@ class VirtualMachineSession(Session):
             "vcpus": deployment.cores,
             "memory_mib": memory_mib,
             "memory_requested_mib": self.options.memory_mib,
+            "memory_limit_mib": memory_mib,          # a guest's memory limit is its memory
             "guest_kernel": kernel.as_dict(),
             "initramfs": str(initramfs),
             "root_share": {"transport": "virtio-9p", "msize": self.options.p9_msize, "cache": self.options.p9_cache,
@@ -791,14 +792,34 @@ class VirtualMachineSession(Session):
                     self.info["data_disk"]["host_page_cache"] = measure.drop_page_cache([image.image])
             spec.platform_info = {**self.info}
             self.prepare_job(job, spec)
-            result = self._boot_and_run(job, spec, image, timeout)
+            try:
+                result = self._boot_and_run(job, spec, image, timeout)
+            except WorkerFailure as exc:
+                result = self.guest_oom_result(exc, spec, job / "console.log")
         finally:
             if image is not None and not image.cached:
                 image.image.unlink(missing_ok=True)
         if output_host is not None:
             _copy_tree(job / "output", output_host)
         result.setdefault("platform_info", {}).update(self.info)
+        result.setdefault("memory_limit_mib", self.memory_mib)
+        result.setdefault("oom_killed", False)
         return result
+
+    def guest_oom_result(self, failure: WorkerFailure, spec: WorkerSpec, console_log: Path) -> dict:
+        """A failed run ``out of memory (limit <guest memory> MiB)`` when the guest kernel's OOM killer shows in
+        the console (the kernel's line, or the one job.sh copies from dmesg); otherwise ``failure`` is re-raised."""
+        from e2ebench.platforms import memory
+
+        try:
+            console = console_log.read_text(errors="replace")
+        except OSError:
+            console = ""
+        line = memory.guest_oom_line(console + "\n" + (failure.output_tail or ""))
+        if line is None:
+            raise failure
+        return memory.oom_result(spec, self.memory_mib, f"guest kernel: {line} ({failure})", None,
+                                 failure.output_tail or console[-4000:], self.info, self.emulated)
 
     def _boot_and_run(self, job: Path, spec: WorkerSpec, image: guest_disk.DataImage | None, timeout: float) -> dict:
         qmp_dir = _short_dir(self.workdir)

@@ -31,6 +31,11 @@ fi
 echo "@@E2EBENCH_GUEST_READY@@ uptime=$(uptime_s) cpus=$(nproc) mode=$E2EBENCH_GUEST_MODE data=$DATA_SOURCE"
 /bin/sh "$JOB/worker.sh"
 rc=$?
+if [ "$rc" -ne 0 ]; then
+    # loglevel=3 keeps the kernel's OOM-killer lines (KERN_ERR) off the console: copy them, so that the host
+    # can tell an OOM-killed worker ("out of memory (limit N MiB)") from a crash
+    dmesg 2>/dev/null | grep -E 'Out of memory|oom-kill:|invoked oom-killer' | tail -n 5 | sed 's/^/e2ebench-guest-kernel: /'
+fi
 echo "@@E2EBENCH_WORKER_EXIT@@ rc=$rc uptime=$(uptime_s)"
 if [ -n "${E2EBENCH_OUTPUT_DIR:-}" ]; then
     umount "$E2EBENCH_OUTPUT_DIR" 2>/dev/null
