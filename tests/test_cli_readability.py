@@ -64,6 +64,47 @@ def test_apps_json_keeps_its_keys_and_adds_types():
 
 
 # ---------------------------------------------------------------------------------------------
+# study: one plain line per finished run when stderr is not a terminal
+
+PER_RUN = re.compile(r"^\d\d:\d\d:\d\d ic@BM/1/PIN/CPU: run (\d+) of (~?\d+) \(study: run (\d+) of (~?\d+)\), "
+                     r"measure #(\d+), E2E ([\d.]+) s; (.*); ETA (\S+)$")
+
+
+def test_study_prints_one_plain_line_per_finished_run_when_stderr_is_not_a_terminal(tmp_path):
+    study = tmp_path / "tiny.toml"
+    study.write_text(f"""
+name = "plain-lines"
+store = "{tmp_path / 's.sqlite'}"
+timeout_s = 120
+apps = ["ic"]
+cores = [1]
+cpu_modes = ["PIN"]
+[repetition]
+warmup_runs = 0
+min_runs = 2
+max_runs = 2
+[workload.ic]
+requests = 4
+variant = "tiny"
+""")
+    proc = run_cli(["study", str(study)], timeout=300)          # stderr captured: a pipe, not a terminal
+    assert proc.returncode == 0, proc.stderr
+    lines = [m for m in map(PER_RUN.match, proc.stderr.splitlines()) if m]
+    assert len(lines) == 2, proc.stderr
+    first, last = lines
+    assert first.group(1) == "1" and first.group(3) == "1" and first.group(5) == "1"
+    assert first.group(7) == f"mean {first.group(6)} s (n=1, no CI yet)"
+    assert last.groups()[:5] == ("2", "2", "2", "2", "2")         # the last run: the totals are known
+    assert re.fullmatch(r"mean [\d.]+ s ± [\d.]+ s \(±[\d.]+%, n=2\) — max runs reached", last.group(7))
+    assert last.group(8) == "done"
+    assert "\x1b" not in proc.stderr and "━" not in proc.stderr   # no live display, no control codes
+    assert "BM/1/PIN/CPU" in proc.stdout                         # the table at the end, as before
+    quiet = run_cli(["study", str(study), "--fresh", "--quiet"], timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert not any(map(PER_RUN.match, quiet.stderr.splitlines())) and "run 1 of" not in quiet.stderr
+
+
+# ---------------------------------------------------------------------------------------------
 # ad-hoc runs (e2ebench run) in show, report and recommend
 
 def _fill_adhoc_and_study(path: Path) -> str:
@@ -141,10 +182,13 @@ def test_real_e2ebench_run_results_are_shown_reported_and_recommended(tmp_path, 
     if not cgroups.writable()[0]:
         pytest.skip("cgroups not writable: BM runs need their limits")
     store = str(tmp_path / "r.sqlite")
-    for _ in range(2):
-        rc, result, err = run_json(["run", "ic", "BM/1/VNL/CPU", "--variant", "tiny", "--requests", "6", "--data",
-                                    str(ic_data), "--store", store], timeout=300)
-        assert rc == 0, err
+    argv = ["run", "ic", "BM/1/VNL/CPU", "--variant", "tiny", "--requests", "6", "--data", str(ic_data), "--store", store]
+    proc = run_cli(argv, timeout=300)                           # stderr is a pipe: plain lines, no spinner
+    assert proc.returncode == 0, proc.stderr
+    assert "… measuring ic@BM/1/VNL/CPU" in proc.stderr and "… provisioning" in proc.stderr
+    assert "\x1b" not in proc.stderr
+    rc, result, err = run_json(argv, timeout=300)
+    assert rc == 0, err
     for command in (["show"], ["recommend"], ["report", "--out", str(tmp_path / "report")]):
         proc = run_cli(command + ["--store", store], env={"COLUMNS": "120"}, timeout=300)
         assert proc.returncode == 0, (command, proc.stderr)

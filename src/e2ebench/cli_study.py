@@ -153,6 +153,71 @@ class LiveProgress:
         return Group(*parts)
 
 
+class PlainProgress:
+    """One plain line per finished run on stderr, flushed: for logs, when stderr is not a terminal.
+
+    ``12:03:15 ic@BM/2/PIN/CPU: run 4 of ~7 (study: run 9 of ~40), measure #2, E2E 1.234 s; mean 1.250 s ± 0.021 s
+    (±1.7%, n=3); ETA 4m10s``.  The counts of runs still to come are estimates (``~``) until they are known: a scenario
+    runs until its confidence target or its max runs.
+    """
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream
+        self.runner = None
+        self.runs_done = 0
+
+    def _write(self, line: str) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+    def study_started(self, runner) -> None:
+        self.runner = runner
+        self.runs_done = len(runner.store.runs(study_id=runner.study_id, phase=None, with_result=False))
+        remaining = runner.remaining_runs_estimate()
+        self._write(f"{time.strftime('%H:%M:%S')} {self.runs_done} runs stored, about {remaining} to go; "
+                    "one line per finished run")
+
+    def run_started(self, state, phase: str, seq: int) -> None:
+        pass
+
+    def run_finished(self, event, state) -> None:
+        runner = self.runner
+        self.runs_done += 1
+        done = state.warmup_next_seq + state.measure_next_seq         # this scenario's stored runs, failed ones too
+        left = state.remaining_runs_estimate(runner.policy, runner.keep_outliers)
+        left_study = runner.remaining_runs_estimate()
+        what = "warm-up" if event.phase == "warmup" else "measure"
+        line = (f"{time.strftime('%H:%M:%S')} {event.scenario}: run {done} of {_of(done, left)} "
+                f"(study: run {self.runs_done} of {_of(self.runs_done, left_study)}), {what} #{event.seq + 1}, ")
+        if event.status == "ok":
+            line += f"E2E {_fmt_sig(event.e2e_s)} s" + (" (outlier)" if event.outlier else "")
+        else:
+            line += "FAILED: " + " ".join(str(event.error).split())[:200]
+        line += "; " + _fmt_ci_so_far(event.mean_s, event.ci_halfwidth_pct, event.n)
+        if event.scenario_status in ("target", "max-runs", "abandoned"):
+            line += {"target": " — CI target reached", "max-runs": " — max runs reached",
+                     "abandoned": " — ABANDONED after repeated failures"}[event.scenario_status]
+        line += f"; ETA {_fmt_duration(runner.eta_s()) if left_study else 'done'}"
+        self._write(line)
+
+    def study_finished(self, outcome) -> None:
+        pass
+
+
+def _of(done: int, left: int) -> str:
+    """The total of runs: exact when none is left, else an estimate."""
+    return str(done) if left <= 0 else f"~{done + left}"
+
+
+def _fmt_ci_so_far(mean_s: float | None, half_pct: float | None, n: int) -> str:
+    if mean_s is None or n == 0:
+        return "no measured run yet"
+    if half_pct is None or n < 2:
+        return f"mean {_fmt_sig(mean_s)} s (n={n}, no CI yet)"
+    return f"mean {_fmt_sig(mean_s)} s ± {_fmt_sig(mean_s * half_pct / 100)} s (±{half_pct:.1f}%, n={n})"
+
+
 class JsonLines:
     """One JSON line per finished run on stdout."""
 
@@ -232,7 +297,7 @@ def study(
         spec = load_study(path)
     except StudyError as exc:
         raise fail_usage(str(exc))
-    if not plan_only and not quiet and not as_json:
+    if not plan_only and not quiet and not as_json and err_console.is_terminal:
         with err_console.status("checking which platforms this host can run"):
             plan = spec.plan()
     else:
@@ -266,13 +331,20 @@ def study(
                 verb = "resuming" if resumed else "starting"
                 err_console.print(f"{verb} study [bold]{escape(study_id)}[/] ({len(plan.feasible)} scenarios, "
                                   f"{fewest}..{most} runs) → {escape(str(store_file))}")
-            observer = JsonLines() if as_json else (None if quiet else LiveProgress())
+            if as_json or quiet:
+                observer = JsonLines() if as_json else None
+            else:       # a live display on a terminal; in a file or a pipe, one plain line per finished run
+                observer = LiveProgress() if err_console.is_terminal else PlainProgress()
             try:
                 runner = StudyRunner(plan, store, study_id, keep_outliers=keep_outliers, observer=observer,
                                      retry_abandoned=retry_abandoned, resumed=resumed)
                 outcome = runner.run()
             except StudyLockedError as exc:
                 raise fail_usage(str(exc))
+            except StoreError:          # the store failed under the study (full disk...): main() says what to do
+                if observer is not None:
+                    observer.study_finished(None)       # a live display gives the terminal back first
+                raise
             if outcome.status == "interrupted":
                 stored = len(store.runs(study_id=study_id, phase=None, with_result=False))
                 err_console.print(f"[yellow]interrupted[/]: the run in progress was discarded; {stored} runs of "
