@@ -164,10 +164,10 @@ def sqlite_fault(path: Path, exc: BaseException) -> StoreFault | None:
             f"this file aside to start a new store under its name", path)
     if primary == 11 or message.startswith("Could not decode to UTF-8"):   # SQLITE_CORRUPT; a mangled text value
         return StoreDamagedError(_damaged_sentence(path, message.split(" with text ")[0][:200]), path)
-    if primary == 13:                                                  # SQLITE_FULL
+    if primary == 13 or (primary == 10 and _nearly_full(path)):        # SQLITE_FULL; a -shm that cannot grow
         return StoreFullError(f"the file system holding store {path} is full: free some space and run the command "
                               f"again", path)
-    if primary in (8, 23) or (primary == 14 and not _writable(path)):  # SQLITE_READONLY, SQLITE_AUTH, CANTOPEN
+    if primary in (8, 23) or (primary in (10, 14) and not _writable(path)):  # READONLY, AUTH; CANTOPEN, IOERR
         return StoreReadOnlyError(
             f"store {path} is read-only ({message}): make the file and its folder writable, or pass --store with a "
             f"writable path", path)
@@ -182,6 +182,16 @@ def sqlite_fault(path: Path, exc: BaseException) -> StoreFault | None:
                               f"({message}): run the command again when the other one has finished, or use another "
                               f"--store", path)
     return None
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has less than 64 KiB left (SQLite reports a -shm file that cannot
+    grow as an I/O error, not as a full disk)."""
+    try:
+        st = os.statvfs(path.parent if str(path.parent) else ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def _writable(path: Path) -> bool:
@@ -281,6 +291,9 @@ def pending_files(store_path: Path) -> list[Path]:
 
 
 def _write_atomically(folder: Path, name: str, text: str) -> Path:
+    """Write ``folder/name`` whole or not at all (a temporary name, fsync, rename): a half-written spill file is
+    never imported.  A folder made here for it is removed again when the file cannot be written."""
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
     tmp = folder / f".{name}.tmp"
@@ -293,6 +306,9 @@ def _write_atomically(folder: Path, name: str, text: str) -> Path:
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return target
 
@@ -317,12 +333,20 @@ class Store:
         except OSError as exc:
             raise StoreReadOnlyError(f"cannot create the folder of store {self.path} ({exc.strerror}): pass --store "
                                      f"with a writable path", self.path) from exc
+        existed = self.path.exists()
         try:
             self._open_writable()
         except StoreReadOnlyError:
-            if not (read_only_ok and self.path.exists()):
+            if not (read_only_ok and existed):
                 raise
             self._open_read_only()
+        except StoreFault:
+            with contextlib.suppress(OSError):   # leave no empty file where a new store could not be made
+                if not existed and self.path.stat().st_size == 0:
+                    for suffix in ("", "-wal", "-shm"):
+                        with contextlib.suppress(FileNotFoundError):
+                            Path(f"{self.path}{suffix}").unlink()
+            raise
         if self.writable and import_pending:
             self.import_pending()
 
@@ -346,10 +370,10 @@ class Store:
     def _open_writable(self) -> None:
         self._connect(str(self.path))
         try:
+            self._check_is_a_store()         # first: switching to WAL would write into somebody else's file
             self.db.execute("PRAGMA journal_mode=WAL").fetchone()
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self._check_is_a_store()
             self._migrate()
         except BaseException:
             self.db.close()
