@@ -1,6 +1,6 @@
 """``e2ebench report`` and ``e2ebench recommend`` (registered on :data:`e2ebench.cli.app` when imported).
 
-Exit codes: 0 success, 2 usage error (no store, no such study, bad price table).
+Exit codes: 0 success, 2 usage error (no store, no such study, bad price table), 3 the store cannot be used.
 """
 
 from __future__ import annotations

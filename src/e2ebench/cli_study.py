@@ -2,7 +2,8 @@
 
 Exit codes of ``study``: 0 every feasible scenario answered (CI target or max runs reached), 1 some
 scenario abandoned after repeated failures (or nothing feasible on this host), 2 usage or study-file
-error, 130 interrupted (Ctrl-C / SIGTERM; run the same command again to resume).
+error, 3 the store cannot be used (see e2ebench.store.StoreFault), 130 interrupted (Ctrl-C / SIGTERM; run the same
+command again to resume).
 """
 
 from __future__ import annotations
