@@ -649,3 +649,23 @@ def test_add_run_with_a_stored_identity_returns_the_stored_row(tmp_path):
         again = store.add_run(result(0), run_uuid="a" * 32)
         assert first == again and len(store.runs()) == 1
         assert not isinstance(StoreError("x"), StoreFault)      # "no study" and the like stay usage errors
+
+
+def test_a_store_locked_too_long_keeps_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.3)
+    path = tmp_path / "s.sqlite"
+    with Store(path) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")               # another process holding the write lock
+        try:
+            with pytest.raises(store_module.StoreBusyError) as info:
+                store.add_run(result(0))
+            assert len(store.runs()) == 0               # readers are not blocked (WAL)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    message = str(info.value)
+    assert "stayed locked by another process" in message and str(info.value.spill) in message
+    assert info.value.spill.parent == pending_dir(path)
+    with Store(path) as store:
+        assert [r["result"] for r in store.runs()] == [result(0)]
