@@ -8,6 +8,7 @@ not be stored).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -431,10 +432,17 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         console.print(f"  {name}: {escape(entry)}")
 
 
+def _sigterm_like_ctrl_c(signum, frame) -> None:
+    """SIGTERM (``kill``, a container stop, a CI timeout) stops like Ctrl-C: the run in progress is torn down
+    and discarded, finished runs stay stored, the study is marked interrupted."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     from e2ebench.store import StoreError
 
     register_subcommands()
+    signal.signal(signal.SIGTERM, _sigterm_like_ctrl_c)
     try:
         app()
     except StoreError as exc:           # raised wherever the store is reached (SQLite finds some damage lazily)

@@ -593,8 +593,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = Worker(spec).run()
     except Exception as exc:
-        traceback.print_exc(file=sys.stderr)
-        result = _failure_result(spec, f"{type(exc).__name__}: {exc}")
+        from e2ebench.apps.base import AppError
+
+        if isinstance(exc, AppError):       # a sentence for the user (bad data, bad option): no class name, no stack
+            result = _failure_result(spec, str(exc))
+        else:
+            traceback.print_exc(file=sys.stderr)
+            result = _failure_result(spec, f"{type(exc).__name__}: {exc}")
     text = format_result(result)
     if args.out:
         with open(args.out, "w") as f:

@@ -44,6 +44,7 @@ class BareMetalSession(Session):
             "memory_cgroup": str(group.memory_dir) if group and group.memory_dir else None,
         }
         self.runs = 0
+        self.shares_host_kernel = True
 
     def expected_limits(self) -> tuple[list[int] | None, float | None]:
         if self.plan.cpus is not None:
@@ -53,6 +54,7 @@ class BareMetalSession(Session):
     def run_worker(self, spec: WorkerSpec, timeout: float) -> dict:
         spec.threads = self.deployment.cores
         spec.bind_cpus = list(self.plan.cpus) if self.plan.cpus else None
+        spec.die_with_parent = True
         spec.platform_info = {**self.info, "launched_at": time.time()}
         self.runs += 1
         spec_path = self.workdir / f"spec-{self.runs}.json"

@@ -154,7 +154,20 @@ def result_from_command(cmd: CommandResult) -> dict:
         return extract_result(cmd.stdout)
     except WorkerFailure as exc:
         tail = (cmd.stdout[-2000:] + "\n" + cmd.stderr[-3000:]).strip()
-        raise WorkerFailure(f"{exc} (exit status {cmd.returncode})", output_tail=tail) from None
+        raise WorkerFailure(f"{exc} ({exit_status(cmd.returncode)})", output_tail=tail) from None
+
+
+def exit_status(returncode: int) -> str:
+    """``exit status 3``, or ``killed by SIGKILL (signal 9; exit status -9)`` for a negative return code
+    (also a shell's or an engine's 128+N)."""
+    if returncode < 0 or 128 < returncode <= 128 + 64:
+        number = -returncode if returncode < 0 else returncode - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by {name} (signal {number}; exit status {returncode})"
+    return f"exit status {returncode}"
 
 
 def worker_env(extra: dict | None = None) -> dict:

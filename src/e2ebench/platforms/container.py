@@ -53,6 +53,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator
 
+from e2ebench.lifecycle import die_with_parent, owner_env
 from e2ebench.measure import CGROUP_ROOT, cgroup_version, format_cpu_list, own_cgroups
 from e2ebench.platforms import cgroups
 from e2ebench.platforms import memory as memory_lib
@@ -606,11 +607,14 @@ def run_container_command(argv: list[str], timeout: float, stop_container) -> Co
     """Run an engine's foreground command (``runc run``, ``podman run``...) in its own process group.
 
     On timeout or Ctrl-C the container is killed first (``stop_container``), then the engine's
-    process group; a timeout raises :class:`WorkerFailure`, anything else is re-raised.
+    process group; a timeout raises :class:`WorkerFailure`, anything else is re-raised.  The engine's
+    process dies with the caller (``PR_SET_PDEATHSIG``); the container's worker follows through its
+    lifeline (:mod:`e2ebench.lifecycle`).
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+                            env={**os.environ, **owner_env()}, text=True, start_new_session=True,
+                            preexec_fn=die_with_parent())
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -654,6 +658,7 @@ def container_env(extra: dict[str, str] | None = None, source: dict[str, str] | 
         "PYTHONDONTWRITEBYTECODE": "1",
         "E2EBENCH_IN_CONTAINER": "1",
         "E2EBENCH_CACHE": str(cache_dir()),
+        **owner_env(),
     })
     if extra:
         env.update(extra)
@@ -715,6 +720,8 @@ class ContainerSession(Session):
         self.cgroup_parent: str | None = None         # podman, docker
         self.runs = 0
         self.teardown_errors: list[str] = []
+        host = platform.docker_host or ""
+        self.shares_host_kernel = self.engine != "docker" or not host or host.startswith("unix://")
 
     # -- provisioning -------------------------------------------------------------------------
 
@@ -819,6 +826,7 @@ class ContainerSession(Session):
     def run_worker(self, spec: WorkerSpec, timeout: float) -> dict:
         spec.threads = self.deployment.cores
         spec.bind_cpus = list(self.plan.cpus) if self.plan.cpus else None
+        spec.die_with_parent = self.engine == "runc"      # the container's init is a child of `runc run`
         self.runs += 1
         spec.platform_info = {**self.info, "run": self.runs}
         spec_path = self.spec_dir / f"spec-{self.runs}.json"

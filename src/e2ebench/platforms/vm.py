@@ -36,7 +36,6 @@ Acceleration
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import json
@@ -57,6 +56,7 @@ from typing import ClassVar, Iterator
 
 from e2ebench import measure
 from e2ebench.platforms import cgroups
+from e2ebench.lifecycle import die_with_parent, owner_env
 from e2ebench.platforms.base import Availability, Platform, PlatformError, Session, worker_env
 from e2ebench.platforms.guest import guest_cache_dir, template
 from e2ebench.platforms.guest import disk as guest_disk
@@ -294,15 +294,6 @@ def thread_affinity(pid: int, tid: int) -> list[int]:
     return []
 
 
-def _libc_prctl():
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _libc_prctl()
-PR_SET_PDEATHSIG = 1
 
 
 class Console:
@@ -371,20 +362,19 @@ class VcpuThread:
 
 def start_vmm(argv: list[str], cgroup_procs_files: list[str]) -> subprocess.Popen:
     """Start a VMM (QEMU, Firecracker) in its own process group, inside the session's cgroups from its first
-    instruction, with ``PR_SET_PDEATHSIG=SIGKILL`` so it cannot outlive e2ebench; stdout+stderr piped."""
+    instruction, with ``PR_SET_PDEATHSIG=SIGKILL`` so it cannot outlive e2ebench, and the owner mark in its
+    environment (see :mod:`e2ebench.lifecycle`); stdout+stderr piped."""
     procs_files = list(cgroup_procs_files)
-    prctl = _PRCTL
 
-    def in_child() -> None:  # between fork and exec
-        if prctl is not None:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    def enter_cgroups() -> None:  # between fork and exec
         pid = str(os.getpid())
         for f in procs_files:
             with open(f, "w") as fh:
                 fh.write(pid)
 
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=in_child)
+                            env={**os.environ, **owner_env()}, start_new_session=True,
+                            preexec_fn=die_with_parent(enter_cgroups))
 
 
 class VmmProcess:
