@@ -27,6 +27,7 @@ cases with small counts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -42,7 +43,7 @@ import textwrap
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -445,10 +446,19 @@ def fault_oom(work: Path, deployment: str) -> Outcome:
 # the store
 
 
-def _mount_tmpfs(path: Path, size: str) -> bool:
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, out: Outcome) -> Iterator[bool]:
+    """A small tmpfs at ``path`` for the duration (False, and a note, where mounting is not permitted)."""
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        out.notes.append("tmpfs mount not permitted here: skipped")
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            _umount(path)
 
 
 def _umount(path: Path) -> None:
@@ -459,10 +469,9 @@ def fault_full_disk(work: Path) -> Outcome:
     """The store's file system fills up between two runs: the second run's result must survive."""
     out = Outcome("store on a full file system")
     mnt = work / "full"
-    if not _mount_tmpfs(mnt, "4m"):
-        out.notes.append("tmpfs mount not permitted here: skipped")
-        return out
-    try:
+    with tmpfs(mnt, "4m", out) as mounted:
+        if not mounted:
+            return out
         store = mnt / "s.sqlite"
         code, _, err = run_json(["run", "rs", "BM/1/VNL/CPU", *TINY, "-n", "8", "--store", str(store)], work)
         if code != 0:
@@ -487,18 +496,15 @@ def fault_full_disk(work: Path) -> Outcome:
         cli(["show", "--store", str(store)], work)   # opening the store imports the spill files beside it
         out.expected = 2
         out.stored, out.duplicated = count_runs(store)
-    finally:
-        _umount(mnt)
     return out
 
 
 def fault_readonly_store(work: Path) -> Outcome:
     out = Outcome("read-only store")
     mnt = work / "ro"
-    if not _mount_tmpfs(mnt, "16m"):
-        out.notes.append("tmpfs mount not permitted here: skipped")
-        return out
-    try:
+    with tmpfs(mnt, "16m", out) as mounted:
+        if not mounted:
+            return out
         store = mnt / "s.sqlite"
         run_json(["run", "rs", "BM/1/VNL/CPU", *TINY, "-n", "8", "--store", str(store)], work)
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
@@ -517,8 +523,6 @@ def fault_readonly_store(work: Path) -> Outcome:
         # a run refused before it measured loses nothing; one that measured and was kept must be imported now
         out.expected = 1 + sum(1 for n in out.notes if n.startswith("run:") and "kept in" in n)
         out.stored, out.duplicated = count_runs(store)
-    finally:
-        _umount(mnt)
     return out
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from e2ebench.lifecycle import OWNER_ENV, owner_alive, parse_owner
+from e2ebench.measure import parse_cpu_list
 
 TEMP_PREFIX = "e2ebench-"
 _TEMP_OWNED = re.compile(r"^e2ebench-(\d+)-")
@@ -65,20 +66,6 @@ def _allowed_cpus(pid: int) -> list[int]:
     except OSError:
         pass
     return []
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            cpus.extend(range(int(lo), int(hi) + 1))
-        else:
-            cpus.append(int(part))
-    return cpus
 
 
 def _describe(pid: int) -> tuple[str, str]:
@@ -214,4 +201,4 @@ def clean_leftovers() -> list[str]:
 
 
 __all__ = ["MarkedProcess", "clean_leftovers", "kill_orphans", "marked_processes", "other_measurements",
-           "parse_cpu_list", "remove_temp_folders", "stale_temp_folders", "temp_prefix"]
+           "remove_temp_folders", "stale_temp_folders", "temp_prefix"]

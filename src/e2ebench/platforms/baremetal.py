@@ -94,12 +94,7 @@ class BareMetal(Platform):
     TITLE = "bare metal"
 
     def __init__(self, memory_mib: int | None = None):
-        if memory_mib is not None:
-            try:
-                memory_mib = memory.validate_memory_mib(memory_mib)
-            except memory.MemoryLimitError as exc:
-                raise PlatformError(str(exc)) from None
-        self.memory_mib = memory_mib
+        self.memory_mib = memory.platform_memory_mib(memory_mib)
 
     def probe(self) -> Availability:
         ok, why = cgroups.writable()

@@ -1046,12 +1046,7 @@ class Container(Platform):
         self.docker_host = docker_host or os.environ.get(DOCKER_HOST_ENV) or os.environ.get("DOCKER_HOST") or None
         self.podman_root = podman_root
         self.podman_runroot = podman_runroot
-        if memory_mib is not None:
-            try:
-                memory_mib = memory_lib.validate_memory_mib(memory_mib)
-            except memory_lib.MemoryLimitError as exc:
-                raise PlatformError(str(exc)) from None
-        self.memory_mib = memory_mib
+        self.memory_mib = memory_lib.platform_memory_mib(memory_mib)
         self._version: str | None = None
 
     def engine_version(self) -> str:

@@ -35,6 +35,18 @@ class MemoryLimitError(ValueError):
     """A memory limit that cannot be used (the message says why and what is accepted)."""
 
 
+def platform_memory_mib(value: object | None) -> int | None:
+    """A platform's ``memory_mib`` option: None, or a validated limit; a bad one raises PlatformError."""
+    if value is None:
+        return None
+    from e2ebench.platforms.base import PlatformError
+
+    try:
+        return validate_memory_mib(value)
+    except MemoryLimitError as exc:
+        raise PlatformError(str(exc)) from None
+
+
 def validate_memory_mib(value: object, minimum: int = MIN_MEMORY_MIB, what: str = "memory limit") -> int:
     """A whole number of MiB in [minimum, MAX_MEMORY_MIB]; anything else raises :class:`MemoryLimitError`."""
     if isinstance(value, bool) or not isinstance(value, int):
