@@ -46,6 +46,7 @@ class WorkerSpec:
     lifeline: str | None = None           # a file the runner holds locked; the worker exits when the lock drops
     die_with_parent: bool = False         # PR_SET_PDEATHSIG: the worker's parent is the runner or `runc run`
     platform_info: dict = dataclasses.field(default_factory=dict)
+    probe: str | None = None              # "threads": report the thread pools each library would choose, run nothing
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

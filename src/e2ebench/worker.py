@@ -589,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
         from e2ebench.lifecycle import watch_lifeline
 
         watch_lifeline(spec.lifeline)
+    if spec.probe == "threads":     # before any thread variable is set: what each library chooses on its own
+        from e2ebench.thread_probe import worker_result
+
+        sys.stdout.write(format_result(worker_result(spec)))
+        sys.stdout.flush()
+        return 0
     _configure_threads_env(spec)
     try:
         result = Worker(spec).run()
