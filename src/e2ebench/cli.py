@@ -405,10 +405,19 @@ def data_make(
 
 
 @app.command()
-def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+           threads: bool = typer.Option(False, "--threads",
+                                        help="Instead: what torch, OpenCV, ONNX Runtime and OpenMP/BLAS would choose for "
+                                             "their thread pools in BM/1/VNL/CPU and CN/1/VNL/CPU on this host, against "
+                                             "the 1-core limit (as `e2ebench threads DEPLOYMENT`).")) -> None:
     """Check this host: cores, sockets, NUMA, cgroups, and which platforms/devices are usable and why."""
     from e2ebench.doctor import collect
 
+    if threads:
+        from e2ebench.cli_threads import doctor_threads
+
+        doctor_threads(as_json)
+        return
     report = collect()
     if as_json:
         emit_json(report)
@@ -453,7 +462,7 @@ def register_subcommands() -> None:
     """Sub-command modules (studies, reports) register themselves on ``app`` when imported."""
     import importlib
 
-    for module in ("e2ebench.cli_study", "e2ebench.cli_report", "e2ebench.cli_store"):
+    for module in ("e2ebench.cli_study", "e2ebench.cli_report", "e2ebench.cli_store", "e2ebench.cli_threads"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -65,3 +65,34 @@ def collect() -> dict:
         path = shutil.which(tool)
         tools[tool] = path or "not installed"
     return {"host": host, "platforms": platforms, "devices": devices, "tools": tools}
+
+
+THREAD_PROBE_DEPLOYMENTS = ("BM/1/VNL/CPU", "CN/1/VNL/CPU")
+
+
+def collect_threads(progress=None) -> dict:
+    """``e2ebench doctor --threads``: the thread probe (:mod:`e2ebench.thread_probe`) in BM/1/VNL/CPU and, when the
+    CN platform is usable, CN/1/VNL/CPU.  ``deployments`` maps each to its probe, or to ``{"error"}`` / ``{"skipped"}``."""
+    from e2ebench.platforms import get_platform
+    from e2ebench.scenario import Deployment
+    from e2ebench.thread_probe import probe_deployment
+
+    out: dict = {}
+    for text in THREAD_PROBE_DEPLOYMENTS:
+        deployment = Deployment.parse(text)
+        if deployment.platform != "BM":
+            try:
+                availability = get_platform(deployment.platform).probe()
+            except Exception as exc:
+                availability = None
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                reason = availability.reason
+            if availability is None or not availability.usable:
+                out[text] = {"deployment": text, "skipped": f"platform {deployment.platform} unavailable: {reason}"}
+                continue
+        try:
+            out[text] = probe_deployment(deployment, progress=progress)
+        except Exception as exc:
+            out[text] = {"deployment": text, "error": f"the thread probe in {text} failed: {str(exc) or type(exc).__name__}"}
+    return {"host": {"cpu_count": os.cpu_count(), "cpus": len(os.sched_getaffinity(0))}, "deployments": out}
