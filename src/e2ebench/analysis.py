@@ -27,6 +27,12 @@ Findings (every one is a dataclass with ``to_dict()``):
 * **idle host cores** — scenarios whose cores equal the host's cores (the paper's Fig. 9 case) next to the
   same platform's overhead when the host keeps idle cores.
 * **cold start** per platform.
+* **thread policy penalty** — a scenario measured with ``sized`` thread pools (e2ebench's default: every pool
+  sized to the deployment's cores) and with ``framework-default`` pools (or a fixed count): the penalty
+  ``100 * (policy / sized - 1)`` of mean E2E with the ratio's delta-method CI and Welch's test, the verdict
+  *penalty* / *faster* / *no effect shown* / *not enough data*, the CFS throttling and involuntary context switches
+  per run that explain it, and the pool sizes each library chose against the deployment's cores.  Every other
+  finding reads the ``sized`` scenarios only (:func:`primary_scenarios`), so no comparison mixes policies.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class ScenarioKey:
     mode: str = "e2e"
     emulated: bool = False
     cache: str = "warm"
+    thread_policy: str = "sized"
 
     @property
     def deployment(self) -> str:
@@ -120,7 +127,8 @@ class ScenarioKey:
 
     @property
     def label(self) -> str:
-        return self.scenario + (" [EMULATED]" if self.emulated else "")
+        policy = f" [threads: {self.thread_policy}]" if self.thread_policy != "sized" else ""
+        return self.scenario + policy + (" [EMULATED]" if self.emulated else "")
 
     def with_(self, **changes: Any) -> "ScenarioKey":
         return dataclasses.replace(self, **changes)
@@ -973,6 +981,195 @@ def cold_starts(data: StudyData, scenarios: dict[ScenarioKey, ScenarioStats]) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# Thread pools against the CPU limit (issue 13): framework-default (or a fixed count) vs sized pools
+
+THREADS_SIZED = "sized"
+THREADS_FRAMEWORK_DEFAULT = "framework-default"
+THREADS_PENALTY = "penalty"
+THREADS_FASTER = "faster"
+THREADS_NO_EFFECT = "no effect shown"
+THREADS_NOT_ENOUGH_DATA = "not enough data"
+THREAD_COUNTERS: tuple[str, ...] = ("throttled_time_s", "nr_throttled", "involuntary_ctx_switches")
+THREAD_POOLS: tuple[str, ...] = ("torch_intra_op", "torch_inter_op", "onnxruntime_intra_op", "opencv", "openmp")
+COMPUTE_POOLS: tuple[str, ...] = ("torch_intra_op", "onnxruntime_intra_op", "openmp", "opencv")
+POOL_TITLES = {"torch_intra_op": "torch intra-op", "torch_inter_op": "torch inter-op",
+               "onnxruntime_intra_op": "ONNX Runtime intra-op", "opencv": "OpenCV", "openmp": "OpenMP",
+               "process_threads": "process threads", "os_cpu_count": "os.cpu_count()"}
+
+
+def thread_policy_of(run: dict) -> str:
+    """A run's thread policy: the store column, else the result's ``thread_policy``, else ``"sized"`` (runs made
+    before policies existed sized their pools to the deployment)."""
+    policy = run.get("thread_policy") or (run.get("result") or {}).get("thread_policy")
+    return str(policy) if policy else THREADS_SIZED
+
+
+def thread_policy_rank(policy: str) -> tuple:
+    """Order of policies in tables and figures: sized, framework-default, then numbers ascending."""
+    if policy == THREADS_SIZED:
+        return (0, 0, "")
+    if policy == THREADS_FRAMEWORK_DEFAULT:
+        return (1, 0, "")
+    try:
+        return (2, int(policy), "")
+    except ValueError:
+        return (3, 0, policy)
+
+
+def _most_common(values: Sequence[int]) -> int | None:
+    if not values:
+        return None
+    counts: dict[int, int] = defaultdict(int)
+    for v in values:
+        counts[v] += 1
+    return max(counts, key=lambda v: (counts[v], v))
+
+
+@dataclasses.dataclass
+class PolicyStats:
+    """One thread policy of one scenario: E2E, the counters that show a quota's cost, and the pool sizes recorded.
+
+    ``counters``: mean per run (over the timed window) of ``throttled_time_s``, ``nr_throttled`` and
+    ``involuntary_ctx_switches``, each with its 95% CI; a counter no run recorded is absent.  ``pools``: the size
+    each library's pool had (``thread_pools`` of the result, ``threads`` for older results), the most frequent value
+    over the runs, plus ``process_threads`` and ``os_cpu_count`` (what a library sizing from the host sees).
+    """
+
+    key: ScenarioKey
+    e2e_s: Summary
+    counters: dict[str, Summary]
+    pools: dict[str, int]
+
+    @property
+    def policy(self) -> str:
+        return self.key.thread_policy
+
+    @property
+    def largest_compute_pool(self) -> tuple[str, int] | None:
+        """The largest compute pool (torch intra-op, ONNX Runtime intra-op, OpenMP, OpenCV), as ``(name, size)``."""
+        sizes = [(p, self.pools[p]) for p in COMPUTE_POOLS if p in self.pools]
+        return max(sizes, key=lambda x: x[1]) if sizes else None
+
+    def oversubscribed(self, cores: int) -> dict[str, int]:
+        """The compute pools larger than the deployment's ``cores``."""
+        return {p: self.pools[p] for p in COMPUTE_POOLS if p in self.pools and self.pools[p] > cores}
+
+    def to_dict(self) -> dict:
+        return {"thread_policy": self.policy, "scenario": self.key.to_dict(), "e2e_s": summary_dict(self.e2e_s),
+                "counters": {k: summary_dict(v) for k, v in self.counters.items()}, "pools": dict(self.pools),
+                "oversubscribed": self.oversubscribed(self.key.cores)}
+
+
+def _policy_stats(stats: ScenarioStats, runs_by_id: dict[int, dict]) -> PolicyStats:
+    results = [(runs_by_id.get(i) or {}).get("result") or {} for i in stats.run_ids]
+    counters = {}
+    for name in THREAD_COUNTERS:
+        values = [v for v in (_num((r.get("counters") or {}).get(name)) for r in results) if v is not None]
+        if values:
+            counters[name] = confidence_interval(values, CONFIDENCE)
+    pools: dict[str, int] = {}
+    for name in (*THREAD_POOLS, "process_threads", "os_cpu_count"):
+        values = []
+        for r in results:
+            recorded = r.get("thread_pools") or r.get("threads") or {}
+            value = _num(recorded.get(name))
+            if value is not None:
+                values.append(int(value))
+        common = _most_common(values)
+        if common is not None:
+            pools[name] = common
+    return PolicyStats(stats.key, stats.e2e_s, counters, pools)
+
+
+@dataclasses.dataclass
+class ThreadPolicyFinding:
+    """A thread policy (``framework-default`` or a fixed count) vs ``sized`` pools in the same scenario.
+
+    ``penalty_pct`` = 100 * (mean E2E with the policy / mean E2E sized - 1): positive = the policy is slower.  Its
+    95% CI is the ratio's (delta method on the log of the ratio of means, Welch-Satterthwaite df, as for the
+    overhead vs BM); the test is Welch's.  ``verdict``: *penalty* (p < 0.05 and the CI above 0), *faster* (p < 0.05
+    and the CI below 0), *no effect shown*, or *not enough data* (fewer than two runs of a policy).
+    """
+
+    sized: PolicyStats
+    other: PolicyStats
+    comparison: Comparison                  # the policy (subject) vs sized (baseline), on E2E
+    verdict: str
+
+    @property
+    def key(self) -> ScenarioKey:
+        """The sized scenario (the row's identity)."""
+        return self.sized.key
+
+    @property
+    def policy(self) -> str:
+        return self.other.policy
+
+    @property
+    def cores(self) -> int:
+        return self.key.cores
+
+    @property
+    def penalty_pct(self) -> float | None:
+        return self.comparison.relative_pct
+
+    @property
+    def penalty_ci_pct(self) -> tuple[float, float] | None:
+        return self.comparison.relative_ci_pct
+
+    def to_dict(self) -> dict:
+        return {"scenario": self.key.to_dict(), "thread_policy": self.policy, "cores": self.cores,
+                "sized": self.sized.to_dict(), "policy": self.other.to_dict(), "e2e": self.comparison.to_dict(),
+                "penalty_pct": self.penalty_pct, "penalty_ci_pct": self.penalty_ci_pct, "p_value": self.comparison.p_value,
+                "verdict": self.verdict}
+
+
+def _thread_verdict(cmp: Comparison) -> str:
+    if cmp.significant is None:
+        return THREADS_NOT_ENOUGH_DATA
+    ci = cmp.relative_ci_pct
+    if cmp.significant and ci is not None and ci[0] > 0:
+        return THREADS_PENALTY
+    if cmp.significant and ci is not None and ci[1] < 0:
+        return THREADS_FASTER
+    return THREADS_NO_EFFECT
+
+
+def thread_policy_penalties(scenarios: dict[ScenarioKey, ScenarioStats],
+                            runs: Sequence[dict]) -> list[ThreadPolicyFinding]:
+    """One finding per scenario measured with ``sized`` pools and another policy: that policy vs sized.
+
+    ``scenarios``: every policy's scenarios (not only the sized ones); ``runs``: the study's runs (their counters
+    and pool sizes).  Scenarios with a policy but no sized twin give no finding.
+    """
+    runs_by_id = {int(r["id"]): r for r in runs}
+    out = []
+    for key in sorted(scenarios, key=lambda k: (k.sort_key(), thread_policy_rank(k.thread_policy))):
+        if key.thread_policy == THREADS_SIZED:
+            continue
+        sized = scenarios.get(key.with_(thread_policy=THREADS_SIZED))
+        if sized is None:
+            continue
+        stats = scenarios[key]
+        cmp = compare("e2e_s", stats.e2e_values_s, sized.e2e_values_s)
+        out.append(ThreadPolicyFinding(_policy_stats(sized, runs_by_id), _policy_stats(stats, runs_by_id), cmp,
+                                       _thread_verdict(cmp)))
+    return out
+
+
+def primary_scenarios(scenarios: dict[ScenarioKey, ScenarioStats]) -> dict[ScenarioKey, ScenarioStats]:
+    """The scenarios every other finding reads: those with ``sized`` pools (e2ebench's default), or — when no
+    scenario has them — those of the most frequent policy, so that no comparison mixes policies."""
+    policies: dict[str, int] = defaultdict(int)
+    for key in scenarios:
+        policies[key.thread_policy] += 1
+    if len(policies) <= 1:
+        return dict(scenarios)
+    keep = THREADS_SIZED if THREADS_SIZED in policies else max(policies, key=lambda p: (policies[p], p))
+    return {k: v for k, v in scenarios.items() if k.thread_policy == keep}
+
+
+# ---------------------------------------------------------------------------------------------
 # Everything at once
 
 
@@ -993,6 +1190,8 @@ class Findings:
     knee_tolerance_pct: float
     method: str = SIGNIFICANCE_METHOD
     cache: str | None = None          # set by for_cache(): the page-cache state these findings are restricted to
+    thread_policies: list[ThreadPolicyFinding] = dataclasses.field(default_factory=list)
+    policies: list[str] = dataclasses.field(default_factory=list)   # every thread policy measured (all scenarios)
 
     def to_dict(self) -> dict:
         return {
@@ -1006,6 +1205,8 @@ class Findings:
             "chr": self.chr.to_dict(),
             "idle_host_cores": [i.to_dict() for i in self.idle_cores],
             "cold_start": [c.to_dict() for c in self.cold_starts],
+            "thread_policies": list(self.policies),
+            "thread_policy_penalties": [t.to_dict() for t in self.thread_policies],
         }
 
     @property
@@ -1033,13 +1234,15 @@ class Findings:
             chr=ChrFinding([p for p in self.chr.points if mine(p.key)], correlation),
             idle_cores=[i for i in self.idle_cores if mine(i.full)],
             cache=cache,
+            thread_policies=[t for t in self.thread_policies if mine(t.key)],
         )
 
 
 def analyse(data: StudyData, emulated: bool = False,
             knee_tolerance_pct: float = DEFAULT_KNEE_TOLERANCE_PCT) -> Findings:
     """Every finding over the native (``emulated=False``) or the emulated scenarios of a study."""
-    scenarios = data.select(emulated)
+    every_policy = data.select(emulated)
+    scenarios = primary_scenarios(every_policy)         # no finding below compares two thread policies ...
     overheads = overhead_vs_bm(scenarios)
     return Findings(
         emulated=emulated,
@@ -1053,6 +1256,8 @@ def analyse(data: StudyData, emulated: bool = False,
         cold_starts=cold_starts(data, scenarios),
         host_cores=data.host_cores,
         knee_tolerance_pct=knee_tolerance_pct,
+        thread_policies=thread_policy_penalties(every_policy, data.runs),    # ... but this one
+        policies=sorted({k.thread_policy for k in every_policy}, key=thread_policy_rank),
     )
 
 
