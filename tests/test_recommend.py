@@ -170,7 +170,7 @@ def test_every_practice_is_evaluated_and_emulated_is_labelled(store):
     native = recommend.recommend(analysis.analyse(data))
     assert native.answers == [] and native.practices == []
     emulated = recommend.recommend(analysis.analyse(data, emulated=True))
-    assert [r.practice for r in emulated.practices] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r.practice for r in emulated.practices] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert all(r.verdict in recommend.VERDICTS for r in emulated.practices)
     assert all(r.text.startswith("[EMULATED] ") for r in emulated.practices)
     assert emulated.answers[0].text.startswith("[EMULATED] ")
@@ -190,7 +190,7 @@ def test_recommend_cli_json_and_terminal(store, tmp_path):
     payload = json.loads(proc.stdout.strip().splitlines()[-1])
     assert payload["study"]["id"] == sid
     assert payload["native"]["answers"][0]["app"] == "ic"
-    assert len(payload["native"]["practices"]) == 7
+    assert len(payload["native"]["practices"]) == 8
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "cli <b>study</b>" in proc.stdout             # rich markup escaped, shown literally

@@ -139,7 +139,7 @@ def recommend(
                                          help="Scale-up knee: fewest cores within this % of the best E2E."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Which platform, how many cores, pinned or not, GPU or not — and the paper's seven best practices, on your data."""
+    """Which platform, how many cores, pinned or not, GPU or not — and the paper's seven best practices plus thread-pool sizing, on your data."""
     from e2ebench import analysis
     from e2ebench import recommend as advice
     from e2ebench.cost import cost_notes, cost_rows

@@ -1,11 +1,12 @@
-"""Deployment advice from measurements: the paper's seven best practices evaluated on a study's data.
+"""Deployment advice from measurements: the paper's seven best practices, and an eighth, evaluated on a study's data.
 
 For every application the study measured, :func:`recommend` returns
 
 * one **deployment answer** — which platform, how many cores, pinned or not, GPU or not — in one sentence
   with its numbers ("ic on CPU: 8 cores is within 5% of the best (16); pinning saves 12% ± 3% on CN; a GPU
   would cut E2E by at most 1.4x because pre-processing is 61% of E2E"), and
-* the seven **best practices** of the paper's section VI, each with a verdict (*supported*,
+* the seven **best practices** of the paper's section VI, and an eighth from issue 13 ("size thread pools to the
+  deployment's CPU limit": framework-default pools vs sized ones), each with a verdict (*supported*,
   *contradicted*, *no effect shown*, *evidence* for informational ones, or *not enough data*), a sentence
   with the measured numbers and 95% CIs, the evidence behind it, and — when data is missing — the
   scenarios to add to a study, written ``app@PLATFORM/CORES/CPUMODE/DEVICE``.
@@ -31,11 +32,17 @@ from e2ebench.analysis import (
     PINNING_HELPS,
     PINNING_HURTS,
     PINNING_NO_DIFFERENCE,
+    POOL_TITLES,
+    THREADS_FASTER,
+    THREADS_NOT_ENOUGH_DATA,
+    THREADS_PENALTY,
     Comparison,
     Findings,
     GpuPayoff,
+    PolicyStats,
     ScenarioKey,
     ScenarioStats,
+    ThreadPolicyFinding,
     ci_bounds,
     compare,
     fmt_pct,
@@ -62,6 +69,7 @@ BEST_PRACTICES: dict[int, str] = {
     5: "Benchmark the E2E inference time, not only the inference operation.",
     6: "If pre- and post-processing dominate E2E, a GPU is not necessarily helpful; more cores may pay off better.",
     7: "Containers impose the least overhead (suggested for the Edge).",
+    8: "Size thread pools to the deployment's CPU limit.",
 }
 
 IO_SHARE_MATTERS = 0.10        # io >= 10% of E2E: storage is worth looking at
@@ -318,7 +326,7 @@ def _payoff_for(findings: Findings, key: ScenarioKey) -> GpuPayoff | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the seven best practices
+# the best practices (the paper's seven; the eighth, thread pools, follows practice 7)
 
 
 def practice_1_phases(findings: Findings, app: str) -> Recommendation:
@@ -670,6 +678,79 @@ def practice_7_containers(findings: Findings, app: str) -> Recommendation:
     return Recommendation(7, BEST_PRACTICES[7], app, verdict, text, evidence)
 
 
+def _pools_text(stats: PolicyStats, cores: int) -> str:
+    """``torch intra-op 2 threads on 1 core`` — the largest compute pool the policy gave, against the cores."""
+    largest = stats.largest_compute_pool
+    if largest is None:
+        return "pool sizes not recorded"
+    name, size = largest
+    return f"{POOL_TITLES.get(name, name)} {size} thread{'s' if size != 1 else ''} on {_cores(cores)}"
+
+
+def _throttle_text(t: ThreadPolicyFinding) -> str:
+    """``throttled 0.5 vs 0 s per run, 900 vs 10 involuntary switches`` (the policy's mean vs sized's)."""
+    bits = []
+    for name, what in (("throttled_time_s", "throttled {} s per run"), ("involuntary_ctx_switches",
+                                                                       "{} involuntary switches")):
+        a, b = t.other.counters.get(name), t.sized.counters.get(name)
+        if a is not None and b is not None:
+            bits.append(what.format(f"{a.mean:.3g} vs {b.mean:.3g}"))
+    return ", ".join(bits)
+
+
+def practice_8_thread_pools(findings: Findings, app: str) -> Recommendation:
+    """Size thread pools to the deployment's CPU limit: framework-default (or fixed) pools vs sized ones."""
+    rows = [t for t in findings.thread_policies if t.key.app == app and t.key.mode == "e2e"] or \
+        [t for t in findings.thread_policies if t.key.app == app]
+    how = ("run `e2ebench study threads` (framework-default next to sized thread pools), or add "
+           "thread_policies = [\"sized\", \"framework-default\"] to a study")
+    if not rows:
+        return Recommendation(8, BEST_PRACTICES[8], app, NOT_ENOUGH_DATA,
+                              f"not enough data — {how}.")
+    evidence = [{"what": "thread policy vs sized", "scenario": t.other.key.label, "baseline": t.key.label,
+                 "thread_policy": t.policy, "cores": t.cores, "relative_pct": t.penalty_pct,
+                 "ci_pct": t.penalty_ci_pct, "p_value": t.comparison.p_value,
+                 "n": [t.comparison.subject_n, t.comparison.baseline_n], "verdict": t.verdict,
+                 "pools": t.other.pools, "sized_pools": t.sized.pools,
+                 "counters": {k: summary_dict(v) for k, v in t.other.counters.items()},
+                 "sized_counters": {k: summary_dict(v) for k, v in t.sized.counters.items()}} for t in rows]
+    sentences = []
+    for t in rows:
+        s = (f"{t.key.deployment}: {t.policy} ({_pools_text(t.other, t.cores)}) "
+             f"{fmt_pct(t.penalty_pct, t.penalty_ci_pct)} vs sized ({fmt_s(t.other.e2e_s)} vs {fmt_s(t.sized.e2e_s)}; "
+             f"{significance_text(t.comparison)}; {t.verdict})")
+        throttle = _throttle_text(t)
+        if throttle:
+            s += f"; {throttle}"
+        sentences.append(s)
+    text = "; ".join(sentences) + "."
+    penalties = [t for t in rows if t.verdict == THREADS_PENALTY]
+    faster = [t for t in rows if t.verdict == THREADS_FASTER]
+    tested = [t for t in rows if t.verdict != THREADS_NOT_ENOUGH_DATA]
+    if penalties and not faster:
+        verdict = SUPPORTED
+        text += (" Pools not sized to the CPU limit were significantly slower on "
+                 + ", ".join(f"{t.key.deployment} ({t.policy})" for t in penalties)
+                 + ": set each library's thread count (torch.set_num_threads, OMP_NUM_THREADS, ONNX Runtime's "
+                   "intra_op_num_threads) to the deployment's cores.")
+    elif faster and not penalties:
+        verdict = CONTRADICTED
+        text += " Here pools not sized to the CPU limit were significantly faster."
+    elif faster and penalties:
+        verdict = EVIDENCE
+        text += " The effect differs between deployments."
+    elif tested:
+        verdict = NOT_SHOWN
+        hosts = sorted({t.other.pools["os_cpu_count"] for t in tested if "os_cpu_count" in t.other.pools})
+        text += (" No effect shown on this host"
+                 + (f" ({' / '.join(str(h) for h in hosts)} CPUs visible to the libraries)" if hosts else "")
+                 + "; the trap grows with the host's core count, so measure on the production host.")
+    else:
+        verdict = NOT_ENOUGH_DATA
+        text = f"not enough data — fewer than 2 runs per policy; {how}. " + text
+    return Recommendation(8, BEST_PRACTICES[8], app, verdict, text, evidence)
+
+
 def _in_cache(item: DeploymentAnswer | Recommendation, cache: str) -> None:
     """Make an answer or practice evaluated on ``cache``-state findings say so: its E2E scenarios to add get the
     cache suffix (in the list and in the text), and its text a ``[cold cache]`` prefix."""
@@ -688,7 +769,7 @@ def _in_cache(item: DeploymentAnswer | Recommendation, cache: str) -> None:
 
 
 def recommend(findings: Findings, cost_notes: dict[str, str] | None = None) -> RecommendationSet:
-    """The deployment answer and the seven practices for every application in ``findings``.
+    """The deployment answer and the eight practices for every application in ``findings``.
 
     An application is judged on its warm-cache scenarios, or on its cold-cache ones when it has no warm one;
     practice 4 also reads the cold-cache twins.
@@ -709,6 +790,7 @@ def recommend(findings: Findings, cost_notes: dict[str, str] | None = None) -> R
             practice_5_e2e(view, app),
             practice_6_gpu(view, app, cost_notes),
             practice_7_containers(view, app),
+            practice_8_thread_pools(view, app),
         ]
         if cache != "warm":
             for item in [answer, *mine]:

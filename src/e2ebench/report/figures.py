@@ -10,6 +10,9 @@ do not exist) and never touches pyplot's global state.  :func:`save` writes PNG 
 * :func:`overhead_vs_bm` — each platform's overhead vs BM per phase, in points of BM's E2E, with CIs.
 * :func:`scale_up` — E2E vs cores per platform with the scale-up knee marked and the fitted model dotted.
 * :func:`cold_start` — cold start per platform, stacked by part.
+* :func:`e2e_by_thread_policy` — per app: mean E2E per deployment, one bar per thread policy (sized,
+  framework-default, a fixed count) with its 95% CI, the penalty vs sized and the throttled time per run; drawn
+  only when the study measured more than one policy.
 
 Emulated (QEMU TCG) results are drawn only in figures of their own, whose title and a red banner say so.
 Cold-cache scenarios (``#cold-cache``) are drawn next to the warm ones with "cold cache" in their labels; every
@@ -38,8 +41,11 @@ from e2ebench.analysis import (  # noqa: E402
     GpuPayoff,
     KneeFinding,
     OverheadFinding,
+    PolicyStats,
     ScenarioKey,
     ScenarioStats,
+    ThreadPolicyFinding,
+    thread_policy_rank,
 )
 from e2ebench.overhead_model import ScalingModel  # noqa: E402
 from e2ebench.scenario import PLATFORM_TITLES, PLATFORMS  # noqa: E402
@@ -53,6 +59,7 @@ COLD_COLORS = {"provision_s": "#7f7f7f", "process_start_s": "#bcbd22", "import_s
                "model_load_s": "#9467bd", "first_inference_s": "#ff7f0e"}
 EMULATED_BANNER = "EMULATED (QEMU TCG) — not comparable with native results"
 PIN_HATCH = "///"
+THREADS_FIGURE_PREFIX = "e2e-by-thread-policy-"
 
 
 @dataclasses.dataclass
@@ -417,6 +424,82 @@ def cold_start(cold: Sequence[ColdStartFinding], emulated: bool = False) -> Figu
     return fig
 
 
+# ---------------------------------------------------------------------------------------------
+# (g) E2E by thread policy
+
+
+POLICY_COLORS = {"sized": "#1f77b4", "framework-default": "#d62728"}
+POLICY_FALLBACK_COLORS = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _policy_color(policy: str, others: Sequence[str]) -> str:
+    if policy in POLICY_COLORS:
+        return POLICY_COLORS[policy]
+    return POLICY_FALLBACK_COLORS[list(others).index(policy) % len(POLICY_FALLBACK_COLORS)]
+
+
+def e2e_by_thread_policy(findings: Sequence[ThreadPolicyFinding], app: str, emulated: bool = False) -> Figure | None:
+    """Per deployment (platform, cores, CPU mode, device), one bar per thread policy: mean E2E with its 95% CI; the
+    penalty vs sized over each other bar (``*`` = significant) and the mean throttled time per run under it."""
+    mine = [t for t in findings if t.key.app == app]
+    if not mine:
+        return None
+    groups: dict[ScenarioKey, dict[str, PolicyStats]] = {}
+    penalty: dict[tuple[ScenarioKey, str], ThreadPolicyFinding] = {}
+    for t in mine:
+        groups.setdefault(t.key, {"sized": t.sized})[t.policy] = t.other
+        penalty[(t.key, t.policy)] = t
+    policies = sorted({p for g in groups.values() for p in g}, key=thread_policy_rank)
+    extra = [p for p in policies if p not in POLICY_COLORS]
+    order = sorted(groups, key=lambda k: (k.device, _platform_rank(k.platform), k.cores, k.cpu_mode != "VNL",
+                                          k.mode, k.cache != "warm"))
+    width = 0.8 / len(policies)
+    fig = Figure(figsize=(max(6.5, 1.1 * len(order) * len(policies) + 3.0), 5.0), layout="constrained")
+    ax = fig.subplots()
+    top = 0.0
+    for i, key in enumerate(order):
+        for j, policy in enumerate(policies):
+            stats = groups[key].get(policy)
+            if stats is None:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            mean, err = stats.e2e_s.mean, _ci_err(stats.e2e_s)
+            top = max(top, mean + err)
+            ax.bar(x, mean, width * 0.92, color=_policy_color(policy, extra),
+                   hatch=PIN_HATCH if key.cpu_mode == "PIN" else None, edgecolor="white", linewidth=0.5)
+            ax.errorbar(x, mean, yerr=err, color="black", capsize=3, linewidth=1)
+            t = penalty.get((key, policy))
+            if t is not None and t.penalty_pct is not None:
+                star = "*" if t.verdict in ("penalty", "faster") else ""
+                ax.annotate(f"{t.penalty_pct:+.1f}%{star}", (x, mean + err), textcoords="offset points",
+                            xytext=(0, 3), ha="center", va="bottom", fontsize=8)
+            throttled = stats.counters.get("throttled_time_s")
+            if throttled is not None:
+                ax.annotate(f"thr {throttled.mean:.2g} s", (x, 0), textcoords="offset points", xytext=(0, 3),
+                            ha="center", va="bottom", fontsize=7, rotation=90, color="white")
+    labels = []
+    for key in order:
+        extra_bits = [b for b in (key.cache_title, "inference only" if key.mode == "inference-only" else "") if b]
+        labels.append(f"{key.platform}/{_cores_label(key.cores)}\n{key.cpu_mode} {key.device}"
+                      + (f"\n{', '.join(extra_bits)}" if extra_bits else ""))
+    ax.set_xticks(range(len(order)), labels, fontsize=8)
+    ax.set_ylabel("mean E2E time of the workload (s)")
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    handles = [Patch(facecolor=_policy_color(p, extra), label=f"threads: {p}") for p in policies]
+    if any(k.cpu_mode == "PIN" for k in order):
+        handles.append(Patch(facecolor="white", edgecolor="grey", hatch=PIN_HATCH, label="pinned (PIN)"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _title(fig, f"{app}: E2E by thread policy per platform and core count (error bars: 95% CI; "
+                "% = vs sized, * = significant; thr = throttled time per run)", emulated)
+    return fig
+
+
+def _cores_label(cores: int) -> str:
+    return f"{cores} core" if cores == 1 else f"{cores} cores"
+
+
 def all_figures(findings, models: Sequence[ScalingModel], out_dir: Path) -> list[FigureFile]:
     """Draw and save every figure the findings support; return them in report order."""
     emulated = findings.emulated
@@ -453,5 +536,10 @@ def all_figures(findings, models: Sequence[ScalingModel], out_dir: Path) -> list
                      f"{config[0]}/{config[1]}/{config[2]}{', ' + cache + ' cache' if cold else ''}, per application.")
     keep(cold_start(findings.cold_starts, emulated), "cold-start",
          "Cold start (provision, process start, imports, model load, first inference) per platform.")
+    if len(getattr(findings, "policies", ())) > 1:
+        for app in apps:
+            keep(e2e_by_thread_policy(findings.thread_policies, app, emulated), f"{THREADS_FIGURE_PREFIX}{app}",
+                 f"{app}: mean E2E with each thread policy per deployment (sized: pools sized to the deployment's "
+                 "cores; framework-default: each library's own choice); the % is the penalty vs sized.")
     return out
 

@@ -273,14 +273,18 @@ class _Part:
             return [_Section("answers", "Answers", [_p("No successful native measurement runs in this study.", muted=True)])]
         notice = [_notice(f"{figs.EMULATED_BANNER}. These scenarios ran under QEMU TCG; they are compared only with "
                           "each other.")] if f.emulated else []
+        threads = [x for x in self.figures if x.name.removeprefix("emulated-").startswith(figs.THREADS_FIGURE_PREFIX)]
+        others = [x for x in self.figures if x not in threads]
         out = [
             _Section(anchor + "answers", pre + "Answers", notice + _answers(self.recommendations)),
             _Section(anchor + "practices", pre + "Best practices, evaluated", _practices(self.recommendations)),
-            _Section(anchor + "figures", pre + "Figures", _figures(self.figures, out_dir)),
+            _Section(anchor + "figures", pre + "Figures", _figures(others, out_dir)),
             _Section(anchor + "scenarios", pre + "Scenarios", _scenarios(f)),
             _Section(anchor + "findings", pre + "Findings", _findings(f)),
-            _Section(anchor + "model", pre + "Scaling model (predictions)", _models(self.models)),
         ]
+        if len(f.policies) > 1:          # only when the study measured more than one thread policy
+            out.append(_Section(anchor + "threads", pre + "Thread pools vs the CPU limit", _threads(f, threads, out_dir)))
+        out.append(_Section(anchor + "model", pre + "Scaling model (predictions)", _models(self.models)))
         if self.prices:
             out.append(_Section(anchor + "cost", pre + "Cost", _cost(self)))
         return out
@@ -329,7 +333,7 @@ def _practices(recs: recommend.RecommendationSet) -> list[Block]:
         rows = []
         for r in recs.for_app(app):
             rows.append((r.practice, r.title, badge(r.verdict), r.text, ", ".join(r.runs_to_add) or None))
-        out += [_h3(app), table(["#", "best practice (paper, section VI)", "verdict", "what the data say",
+        out += [_h3(app), table(["#", "best practice (1–7: paper, section VI)", "verdict", "what the data say",
                                  "scenarios to add"], rows)]
     return out
 
@@ -425,6 +429,48 @@ def _findings(f: Findings) -> list[Block]:
     rows = [(c.app, c.platform, c.device, fmt_s(c.total_s),
              ", ".join(f"{k.removesuffix('_s')} {v.mean:.3g} s" for k, v in c.parts_s.items())) for c in f.cold_starts]
     out.append(table(["app", "platform", "device", "cold start ± 95% CI", "parts (means)"], rows))
+    return out
+
+
+def _counter_pair(t: analysis.ThreadPolicyFinding, name: str) -> str | None:
+    """``sized → policy`` means per run of one counter."""
+    a, b = t.sized.counters.get(name), t.other.counters.get(name)
+    if a is None and b is None:
+        return None
+    return " → ".join(f"{x.mean:.3g}" if x is not None else "—" for x in (a, b))
+
+
+def _pools_cell(stats: analysis.PolicyStats) -> str | None:
+    shown = [(p, stats.pools[p]) for p in (*analysis.THREAD_POOLS, "process_threads") if p in stats.pools]
+    return ", ".join(f"{analysis.POOL_TITLES.get(p, p)} {v}" for p, v in shown) or None
+
+
+def _threads(f: Findings, figures: Sequence[figs.FigureFile], out_dir: Path) -> list[Block]:
+    """The thread-policy section: each policy vs sized pools, the counters that explain it, and the figure."""
+    out = [_p("sized: every library's thread pool sized to the deployment's cores (e2ebench's default); "
+              "framework-default: e2ebench sets no thread count and no OMP_NUM_THREADS, so each library chooses as it "
+              "would in the user's own program (often the host's core count); a number: every pool that size. "
+              "Penalty = mean E2E with the policy / mean E2E sized − 1, with the ratio's 95% CI (delta method) and "
+              "Welch's test; verdict penalty or faster when p < 0.05 and the CI excludes 0. Counters are means per run "
+              "over the timed window (cgroup cpu.stat and getrusage), sized → policy.", muted=True)]
+    rows = []
+    for t in f.thread_policies:
+        rows.append((
+            _scenario_cell(t.key.scenario, t.key.emulated), t.policy, t.cores,
+            t.other.pools.get("os_cpu_count") or t.sized.pools.get("os_cpu_count"),
+            _pools_cell(t.sized), _pools_cell(t.other),
+            fmt_s(t.sized.e2e_s), fmt_s(t.other.e2e_s), fmt_pct(t.penalty_pct, t.penalty_ci_pct),
+            f"{t.comparison.p_value:.3g}" if t.comparison.p_value is not None else "not tested (n < 2)",
+            _counter_pair(t, "throttled_time_s"), _counter_pair(t, "nr_throttled"),
+            _counter_pair(t, "involuntary_ctx_switches"), badge(t.verdict),
+        ))
+    out.append(table(["scenario", "thread policy", "cores", "CPUs the libraries see", "pools, sized", "pools, policy",
+                      "E2E sized", "E2E policy", "penalty ± 95% CI", "Welch p", "throttled s/run",
+                      "nr_throttled/run", "involuntary switches/run", "verdict"], rows))
+    if not f.thread_policies:
+        out.append(_p(f"Thread policies measured: {', '.join(f.policies)}; no scenario has sized pools next to "
+                      "another policy, so there is nothing to compare.", muted=True))
+    out += _figures(figures, out_dir) if figures else []
     return out
 
 
