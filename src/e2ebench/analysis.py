@@ -116,9 +116,10 @@ class ScenarioKey:
 
     @property
     def scenario(self) -> str:
-        """``APP@DEPLOYMENT`` (``#inference-only`` or ``#cold-cache`` appended where they apply) — what a study
-        file accepts."""
-        return scenario_string(self.app, self.deployment, self.mode, self.cache)
+        """``APP@DEPLOYMENT`` (``#inference-only``, ``#cold-cache`` and ``#threads=POLICY`` appended where they
+        apply) — what a study file accepts."""
+        threads = f"#threads={self.thread_policy}" if self.thread_policy != "sized" else ""
+        return scenario_string(self.app, self.deployment, self.mode, self.cache) + threads
 
     @property
     def cache_title(self) -> str:
@@ -127,8 +128,7 @@ class ScenarioKey:
 
     @property
     def label(self) -> str:
-        policy = f" [threads: {self.thread_policy}]" if self.thread_policy != "sized" else ""
-        return self.scenario + policy + (" [EMULATED]" if self.emulated else "")
+        return self.scenario + (" [EMULATED]" if self.emulated else "")
 
     def with_(self, **changes: Any) -> "ScenarioKey":
         return dataclasses.replace(self, **changes)
@@ -346,7 +346,8 @@ def load_study(store, study_id: str, include_outliers: bool | None = None) -> St
             excluded["no e2e_s"] += 1
             continue
         key = ScenarioKey(run["app"], run["platform"], int(run["cores"]), run["cpu_mode"], run["device"],
-                          run.get("mode") or "e2e", bool(run["emulated"]), run.get("cache") or "warm")
+                          run.get("mode") or "e2e", bool(run["emulated"]), run.get("cache") or "warm",
+                          thread_policy_of(run))
         grouped[key].append(run)
 
     # The study's host: as the study runner recorded it, else the most frequent host core count reported by
