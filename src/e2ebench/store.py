@@ -371,13 +371,27 @@ class Store:
         self._connect(str(self.path))
         try:
             self._check_is_a_store()         # first: switching to WAL would write into somebody else's file
-            self.db.execute("PRAGMA journal_mode=WAL").fetchone()
+            self._switch_to_wal()
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except BaseException:
             self.db.close()
             raise
+
+    def _switch_to_wal(self) -> None:
+        """``journal_mode=WAL`` needs an exclusive lock, and SQLite answers "locked" at once instead of waiting when
+        two connections would otherwise deadlock (two processes opening a rollback-journal store together): retry
+        for the busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except StoreBusyError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def _open_read_only(self) -> None:
         """Read-only: ``mode=ro`` reads a WAL store when its ``-shm`` file can be used; on a read-only file system
