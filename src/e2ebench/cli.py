@@ -104,6 +104,7 @@ def public_result(result: dict) -> dict:
     )
     keys += ("memory_limit_mib", "peak_memory_mib", "oom_killed")  # issue 10: memory limits
     keys += ("contended", "contention")  # issue 10: another e2ebench measurement ran on the run's cores
+    keys += ("thread_policy", "thread_pools")  # issue 13: the thread policy and the pool sizes each library chose
     out = {k: result.get(k) for k in keys}
     if out["errors"] is None:
         out["errors"] = {"count": 0, "fraction": 0.0, "samples": []}
@@ -145,6 +146,13 @@ def print_result(result: dict) -> None:
         quota = result.get("cpu_quota_cores")
         console.print(f"effective CPUs {cpus}; CFS quota {'none' if quota is None else f'{quota:g} cores'}; "
                       f"threads {result.get('threads')}")
+    pools = result.get("thread_pools") or {}
+    if pools:
+        shown = {k: "—" if v is None else v for k, v in pools.items()}
+        console.print(f"thread policy {result.get('thread_policy') or 'sized'}: torch {shown.get('torch_intra_op')} "
+                      f"intra-op / {shown.get('torch_inter_op')} inter-op, OpenCV {shown.get('opencv')}, ONNX "
+                      f"Runtime {shown.get('onnxruntime_intra_op')}, {shown.get('process_threads')} process "
+                      f"threads; os.cpu_count() {shown.get('os_cpu_count')}")
     counters = result.get("counters") or {}
     if counters:
         console.print("counters: " + ", ".join(f"{k}={v}" for k, v in counters.items()))
@@ -181,6 +189,11 @@ def run(
                               help="Page cache at the start of the timed window: warm (the data files stay cached, the "
                                    "default) or cold (the worker drops them from the page cache inside the platform "
                                    "first, so io measures the platform's storage path; not with inference-only)."),
+    threads: str = typer.Option("sized", "--threads", metavar="sized|framework-default|N",
+                                help="Thread policy: sized (every library's pool = the deployment's cores, the "
+                                     "default), framework-default (e2ebench sets no thread count and no "
+                                     "OMP_NUM_THREADS: each library chooses as in your own program) or N (every "
+                                     "pool N threads)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data set folder/file; default: a generated set, cached."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Real model checkpoint to load instead of seeded random weights."),
     variant: str = typer.Option("full", "--variant", help="Model size: full (the real one) or tiny (for tests only)."),
@@ -203,7 +216,7 @@ def run(
     """Measure one scenario: APP on DEPLOYMENT, every request's io, pre, infer and post phases timed."""
     from e2ebench.apps import AppError, get_app_class
     from e2ebench.runner import Workload, run_single
-    from e2ebench.scenario import HostFacts, NotationError, Scenario, infeasibility
+    from e2ebench.scenario import HostFacts, NotationError, Scenario, check_thread_policy, infeasibility
     from e2ebench.spec import LOADGEN_SCENARIOS
     from e2ebench.store import Store
 
@@ -213,6 +226,10 @@ def run(
         cls = get_app_class(sc.app)
     except (NotationError, AppError) as exc:
         raise fail_usage(str(exc))
+    try:
+        sc = Scenario(sc.app, sc.deployment, sc.mode, sc.cache, check_thread_policy(threads))
+    except NotationError as exc:
+        raise fail_usage(f"--threads: {exc}")
     scenario = scenario.strip().lower()
     if scenario not in LOADGEN_SCENARIOS:
         raise fail_usage(f"unknown LoadGen scenario {scenario!r}; accepted: {', '.join(LOADGEN_SCENARIOS)}")

@@ -439,7 +439,7 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
 SUMMARY_CSV_COLUMNS = ("scenario", "app", "deployment", "mode", "cache", "status", "n", "runs_ok", "outliers", "failed",
                        "warmup_runs", "mean_s", "stdev_s", "ci_halfwidth_s", "ci_halfwidth_pct", "confidence",
                        "io_s", "pre_s", "infer_s", "post_s", "other_s", "cold_start_s", "throughput_sps", "emulated",
-                       "reason")
+                       "reason", "thread_policy")
 
 
 def _summary_row(s) -> dict:

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 from e2ebench.housekeeping import clean_leftovers, other_measurements, temp_prefix
 from e2ebench.lifecycle import Lifeline
 from e2ebench.platforms.base import Session
-from e2ebench.scenario import Scenario
+from e2ebench.scenario import Scenario, policy_threads
 from e2ebench.spec import WorkerFailure, WorkerSpec, RESULT_SCHEMA
 
 DEFAULT_TIMEOUT_S = 1800.0
@@ -99,10 +99,15 @@ def verify_limits(result: dict, expected_cpus: list[int] | None, expected_quota:
         pass
     elif seen_quota is None or abs(float(seen_quota) - float(expected_quota)) > 1e-6:
         problems.append(f"CPU quota {seen_quota} cores != expected {expected_quota}")
+    # torch's pool must be what the thread policy asked for: the deployment's cores (sized) or N; with
+    # framework-default the library's own choice is the point of the run, so it is recorded, not checked.
     threads = (result.get("threads") or {}).get("torch_intra_op")
     cores = (result.get("deployment") or {}).get("cores")
-    if threads is not None and cores is not None and threads != cores:
+    policy = str(result.get("thread_policy") or "sized")
+    if threads is not None and cores is not None and policy == "sized" and threads != cores:
         problems.append(f"torch uses {threads} threads but the deployment has {cores} cores")
+    elif threads is not None and policy.isdigit() and threads != int(policy):
+        problems.append(f"torch uses {threads} threads but the thread policy asks for {policy}")
     if not problems:
         return None
     return "the platform did not apply the deployment's CPU limits: " + "; ".join(problems)
@@ -119,7 +124,8 @@ def _spec_for(scenario: Scenario, workload: Workload, data: Path, output_dir: Pa
         mode=scenario.mode,
         cache=scenario.cache,
         variant=workload.variant,
-        threads=scenario.deployment.cores,
+        threads=policy_threads(scenario.threads) or scenario.deployment.cores,
+        thread_policy=scenario.threads,
         device="cuda" if scenario.deployment.device == "GPU" else "cpu",
         data=str(data),
         weights=workload.weights,
@@ -138,6 +144,7 @@ def failed_result(scenario: Scenario, workload: Workload, message: str, started_
         "app": scenario.app,
         "mode": scenario.mode,
         "cache": scenario.cache,
+        "thread_policy": scenario.threads,
         "deployment": scenario.deployment.as_dict(),
         "requests": workload.requests,
         "batch_size": workload.batch_size,
@@ -177,6 +184,7 @@ def execute(session: Session, scenario: Scenario, workload: Workload, data: Path
     # The scenario (with its cache state) is the runner's: the worker's string may not carry the cache suffix.
     result["scenario"] = str(scenario)
     result["cache"] = scenario.cache
+    result["thread_policy"] = scenario.threads
     result["emulated"] = bool(result.get("emulated") or session.emulated)
     result["started_at"] = started
     result["finished_at"] = time.time()

@@ -6,7 +6,9 @@ mode appended as ``APP@DEPLOYMENT#inference-only``, or the page-cache state as
 ``APP@DEPLOYMENT#cold-cache`` (the data files are dropped from the page cache before the timed
 window, so ``io`` measures the platform's storage path).  A warm cache is the default and is not
 written (``#warm-cache`` is accepted and means the default); a cold cache with inference-only is
-invalid, since no ``io`` is timed in that mode.
+invalid, since no ``io`` is timed in that mode.  A *thread policy* other than the default ``sized`` (every
+library's pool sized to the deployment's cores) is written last: ``#threads=framework-default`` (e2ebench sets no
+thread count: each library chooses as in the user's own program) or ``#threads=N`` (every pool sized to N).
 
 Parsing is case-insensitive; formatting is canonical (upper-case platform, mode and
 device; lower-case app).  Malformed input raises :class:`NotationError` with one line
@@ -29,6 +31,12 @@ MODES: tuple[str, ...] = ("e2e", "inference-only")
 CACHES: tuple[str, ...] = CACHE_STATES             # ("warm", "cold"); warm is the default
 CACHE_SUFFIXES = {"warm-cache": "warm", "cold-cache": "cold"}
 COLD_INFERENCE_ONLY = "cold cache has no effect in inference-only mode: no io is timed"
+THREADS_SIZED = "sized"                           # every library's pool = the deployment's cores (the default)
+THREADS_FRAMEWORK_DEFAULT = "framework-default"   # no thread count set: each library chooses on its own
+THREAD_POLICIES: tuple[str, ...] = (THREADS_SIZED, THREADS_FRAMEWORK_DEFAULT)   # ... or a whole number N >= 1
+THREAD_POLICY_HINT = "sized, framework-default or a whole number of threads >= 1 (e.g. 4)"
+MAX_POLICY_THREADS = 4096
+THREADS_SUFFIX = "threads="
 
 PLATFORM_TITLES = {
     "BM": "bare metal",
@@ -114,12 +122,14 @@ class Scenario:
     deployment: Deployment
     mode: str = "e2e"
     cache: str = "warm"
+    threads: str = THREADS_SIZED     # the thread policy: sized | framework-default | N
 
     def __post_init__(self) -> None:
         validate_app_name(self.app)
         if self.mode not in MODES:
             raise NotationError(f"unknown mode {self.mode!r}; accepted: {', '.join(MODES)}")
         check_cache(self.cache, self.mode)
+        object.__setattr__(self, "threads", check_thread_policy(self.threads))
 
     @classmethod
     def parse(cls, text: str) -> "Scenario":
@@ -127,10 +137,17 @@ class Scenario:
             raise NotationError(f"scenario {text!r} lacks '@'; expected APP@PLATFORM/CORES/CPUMODE/DEVICE, e.g. ic@BM/4/PIN/CPU")
         app, rest = text.split("@", 1)
         rest, *suffixes = rest.split("#")
-        mode, cache = None, None
+        mode, cache, threads = None, None, None
         for raw in suffixes:
             suffix = raw.strip().lower()
-            if suffix in MODES and mode is None:
+            if suffix.startswith(THREADS_SUFFIX):
+                if threads is not None:
+                    raise NotationError(f"scenario {text!r} gives the thread policy twice")
+                try:
+                    threads = check_thread_policy(suffix[len(THREADS_SUFFIX):])
+                except NotationError as exc:
+                    raise NotationError(f"bad suffix {'#' + raw.strip()!r} in scenario {text!r}: {exc}") from None
+            elif suffix in MODES and mode is None:
                 mode = suffix
             elif suffix in CACHE_SUFFIXES and cache is None:
                 cache = CACHE_SUFFIXES[suffix]
@@ -138,11 +155,13 @@ class Scenario:
                 raise NotationError(f"scenario {text!r} gives the {'mode' if suffix in MODES else 'cache state'} twice")
             else:
                 raise NotationError(f"unknown suffix {'#' + raw.strip()!r} in scenario {text!r}; accepted: "
-                                    f"{', '.join('#' + m for m in MODES)}, {', '.join('#' + c for c in CACHE_SUFFIXES)}")
-        return cls(validate_app_name(app), Deployment.parse(rest), mode or "e2e", cache or "warm")
+                                    f"{', '.join('#' + m for m in MODES)}, {', '.join('#' + c for c in CACHE_SUFFIXES)}, "
+                                    "#threads=sized|framework-default|N")
+        return cls(validate_app_name(app), Deployment.parse(rest), mode or "e2e", cache or "warm",
+                   threads or THREADS_SIZED)
 
     def __str__(self) -> str:
-        return scenario_string(self.app, str(self.deployment), self.mode, self.cache)
+        return scenario_string(self.app, str(self.deployment), self.mode, self.cache, self.threads)
 
     @property
     def key(self) -> str:
@@ -158,14 +177,38 @@ def check_cache(cache: str, mode: str = "e2e") -> str:
     return cache
 
 
-def scenario_string(app: str, deployment: str, mode: str = "e2e", cache: str = "warm") -> str:
-    """The canonical scenario text: ``APP@DEPLOYMENT``, ``#inference-only`` or ``#cold-cache`` appended
-    when they apply (the defaults, e2e and a warm cache, are not written)."""
+def check_thread_policy(text: object) -> str:
+    """The canonical form of a thread policy: ``sized``, ``framework-default`` or a whole number ``N`` >= 1 written
+    as a string (``"4"``; ``" 04 "`` gives ``"4"``); NotationError for anything else."""
+    value = text.strip().lower() if isinstance(text, str) else text
+    if value in THREAD_POLICIES:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value) and 1 <= int(value) <= MAX_POLICY_THREADS:
+        return str(int(value))
+    raise NotationError(f"bad thread policy {text!r}; accepted: {THREAD_POLICY_HINT}, at most {MAX_POLICY_THREADS}")
+
+
+def policy_threads(policy: str) -> int | None:
+    """The thread count a policy fixes: N for ``"N"``, None for ``sized`` (the deployment's cores) and
+    ``framework-default`` (none: each library chooses)."""
+    policy = check_thread_policy(policy)
+    return int(policy) if policy.isdigit() else None
+
+
+def scenario_string(app: str, deployment: str, mode: str = "e2e", cache: str = "warm",
+                    threads: str = THREADS_SIZED) -> str:
+    """The canonical scenario text: ``APP@DEPLOYMENT``, ``#inference-only``, ``#cold-cache`` and
+    ``#threads=POLICY`` appended when they apply (the defaults, e2e, a warm cache and sized thread pools, are
+    not written)."""
     text = f"{app}@{deployment}"
     if mode != "e2e":
         text += f"#{mode}"
     if cache != "warm":
         text += f"#{cache}-cache"
+    if threads != THREADS_SIZED:
+        text += f"#{THREADS_SUFFIX}{threads}"
     return text
 
 

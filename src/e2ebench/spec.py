@@ -32,7 +32,8 @@ class WorkerSpec:
     mode: str = "e2e"                     # e2e | inference-only
     cache: str = "warm"                   # warm | cold: cold drops the data files from the page cache before timing
     variant: str = "full"                 # full | tiny (tests only)
-    threads: int = 1                      # compute threads for every library = the deployment's cores
+    threads: int = 1                      # compute threads for every library: the deployment's cores, or N
+    thread_policy: str = "sized"          # sized | framework-default (no thread count set at all) | N
     device: str = "cpu"                   # cpu | cuda
     data: str | None = None               # data set path as seen inside the platform
     weights: str | None = None            # checkpoint path as seen inside the platform
@@ -47,6 +48,12 @@ class WorkerSpec:
     die_with_parent: bool = False         # PR_SET_PDEATHSIG: the worker's parent is the runner or `runc run`
     platform_info: dict = dataclasses.field(default_factory=dict)
     probe: str | None = None              # "threads": report the thread pools each library would choose, run nothing
+
+    def size_threads(self, cores: int) -> None:
+        """Set ``threads`` from the thread policy for a deployment of ``cores``: N for a policy ``"N"``, else the
+        cores (with ``framework-default`` the worker sets no thread count; ``threads`` is then only informative)."""
+        policy = str(self.thread_policy).strip()
+        self.threads = int(policy) if policy.isdigit() and int(policy) >= 1 else int(cores)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -3,25 +3,28 @@
 One row per run with the full RunResult JSON plus indexed columns for queries.  Every run is
 committed in its own transaction, so a run that finished is never lost when a later one dies.
 
-Schema (version 3)::
+Schema (version 4)::
 
     meta(key PRIMARY KEY, value)                         -- schema_version
     studies(id PRIMARY KEY, name, source, config_json, created_at, status)
     runs(id PRIMARY KEY AUTOINCREMENT, study_id, scenario, app, platform, cores, cpu_mode,
-         device, mode, cache, phase, seq, status, outlier, started_at, finished_at, e2e_s,
+         device, mode, cache, thread_policy, phase, seq, status, outlier, started_at, finished_at, e2e_s,
          emulated, error, result_json, uuid)
 
 ``phase`` is ``warmup`` or ``measure``; ``status`` is ``ok`` or ``failed``; ``seq`` numbers the
 runs of one scenario in one study (0-based, per phase) and is unique with (study, scenario,
 phase), which makes resuming idempotent.  ``cache`` is ``warm`` or ``cold``, the page-cache state the run
-was measured with; it is part of the scenario (``ic@BM/2/PIN/CPU#cold-cache``).  ``uuid`` is the run's
+was measured with; it is part of the scenario (``ic@BM/2/PIN/CPU#cold-cache``), and so is ``thread_policy``
+(``sized``, ``framework-default`` or a number N: ``ic@BM/1/VNL/CPU#threads=framework-default``).  ``uuid`` is the run's
 identity (32 hex digits, unique): it is chosen before the run is stored, so a run kept in a spill file
 (below) is imported once, whatever happens.
 
 Migrations: version 1 -> 2 adds ``runs.cache`` (``ALTER TABLE ... ADD COLUMN``, default ``warm``: version 1
 had no cold-cache runs; the column then comes last in the table, which no query depends on); version 2 -> 3
-adds ``runs.uuid`` (random for the runs already stored) and its unique index.  A store is migrated when it is
-opened; a store newer than this code is refused.
+adds ``runs.uuid`` (random for the runs already stored) and its unique index; version 3 -> 4 adds
+``runs.thread_policy`` (default ``sized``: every run before it sized its thread pools to the deployment).  A store is
+migrated when it is opened; a store newer than this code is refused.  A read-only store of an older version is read
+as it is (a missing ``thread_policy`` reads ``sized``).
 
 Faults (see docs/store.md): every SQLite error that means the file cannot be used is raised as a
 :class:`StoreFault` (a :class:`StoreError`) whose message is one sentence naming the file and what to do:
@@ -46,7 +49,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_STORE = Path("results") / "e2ebench.sqlite"
 ADHOC_STUDY = "adhoc"
 BUSY_TIMEOUT_S = 30.0
@@ -75,6 +78,7 @@ CREATE TABLE IF NOT EXISTS runs (
     device TEXT NOT NULL,
     mode TEXT NOT NULL DEFAULT 'e2e',
     cache TEXT NOT NULL DEFAULT 'warm',
+    thread_policy TEXT NOT NULL DEFAULT 'sized',
     phase TEXT NOT NULL DEFAULT 'measure',
     seq INTEGER,
     status TEXT NOT NULL,
@@ -99,8 +103,10 @@ STORE_TABLES = frozenset({"meta", "studies", "runs"})
 
 RUN_COLUMNS = (
     "id", "study_id", "scenario", "app", "platform", "cores", "cpu_mode", "device", "mode", "cache", "phase", "seq",
-    "status", "outlier", "started_at", "finished_at", "e2e_s", "emulated", "error",
+    "status", "outlier", "started_at", "finished_at", "e2e_s", "emulated", "error", "thread_policy",
 )
+# What a column added by a later schema version reads in an older store opened read-only (not migrated).
+RUN_COLUMN_DEFAULTS = {"thread_policy": "sized"}
 
 
 class StoreError(RuntimeError):
@@ -453,6 +459,8 @@ class Store:
             if "uuid" not in columns:                           # 2 -> 3: an identity for every run
                 self.db.execute("ALTER TABLE runs ADD COLUMN uuid TEXT")
                 self.db.execute("UPDATE runs SET uuid=lower(hex(randomblob(16))) WHERE uuid IS NULL")
+            if "thread_policy" not in columns:                  # 3 -> 4: every earlier run sized its pools
+                self.db.execute("ALTER TABLE runs ADD COLUMN thread_policy TEXT NOT NULL DEFAULT 'sized'")
             self.db.execute(_UUID_INDEX)
             if row is not None and int(row["value"]) < SCHEMA_VERSION:
                 self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
@@ -723,7 +731,8 @@ class Store:
     def runs(self, study_id: str | None = None, scenario: str | None = None, phase: str | None = "measure",
              status: str | None = None, app: str | None = None, cache: str | None = None,
              with_result: bool = True) -> list[dict]:
-        sql = f"SELECT {', '.join(RUN_COLUMNS)}{', result_json' if with_result else ''} FROM runs WHERE 1=1"
+        present = self._present_run_columns()
+        sql = f"SELECT {', '.join(present)}{', result_json' if with_result else ''} FROM runs WHERE 1=1"
         args: list[Any] = []
         for column, value in (("study_id", study_id), ("scenario", scenario), ("phase", phase), ("status", status),
                               ("app", app), ("cache", cache)):
@@ -733,7 +742,7 @@ class Store:
         rows = self.db.execute(sql + " ORDER BY id", args).fetchall()
         out = []
         for row in rows:
-            d = {c: row[c] for c in RUN_COLUMNS}
+            d = {c: (row[c] if c in present else RUN_COLUMN_DEFAULTS[c]) for c in RUN_COLUMNS}
             d["outlier"] = bool(d["outlier"])
             d["emulated"] = bool(d["emulated"])
             if with_result:
@@ -744,6 +753,13 @@ class Store:
                                             self.path) from exc
             out.append(d)
         return out
+
+    def _present_run_columns(self) -> tuple[str, ...]:
+        """:data:`RUN_COLUMNS` that the ``runs`` table has (all of them unless an older store is read read-only)."""
+        if getattr(self, "_present", None) is None:
+            have = {r["name"] for r in self.db.execute("PRAGMA table_info(runs)")}
+            self._present = tuple(c for c in RUN_COLUMNS if c in have or c not in RUN_COLUMN_DEFAULTS)
+        return self._present
 
     def get_run(self, run_id: int) -> dict | None:
         rows = [r for r in self.runs(phase=None) if r["id"] == run_id]
@@ -796,6 +812,16 @@ def run_cache(result: dict) -> str:
     return "cold" if str(result.get("scenario") or "").endswith("#cold-cache") else "warm"
 
 
+def run_thread_policy(result: dict) -> str:
+    """The thread policy of a RunResult: its ``thread_policy`` field, else its scenario's ``#threads=`` suffix, else
+    ``sized`` (results made before policies existed)."""
+    policy = result.get("thread_policy")
+    if not policy:
+        suffix = [p for p in str(result.get("scenario") or "").split("#") if p.strip().lower().startswith("threads=")]
+        policy = suffix[-1].split("=", 1)[1] if suffix else "sized"
+    return str(policy).strip().lower() or "sized"
+
+
 def _study_dict(row: sqlite3.Row) -> dict:
     return {
         "id": row["id"], "name": row["name"], "source": row["source"],
@@ -812,7 +838,8 @@ def _run_columns(record: dict) -> dict:
     return {
         "study_id": record["study_id"], "scenario": result["scenario"], "app": result["app"],
         "platform": dep["platform"], "cores": int(dep["cores"]), "cpu_mode": dep["cpu_mode"], "device": dep["device"],
-        "mode": result.get("mode", "e2e"), "cache": run_cache(result), "phase": record["phase"], "seq": record["seq"],
+        "mode": result.get("mode", "e2e"), "cache": run_cache(result), "thread_policy": run_thread_policy(result),
+        "phase": record["phase"], "seq": record["seq"],
         "status": status, "outlier": 0, "started_at": float(result.get("started_at", now)),
         "finished_at": float(result.get("finished_at", now)),
         "e2e_s": result.get("e2e_s") if status == "ok" else None, "emulated": int(bool(result.get("emulated"))),

@@ -14,6 +14,7 @@ A study file looks like this (every key is optional except ``apps``; see ``docs/
     cores = [2]                     # or "all": every core of this host
     cpu_modes = ["VNL", "PIN"]
     devices = ["CPU"]
+    thread_policies = ["sized"]     # or "framework-default", or a number N (every pool N threads), or a list
     scenarios = ["ic@BM/1/PIN/CPU#inference-only"]   # explicit extra scenarios
 
     [repetition]
@@ -51,8 +52,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from e2ebench.runner import DEFAULT_TIMEOUT_S, Workload
-from e2ebench.scenario import (CACHES, COLD_INFERENCE_ONLY, CPU_MODES, DEVICES, MODES, PLATFORMS, Deployment,
-                               HostFacts, NotationError, Scenario, infeasibility)
+from e2ebench.scenario import (CACHES, COLD_INFERENCE_ONLY, CPU_MODES, DEVICES, MODES, PLATFORMS, THREAD_POLICY_HINT,
+                               THREADS_SIZED, Deployment, HostFacts, NotationError, Scenario, check_thread_policy,
+                               infeasibility)
 from e2ebench.stats import DEFAULT_CONFIDENCE, DEFAULT_OUTLIER_SIGMAS, DEFAULT_TARGET_HALFWIDTH_PCT
 from e2ebench.store import DEFAULT_STORE
 
@@ -60,14 +62,14 @@ PRESETS = ("quick", "paper", "edge")
 DEFAULT_PRESET = "quick"
 
 TOP_KEYS = ("name", "description", "seed", "store", "timeout_s", "apps", "platforms", "cores", "cpu_modes", "devices",
-            "scenarios", "repetition", "workload", "exclude", "memory_mib")
+            "scenarios", "repetition", "workload", "exclude", "memory_mib", "thread_policies")
 GUEST_PLATFORMS = ("VM", "MVM", "VMCN")   # their memory limit is the guest's memory (at least 256 MiB)
 REPETITION_KEYS = ("warmup_runs", "min_runs", "max_runs", "target_ci_halfwidth_pct", "confidence",
                    "max_consecutive_failures", "outlier_sigmas", "keep_outliers")
 WORKLOAD_KEYS = ("requests", "loadgen_scenario", "batch_size", "backend", "mode", "cache", "data", "weights",
                  "variant", "options", "max_error_fraction")
 ALL_HINT = ' or "all" (every core of this host)'
-EXCLUDE_KEYS = ("apps", "platforms", "cores", "cpu_modes", "devices", "modes", "caches", "reason")
+EXCLUDE_KEYS = ("apps", "platforms", "cores", "cpu_modes", "devices", "modes", "caches", "thread_policies", "reason")
 
 
 class StudyError(ValueError):
@@ -144,12 +146,13 @@ class ExclusionRule:
     devices: tuple[str, ...] | None = None
     modes: tuple[str, ...] | None = None
     caches: tuple[str, ...] | None = None
+    thread_policies: tuple[str, ...] | None = None
 
     def matches(self, scenario: Scenario) -> bool:
         d = scenario.deployment
         checks = ((self.apps, scenario.app), (self.platforms, d.platform), (self.cores, d.cores),
                   (self.cpu_modes, d.cpu_mode), (self.devices, d.device), (self.modes, scenario.mode),
-                  (self.caches, scenario.cache))
+                  (self.caches, scenario.cache), (self.thread_policies, scenario.threads))
         return all(allowed is None or value in allowed for allowed, value in checks)
 
 
@@ -172,7 +175,8 @@ class PlannedScenario:
         w = self.workload
         return {
             "scenario": self.key, "app": self.scenario.app, "deployment": self.scenario.deployment.as_dict(),
-            "mode": self.scenario.mode, "cache": self.scenario.cache, "feasible": self.feasible, "reason": self.reason, "origin": self.origin,
+            "mode": self.scenario.mode, "cache": self.scenario.cache, "thread_policy": self.scenario.threads,
+            "feasible": self.feasible, "reason": self.reason, "origin": self.origin,
             "note": self.note,
             "workload": None if w is None else {
                 "requests": w.requests, "batch_size": w.batch_size, "loadgen_scenario": w.loadgen_scenario,
@@ -239,6 +243,7 @@ class Study:
     workloads: dict = dataclasses.field(default_factory=dict)      # app -> AppWorkload
     exclusions: tuple[ExclusionRule, ...] = ()
     memory_mib: int | None = None    # memory limit of every scenario; None: none (VM guests: their default memory)
+    thread_policies: tuple[str, ...] = (THREADS_SIZED,)   # each scenario of the matrix is measured with each
 
     # -- identity --------------------------------------------------------------------
     @property
@@ -273,7 +278,9 @@ class Study:
                     for n in cores:
                         for cpu_mode in self.cpu_modes:
                             for device in self.devices:
-                                out.append(Scenario(app, Deployment(platform, n, cpu_mode, device), mode, cache))
+                                for policy in self.thread_policies:
+                                    out.append(Scenario(app, Deployment(platform, n, cpu_mode, device), mode, cache,
+                                                        policy))
         return out
 
     def plan(self, host: HostFacts | None = None, emulated_platforms: Iterable[str] = ()) -> Plan:
@@ -548,6 +555,7 @@ class _Validator:
         cores = self.core_list("cores", raw.get("cores", [1]))
         cpu_modes = self.choices("cpu_modes", raw.get("cpu_modes", list(CPU_MODES)), CPU_MODES, upper=True)
         devices = self.choices("devices", raw.get("devices", ["CPU"]), DEVICES, upper=True)
+        thread_policies = self.thread_policies("thread_policies", raw.get("thread_policies", [THREADS_SIZED]))
         extra: list[Scenario] = []
         for item in self.string_list("scenarios", raw.get("scenarios", [])):
             if not isinstance(item, str):
@@ -576,12 +584,33 @@ class _Validator:
         }
         if memory_mib is not None:   # only when set: studies without it keep their identity hash
             config["memory_mib"] = memory_mib
+        if thread_policies != (THREADS_SIZED,):   # likewise: sized only is what every study measured before the key
+            config["thread_policies"] = list(thread_policies)
         return Study(
             name=name, path=self.path, config=config, description=description, seed=seed, store=store,
             timeout_s=timeout_s, apps=apps, platforms=platforms, cores=cores, cpu_modes=cpu_modes, devices=devices,
             extra_scenarios=tuple(extra), repetition=repetition, workloads=workloads, exclusions=tuple(exclusions),
-            memory_mib=memory_mib,
+            memory_mib=memory_mib, thread_policies=thread_policies,
         )
+
+    def thread_policies(self, key: str, value: Any) -> tuple[str, ...]:
+        """``thread_policies``: ``sized``, ``framework-default`` or a whole number N (a string or a TOML integer), or
+        a list of them; canonical (lower-case, ``"4"``) and without repeats."""
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.error(f"{key} is empty; accepted values: {THREAD_POLICY_HINT}")
+        out: list[str] = []
+        for item in items:
+            try:
+                policy = check_thread_policy(item)
+            except NotationError:
+                normalised = item.strip().lower() if isinstance(item, str) else ""
+                raise self.error(f"{key} has the bad value {item!r}; "
+                                 f"{_did_you_mean(normalised, ('sized', 'framework-default'))}"
+                                 f"accepted: {THREAD_POLICY_HINT}") from None
+            if policy not in out:
+                out.append(policy)
+        return tuple(out)
 
     def memory_mib(self, value: Any, raw: dict) -> int | None:
         """``memory_mib``: a whole number of MiB, at least 64 (256 when the study uses VM, MVM or VMCN, whose
@@ -725,6 +754,8 @@ class _Validator:
                     fields[key] = self.choices(prefix + key, item[key], accepted, upper)
             if "cores" in item:
                 fields["cores"] = tuple(int(c) for c in self.core_list(prefix + "cores", item["cores"], allow_all=False))
+            if "thread_policies" in item:
+                fields["thread_policies"] = self.thread_policies(prefix + "thread_policies", item["thread_policies"])
             if len(fields) == 0:
                 raise self.error(f"exclude[{i}] matches every scenario: list at least one of "
                                  f"{', '.join(k for k in EXCLUDE_KEYS if k != 'reason')}")

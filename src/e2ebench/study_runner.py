@@ -517,6 +517,7 @@ class ScenarioSummary:
     emulated: bool
     reason: str | None                # why infeasible / last error of an abandoned scenario
     cache: str = "warm"               # page cache at the start of the timed window: warm | cold
+    thread_policy: str = "sized"      # sized | framework-default | N
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -563,7 +564,7 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
         if key in infeasible and not rows:
             out.append(ScenarioSummary(key, scenario.app, str(scenario.deployment), scenario.mode, INFEASIBLE, 0, 0, 0,
                                        0, 0, None, None, None, None, policy.confidence, {p: None for p in PHASES},
-                                       None, None, False, infeasible[key], scenario.cache))
+                                       None, None, False, infeasible[key], scenario.cache, scenario.threads))
             continue
         measured_ok = [r for r in rows if r["phase"] == PHASE_MEASURE and r["status"] == "ok" and r["e2e_s"] is not None]
         counted = [r for r in measured_ok if keep or not r["outlier"]]
@@ -600,6 +601,6 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
             emulated=any(r["emulated"] for r in rows),
             reason=(f"failed {trailing_failures} runs in a row; last error: {last_error}" if status == ABANDONED
                     else None),
-            cache=scenario.cache,
+            cache=scenario.cache, thread_policy=scenario.threads,
         ))
     return out

@@ -44,11 +44,26 @@ _T_MAIN = time.time()
 _PC_MAIN = time.perf_counter()
 
 
+def _framework_default(spec: WorkerSpec) -> bool:
+    """The ``framework-default`` thread policy: the worker sets no thread count at all."""
+    return str(spec.thread_policy).strip().lower() == "framework-default"
+
+
 def _configure_threads_env(spec: WorkerSpec) -> None:
-    """Must run before torch/numpy/OpenCV are imported: their pools read these at load time."""
-    n = str(max(1, int(spec.threads)))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        os.environ[var] = n
+    """Must run before torch/numpy/OpenCV are imported: their pools read these at load time.
+
+    ``sized`` and ``N``: every pool variable is set to ``spec.threads``.  ``framework-default``: every thread
+    variable the caller's environment has is removed (the same list ``e2ebench threads`` removes), so each library
+    sizes its pools as it would in the user's own program started without them."""
+    if _framework_default(spec):
+        from e2ebench.thread_probe import THREAD_VARIABLES
+
+        for var in THREAD_VARIABLES:
+            os.environ.pop(var, None)
+    else:
+        n = str(max(1, int(spec.threads)))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+            os.environ[var] = n
     # No GOMP_CPU_AFFINITY / OMP_PROC_BIND: libgomp would bind the main thread to the first CPU at
     # ``import torch``, and every thread created after it (OpenCV's and ONNX Runtime's pools, LoadGen's)
     # would inherit that single CPU.  PIN is the platform's cpuset; threads float inside it.
@@ -152,7 +167,32 @@ def _number(text: str) -> float | None:
 def _scenario_text(spec: WorkerSpec, deployment) -> str:
     from e2ebench.scenario import Scenario
 
-    return str(Scenario(spec.app, deployment, spec.mode, cache=spec.cache))
+    return str(Scenario(spec.app, deployment, spec.mode, cache=spec.cache, threads=spec.thread_policy))
+
+
+def _thread_pools(app, limits) -> dict:
+    """The pool size each library actually has (read after the timed window): torch intra-op and inter-op,
+    OpenCV (None when not imported), ONNX Runtime's configured intra-op threads (0: ONNX Runtime chooses; None:
+    not used), every OpenMP/BLAS pool threadpoolctl finds, the process's threads, and what the process may use."""
+    import torch
+
+    cv2 = sys.modules.get("cv2")
+    try:
+        openmp = [{"user_api": p.get("user_api"), "internal_api": p.get("internal_api"),
+                   "num_threads": p.get("num_threads")} for p in __import__("threadpoolctl").threadpool_info()]
+    except Exception:          # informative only
+        openmp = None
+    return {
+        "torch_intra_op": torch.get_num_threads(),
+        "torch_inter_op": torch.get_num_interop_threads(),
+        "opencv": cv2.getNumThreads() if cv2 is not None else None,
+        "onnxruntime_intra_op": app.library_threads().get("onnxruntime_intra_op"),
+        "openmp": openmp,
+        "process_threads": len(os.listdir("/proc/self/task")),
+        "os_cpu_count": os.cpu_count(),
+        "effective_cpus": len(limits.effective_cpus) if limits.effective_cpus is not None else None,
+        "cpu_quota_cores": limits.cpu_quota_cores,
+    }
 
 
 LAPS_COVERAGE_MIN = 0.99
@@ -181,6 +221,7 @@ class Worker:
             "app": spec.app,
             "mode": spec.mode,
             "cache": spec.cache,
+            "thread_policy": spec.thread_policy,
             "deployment": spec.deployment,
             "loadgen_scenario": spec.loadgen_scenario,
             "backend": spec.backend,
@@ -207,11 +248,12 @@ class Worker:
         t0 = time.perf_counter()
         import torch
 
-        torch.set_num_threads(max(1, int(spec.threads)))
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass
+        if not _framework_default(spec):     # framework-default: torch keeps the pools it chose itself
+            torch.set_num_threads(max(1, int(spec.threads)))
+            try:
+                torch.set_num_interop_threads(1)
+            except RuntimeError:
+                pass
         from e2ebench.apps import create_app
 
         app = create_app(spec.app, variant=spec.variant, backend=spec.backend, options=spec.app_options)
@@ -220,7 +262,9 @@ class Worker:
         from pathlib import Path
 
         self.thread_ids["load"] = threading.get_native_id()
-        app.load(spec.device, int(spec.threads), Path(spec.weights) if spec.weights else None)
+        # threads=None (framework-default): the app sets no thread count in any library
+        app.load(spec.device, None if _framework_default(spec) else int(spec.threads),
+                 Path(spec.weights) if spec.weights else None)
         load_s = time.perf_counter() - t1
         if spec.data is None:
             raise ValueError("worker spec has no data path")
@@ -275,6 +319,7 @@ class Worker:
         result["batch_size_requested"] = spec.batch_size
         result["counters"] = window.counters()
         result["threads"] = {**app.library_threads(), "process_threads": len(os.listdir("/proc/self/task"))}
+        result["thread_pools"] = _thread_pools(app, limits)
         result["compute_threads"] = {
             "load": self.thread_ids["load"],
             "warmup": self.thread_ids["warmup"],
@@ -558,6 +603,7 @@ def _failure_result(spec: WorkerSpec | None, message: str) -> dict:
         "app": spec.app if spec else None,
         "mode": spec.mode if spec else None,
         "cache": spec.cache if spec else None,
+        "thread_policy": spec.thread_policy if spec else None,
         "deployment": spec.deployment if spec else None,
         "requests": spec.requests if spec else None,
         "emulated": bool(spec.emulated) if spec else False,

@@ -106,12 +106,14 @@ class App(abc.ABC):
         self.backend = backend
         self.opts = opts
         self.device = "cpu"
-        self.threads = 1
+        self.threads: int | None = 1
 
     # -- life cycle -----------------------------------------------------------------
     @abc.abstractmethod
-    def load(self, device: str, threads: int, weights: Path | None) -> None:
-        """Build the model (seeded random weights unless ``weights``), move it to ``device``."""
+    def load(self, device: str, threads: int | None, weights: Path | None) -> None:
+        """Build the model (seeded random weights unless ``weights``), move it to ``device``.  ``threads``: the pool
+        size for every library the app configures itself (OpenCV, ONNX Runtime, BLAS, ...); ``None`` (the
+        ``framework-default`` thread policy): set no thread count anywhere, each library keeps its own choice."""
 
     @abc.abstractmethod
     def samples(self, data: Path) -> Sequence[SampleRef]:

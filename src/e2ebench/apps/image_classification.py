@@ -210,7 +210,7 @@ class ImageClassification(App):
         self.class_names_source = "generic"
 
     # -- life cycle ---------------------------------------------------------------------------------------
-    def load(self, device: str, threads: int, weights: Path | None) -> None:
+    def load(self, device: str, threads: int | None, weights: Path | None) -> None:
         import cv2
         import torch
 
@@ -218,7 +218,8 @@ class ImageClassification(App):
 
         self.device = device
         self.threads = threads
-        cv2.setNumThreads(threads)
+        if threads is not None:         # None: OpenCV keeps its own pool size
+            cv2.setNumThreads(threads)
         model = resnet.build_resnet50(self.variant, seed=self.seed)
         if weights is not None:
             try:
@@ -298,12 +299,13 @@ class ImageClassification(App):
             )
 
     @staticmethod
-    def _onnx_session(path: Path, device: str, threads: int):
+    def _onnx_session(path: Path, device: str, threads: int | None):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        if threads is not None:         # None: 0, ONNX Runtime sizes its pools itself
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():

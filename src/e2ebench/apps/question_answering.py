@@ -436,14 +436,15 @@ class QuestionAnswering(App):
         with _quiet_transformers():
             return BertForQuestionAnswering(self.model_config())
 
-    def load(self, device: str, threads: int, weights: Path | None) -> None:
+    def load(self, device: str, threads: int | None, weights: Path | None) -> None:
         import torch
 
         self.device = device
         self.threads = threads
         # The tokenizers library parallelises batch encoding with a Rayon pool sized by this variable
         # when the pool is first used (once per process).
-        os.environ["RAYON_NUM_THREADS"] = str(threads)
+        if threads is not None:         # None: Rayon sizes its pool itself
+            os.environ["RAYON_NUM_THREADS"] = str(threads)
         self.rayon_threads = threads
         self._tokenizer = None
         self._feature_builder = None

@@ -140,7 +140,7 @@ class Recommendation(App):
         self.weights_source = "random"
 
     # -- life cycle ----------------------------------------------------------------------
-    def load(self, device: str, threads: int, weights: Path | None) -> None:
+    def load(self, device: str, threads: int | None, weights: Path | None) -> None:
         import torch
 
         from e2ebench.models.dlrm import CheckpointError, build_dlrm, load_dlrm

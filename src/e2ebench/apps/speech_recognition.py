@@ -321,7 +321,7 @@ class SpeechRecognition(App):
         self._blas_threads: int | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------------
-    def load(self, device: str, threads: int, weights: Path | None) -> None:
+    def load(self, device: str, threads: int | None, weights: Path | None) -> None:
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -330,7 +330,8 @@ class SpeechRecognition(App):
         self.device = device
         self.threads = threads
         # numpy's BLAS does the mel-filterbank product in pre-processing: give it the deployment's threads
-        self._blas_limits = threadpool_limits(limits=threads, user_api="blas")
+        if threads is not None:         # None: numpy's BLAS keeps its own pool size
+            self._blas_limits = threadpool_limits(limits=threads, user_api="blas")
         self._blas_threads = threads
         model = build_rnnt(self.variant, seed=self.seed)
         if weights is not None:

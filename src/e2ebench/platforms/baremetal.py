@@ -52,7 +52,7 @@ class BareMetalSession(Session):
         return sorted(os.sched_getaffinity(0)), self.plan.quota_cores
 
     def run_worker(self, spec: WorkerSpec, timeout: float) -> dict:
-        spec.threads = self.deployment.cores
+        spec.size_threads(self.deployment.cores)
         spec.bind_cpus = list(self.plan.cpus) if self.plan.cpus else None
         spec.die_with_parent = True
         spec.platform_info = {**self.info, "launched_at": time.time()}

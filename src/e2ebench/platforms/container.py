@@ -824,7 +824,7 @@ class ContainerSession(Session):
         return readonly, writable
 
     def run_worker(self, spec: WorkerSpec, timeout: float) -> dict:
-        spec.threads = self.deployment.cores
+        spec.size_threads(self.deployment.cores)
         spec.bind_cpus = list(self.plan.cpus) if self.plan.cpus else None
         spec.die_with_parent = self.engine == "runc"      # the container's init is a child of `runc run`
         self.runs += 1

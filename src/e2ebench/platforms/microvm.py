@@ -321,7 +321,7 @@ class FirecrackerSession(VirtualMachineSession):
         for sub in ("spec", "output", "result"):
             (job / sub).mkdir(parents=True, exist_ok=True)
         spec = dataclasses.replace(spec)
-        spec.threads = self.deployment.cores
+        spec.size_threads(self.deployment.cores)
         spec.bind_cpus = None
         spec.emulated = False
         data_host = self._data_for(spec.data)

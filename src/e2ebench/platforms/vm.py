@@ -759,7 +759,7 @@ class VirtualMachineSession(Session):
         for sub in ("spec", "output", "result"):
             (job / sub).mkdir(parents=True, exist_ok=True)
         spec = dataclasses.replace(spec)
-        spec.threads = self.deployment.cores
+        spec.size_threads(self.deployment.cores)
         spec.bind_cpus = self.bind_cpus()
         spec.emulated = self.emulated
         data_host = self._data_for(spec.data)
