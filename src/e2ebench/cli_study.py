@@ -273,7 +273,7 @@ def _resume_command() -> str:
 def study(
     study_file: Optional[str] = typer.Argument(
         None, metavar="FILE",
-        help="Study file (TOML) or preset name: quick (default), paper, edge. See docs/studies.md."),
+        help="Study file (TOML) or preset name: quick (default), paper, edge, threads. See docs/studies.md."),
     plan_only: bool = typer.Option(False, "--plan", help="Print the expanded matrix and the estimated run count; run nothing."),
     as_json: bool = typer.Option(False, "--json", help="--plan: one JSON object; otherwise one JSON line per finished run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no table."),

@@ -58,7 +58,7 @@ from e2ebench.scenario import (CACHES, COLD_INFERENCE_ONLY, CPU_MODES, DEVICES, 
 from e2ebench.stats import DEFAULT_CONFIDENCE, DEFAULT_OUTLIER_SIGMAS, DEFAULT_TARGET_HALFWIDTH_PCT
 from e2ebench.store import DEFAULT_STORE
 
-PRESETS = ("quick", "paper", "edge")
+PRESETS = ("quick", "paper", "edge", "threads")
 DEFAULT_PRESET = "quick"
 
 TOP_KEYS = ("name", "description", "seed", "store", "timeout_s", "apps", "platforms", "cores", "cpu_modes", "devices",
