@@ -52,9 +52,20 @@ def usl_time(n, t1_s, sigma, kappa):
     return t1_s * (1.0 + sigma * (n - 1.0) + kappa * n * (n - 1.0)) / n
 
 
+def oversubscribed_time(n, t1_s, per_thread_s):
+    """E2E time with ``n`` compute threads inside a fixed CPU limit: the work does not divide (the limit does not
+    grow), every thread beyond the first adds a constant cost (switches, spinning, cache refills).  The thread axis,
+    not the core axis: ``n`` is threads per limited core."""
+    n = np.asarray(n, dtype=float)
+    return t1_s + per_thread_s * (n - 1)
+
+
+OVERSUBSCRIBED = "oversubscribed"
+
 _MODELS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     AMDAHL: (amdahl_time, ("serial_s", "parallel_s")),
     USL: (usl_time, ("t1_s", "sigma", "kappa")),
+    OVERSUBSCRIBED: (oversubscribed_time, ("t1_s", "per_thread_s")),
 }
 
 
@@ -148,7 +159,13 @@ def fit_model(model: str, metric: str, cores: Sequence[int], times_s: Sequence[f
     k = len(names)
     if len(levels) < k or len(y) < k:
         return None
-    if model == AMDAHL:
+    if model == OVERSUBSCRIBED:
+        # linear in (1, n - 1); the per-thread cost may come out negative (no effect) and is not bounded
+        design = np.column_stack([np.ones_like(x), x - 1.0])
+        start = np.linalg.lstsq(design, y, rcond=None)[0]
+        p0 = [max(float(start[0]), 1e-12), float(start[1])]
+        bounds = ([0.0, -np.inf], [np.inf, np.inf])
+    elif model == AMDAHL:
         # linear in (1, 1/n): a least-squares start, then bounded to non-negative parts
         design = np.column_stack([np.ones_like(x), 1.0 / x])
         start = np.linalg.lstsq(design, y, rcond=None)[0]
