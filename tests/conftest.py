@@ -14,6 +14,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 E2EBENCH = [sys.executable, "-m", "e2ebench.cli"]
 
+
+def _platform_reasons():
+    import shutil
+
+    from e2ebench.platforms import cgroups
+
+    can_write, why = cgroups.writable()
+    runc = ("runc is not installed" if not shutil.which("runc") else
+            "runc containers need root here" if os.geteuid() != 0 else
+            None if can_write else f"cgroups not writable: {why}")
+    return can_write, why, runc
+
+
+CAN_WRITE, WHY, RUNC_REASON = _platform_reasons()
+needs_cgroups = pytest.mark.skipif(not CAN_WRITE, reason=f"cgroups not writable here: {WHY}")
+needs_runc = pytest.mark.skipif(RUNC_REASON is not None, reason=RUNC_REASON or "")
+
 # The Ctrl-C tests send SIGINT to e2ebench processes they start.  A suite launched as a background job of a
 # non-interactive shell (`scripts/test &`, some CI runners) inherits SIGINT *ignored*; that disposition survives
 # exec, so every child would ignore SIGINT too and Python would never raise KeyboardInterrupt in it.  Installing

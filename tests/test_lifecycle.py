@@ -7,9 +7,7 @@ keeps running and that the next run removes what it left.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,15 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import E2EBENCH, ROOT, cli_cwd, run_json
+from conftest import E2EBENCH, ROOT, RUNC_REASON, cli_cwd, run_json
 from e2ebench import housekeeping, lifecycle
 from e2ebench.platforms import cgroups
 
 SRC = str(ROOT / "src")
-CAN_WRITE, WHY = cgroups.writable()
-RUNC_REASON = ("runc is not installed" if not shutil.which("runc") else
-               "runc containers need root here" if os.geteuid() != 0 else
-               None if CAN_WRITE else f"cgroups not writable: {WHY}")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="reading other processes' environments needs root")
 
 

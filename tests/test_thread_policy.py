@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import textwrap
 
@@ -17,7 +16,6 @@ import pytest
 
 from conftest import run_cli, run_json
 from e2ebench import store as store_module
-from e2ebench.platforms import cgroups
 from e2ebench.runner import verify_limits
 from e2ebench.scenario import HostFacts, NotationError, Scenario, check_thread_policy, scenario_string
 from e2ebench.spec import WorkerSpec
@@ -25,12 +23,7 @@ from e2ebench.store import SCHEMA_VERSION, Store
 from e2ebench.study import StudyError, parse_study
 
 HOST = HostFacts(cores=4, gpus=0, available_platforms=frozenset({"BM", "CN"}))
-CAN_WRITE, WHY = cgroups.writable()
-needs_cgroups = pytest.mark.skipif(not CAN_WRITE, reason=f"cgroups not writable here: {WHY}")
-RUNC_REASON = ("runc is not installed" if not shutil.which("runc") else
-               "runc containers need root here" if os.geteuid() != 0 else
-               None if CAN_WRITE else f"cgroups not writable: {WHY}")
-needs_runc = pytest.mark.skipif(RUNC_REASON is not None, reason=RUNC_REASON or "")
+from conftest import needs_cgroups, needs_runc
 TINY = ["--variant", "tiny", "--batch-size", "2", "-n", "4"]
 # what a user's shell may have set: framework-default must remove it so each library chooses on its own
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}

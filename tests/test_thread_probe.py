@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import run_cli, run_json
-from e2ebench.platforms import cgroups
 from e2ebench.thread_probe import cpu_limit, verdict
 
 HOST_CPUS = sorted(os.sched_getaffinity(0))
-CAN_WRITE, WHY = cgroups.writable()
-needs_cgroups = pytest.mark.skipif(not CAN_WRITE, reason=f"cgroups not writable here: {WHY}")
-RUNC_REASON = ("runc is not installed" if not shutil.which("runc") else
-               "runc containers need root here" if os.geteuid() != 0 else
-               None if CAN_WRITE else f"cgroups not writable: {WHY}")
-needs_runc = pytest.mark.skipif(RUNC_REASON is not None, reason=RUNC_REASON or "")
+from conftest import RUNC_REASON, needs_cgroups, needs_runc
 LIBRARIES = {("torch", "intra-op"), ("torch", "inter-op"), ("opencv", "parallel_for"), ("onnxruntime", "intra-op")}
 
 

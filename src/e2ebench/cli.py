@@ -176,6 +176,19 @@ def print_result(result: dict) -> None:
             err_console.print(escape(str(result["output_tail"])[-1500:]))
 
 
+def platform_problem(deployment, platform_options: dict | None = None) -> str | None:
+    """Why the deployment's platform cannot run here (its probe), or None; BM is always there."""
+    if deployment.platform == "BM":
+        return None
+    from e2ebench.platforms import PlatformError, get_platform
+
+    try:
+        availability = get_platform(deployment.platform, **(platform_options or {})).probe()
+    except PlatformError as exc:
+        return str(exc)
+    return None if availability.usable else f"platform {deployment.platform} unavailable: {availability.reason}"
+
+
 @app.command()
 def run(
     app_name: str = typer.Argument(..., metavar="APP", help="Application: ic, sr, nlp, rs (see `e2ebench apps`)."),
@@ -271,20 +284,10 @@ def run(
             raise fail_usage(f"--memory-mib {memory_mib} and --vm-memory-mib {vm_memory_mib} disagree: both set the "
                              "guest's memory; give one of them")
         platform_options["memory_mib"] = memory_mib
-    host = HostFacts.detect()
-    reason = infeasibility(sc.deployment, host)
+    reason = infeasibility(sc.deployment, HostFacts.detect())
     if reason is None and memory_mib is not None:
         reason = memory_limit_problem(sc.deployment.platform)
-    if reason is None and sc.deployment.platform != "BM":
-        from e2ebench.platforms import PlatformError, get_platform
-
-        try:
-            availability = get_platform(sc.deployment.platform, **platform_options).probe()
-        except PlatformError as exc:
-            reason = str(exc)
-        else:
-            if not availability.usable:
-                reason = f"platform {sc.deployment.platform} unavailable: {availability.reason}"
+    reason = reason or platform_problem(sc.deployment, platform_options)
     if reason:
         raise fail_usage(f"{sc} is not feasible here: {reason}")
     workload = Workload(

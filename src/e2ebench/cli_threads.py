@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from e2ebench.cli import EXIT_FAILED, EXIT_OK, app, console, emit_json, err_console, fail_usage
+from e2ebench.cli import EXIT_FAILED, EXIT_OK, app, console, emit_json, err_console, fail_usage, platform_problem
 
 
 def print_probe(probe: dict) -> None:
@@ -48,22 +48,13 @@ def print_probe(probe: dict) -> None:
 
 def check_deployment(text: str, platform_options: dict | None = None):
     """Parse ``text`` and check it can run here; a usage error (exit 2) otherwise.  Returns the Deployment."""
-    from e2ebench.platforms import PlatformError, get_platform
     from e2ebench.scenario import Deployment, HostFacts, NotationError, infeasibility
 
     try:
         deployment = Deployment.parse(text)
     except NotationError as exc:
         raise fail_usage(str(exc))
-    reason = infeasibility(deployment, HostFacts.detect())
-    if reason is None and deployment.platform != "BM":
-        try:
-            availability = get_platform(deployment.platform, **(platform_options or {})).probe()
-        except PlatformError as exc:
-            reason = str(exc)
-        else:
-            if not availability.usable:
-                reason = f"platform {deployment.platform} unavailable: {availability.reason}"
+    reason = infeasibility(deployment, HostFacts.detect()) or platform_problem(deployment, platform_options)
     if reason:
         raise fail_usage(f"{deployment} is not feasible here: {reason}")
     return deployment
