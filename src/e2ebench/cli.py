@@ -8,6 +8,7 @@ not be stored).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -35,8 +36,23 @@ app = typer.Typer(
 data_app = typer.Typer(help="Generate or inspect data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
+LOG_WIDTH = 160    # columns of tables written to a file or a pipe
+
+
+def _console(stderr: bool = False, **options) -> Console:
+    """A rich console; off a terminal (a log file, a pipe) rich would cut tables at 80 columns ("max-ru…"), so there
+    it is 160 columns wide unless COLUMNS says otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    width = None if terminal or os.environ.get("COLUMNS") else LOG_WIDTH
+    return Console(stderr=stderr, width=width, **options)
+
+
+console = _console()
+err_console = _console(stderr=True, soft_wrap=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_STORE = 3      # the store cannot be used: e2ebench.store.StoreFault
