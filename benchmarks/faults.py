@@ -82,17 +82,9 @@ class Left:
         return " ".join(f"{n}{v}" for n, v in zip(names, dataclasses.astuple(self)) if v)
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def processes_of(owners: set[int]) -> list[housekeeping.MarkedProcess]:
     return [p for p in housekeeping.marked_processes()
-            if p.owner.split(":")[0] in {str(o) for o in owners} and _running(p.pid)]
+            if p.owner.split(":")[0] in {str(o) for o in owners} and housekeeping.is_running(p.pid)]
 
 
 def left_by(owners: set[int]) -> Left:

@@ -64,6 +64,7 @@ class _FakeSession:
     emulated = False
     info: dict = {}
     provision_s = 0.0
+    shares_host_kernel = False
 
     def __init__(self, result: dict):
         self.result = result

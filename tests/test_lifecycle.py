@@ -29,14 +29,10 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="reading other process
 def _gone(pid: int, within_s: float) -> bool:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return True
-        if state == "Z":
+        if not housekeeping.is_running(pid):
             return True
         time.sleep(0.05)
-    return False
+    return not housekeeping.is_running(pid)
 
 
 def _python(code: str, **kw) -> subprocess.Popen:

@@ -134,12 +134,13 @@ def kill_orphans(grace_s: float = 2.0) -> list[str]:
         removed.append(f"process {proc.pid} ({proc.what}, owner {proc.owner.split(':')[0]} gone): {proc.command[:80]}")
     deadline = time.monotonic() + grace_s
     for proc in victims:
-        while Path(f"/proc/{proc.pid}").exists() and _is_running(proc.pid) and time.monotonic() < deadline:
+        while Path(f"/proc/{proc.pid}").exists() and is_running(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
     return removed
 
 
-def _is_running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """The process exists and is not a zombie."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -200,5 +201,5 @@ def clean_leftovers() -> list[str]:
     return lines
 
 
-__all__ = ["MarkedProcess", "clean_leftovers", "kill_orphans", "marked_processes", "other_measurements",
+__all__ = ["MarkedProcess", "clean_leftovers", "is_running", "kill_orphans", "marked_processes", "other_measurements",
            "remove_temp_folders", "stale_temp_folders", "temp_prefix"]

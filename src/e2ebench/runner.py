@@ -170,7 +170,7 @@ def execute(session: Session, scenario: Scenario, workload: Workload, data: Path
     contention = other_measurements(host_cpus)          # before: what already runs on our cores
     try:
         with Lifeline(logs_dir) as lifeline:
-            if getattr(session, "shares_host_kernel", False):
+            if session.shares_host_kernel:
                 spec.lifeline = session.host_path(lifeline.path)
             result = session.run_worker(spec, timeout=workload.timeout_s)
     except WorkerFailure as exc:

@@ -50,15 +50,16 @@ class Availability:
 class Session(abc.ABC):
     """A provisioned deployment.  Created by :meth:`Platform.session`, released when it exits."""
 
+    # True where the worker runs on the host's kernel and sees the run's log folder (BM, CN): it then watches the
+    # runner's lifeline there (e2ebench.lifecycle); a guest dies with its VMM instead.
+    shares_host_kernel: bool = False
+
     def __init__(self, deployment: Deployment, workdir: Path):
         self.deployment = deployment
         self.workdir = workdir
         self.provision_s = 0.0   # time to create the deployment (cgroup, container bundle, VM boot)
         self.emulated = False
         self.info: dict = {}
-        # True where the worker runs on the host's kernel and sees the run's log folder (BM, CN): it then
-        # watches the runner's lifeline there (e2ebench.lifecycle); a guest dies with its VMM instead.
-        self.shares_host_kernel = False
 
     @property
     def cold_start_s(self) -> float:
