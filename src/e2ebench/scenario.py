@@ -24,7 +24,6 @@ from typing import ClassVar
 
 from e2ebench.spec import CACHE_STATES
 
-PLATFORMS: tuple[str, ...] = ("BM", "CN", "VM", "MVM", "VMCN")
 CPU_MODES: tuple[str, ...] = ("VNL", "PIN")
 DEVICES: tuple[str, ...] = ("CPU", "GPU")
 MODES: tuple[str, ...] = ("e2e", "inference-only")
@@ -38,13 +37,6 @@ THREAD_POLICY_HINT = "sized, framework-default or a whole number of threads >= 1
 MAX_POLICY_THREADS = 4096
 THREADS_SUFFIX = "threads="
 
-PLATFORM_TITLES = {
-    "BM": "bare metal",
-    "CN": "container",
-    "VM": "virtual machine",
-    "MVM": "micro-VM",
-    "VMCN": "container in VM",
-}
 CPU_MODE_TITLES = {"VNL": "vanilla (CFS quota, any host core)", "PIN": "pinned (dedicated host cores)"}
 
 _APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -52,6 +44,27 @@ _APP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 class NotationError(ValueError):
     """A deployment or scenario string that does not parse."""
+
+
+def __getattr__(name: str):
+    """``PLATFORMS`` (names in the registry's order) and ``PLATFORM_TITLES`` (name -> title), derived from the
+    platform registry (:mod:`e2ebench.platforms`) when first read, for the modules that import them from here."""
+    if name == "PLATFORMS":
+        from e2ebench.platforms import platform_classes
+
+        return tuple(platform_classes())
+    if name == "PLATFORM_TITLES":
+        from e2ebench.platforms import platform_classes
+
+        return {key: cls.title for key, cls in platform_classes().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def platform_names() -> tuple[str, ...]:
+    """The registered platform names that the notation accepts (built-ins first; no platform module imported)."""
+    from e2ebench.platforms import platform_names as registered
+
+    return registered()
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -66,8 +79,8 @@ class Deployment:
     SEPARATOR: ClassVar[str] = "/"
 
     def __post_init__(self) -> None:
-        if self.platform not in PLATFORMS:
-            raise NotationError(f"unknown platform {self.platform!r}; accepted: {', '.join(PLATFORMS)}")
+        if self.platform not in platform_names():
+            raise NotationError(f"unknown platform {self.platform!r}; accepted: {', '.join(platform_names())}")
         if not isinstance(self.cores, int) or isinstance(self.cores, bool) or self.cores < 1:
             raise NotationError(f"cores must be a whole number >= 1, got {self.cores!r}")
         if self.cpu_mode not in CPU_MODES:
@@ -86,8 +99,8 @@ class Deployment:
             )
         platform, cores_text, cpu_mode, device = parts
         platform, cpu_mode, device = platform.upper(), cpu_mode.upper(), device.upper()
-        if platform not in PLATFORMS:
-            raise NotationError(f"unknown platform {parts[0]!r} in {text!r}; accepted: {', '.join(PLATFORMS)}")
+        if platform not in platform_names():
+            raise NotationError(f"unknown platform {parts[0]!r} in {text!r}; accepted: {', '.join(platform_names())}")
         if not re.fullmatch(r"[0-9]{1,4}", cores_text) or int(cores_text) < 1:
             raise NotationError(f"bad core count {cores_text!r} in {text!r}; accepted: a whole number from 1 to 9999")
         if cpu_mode not in CPU_MODES:
@@ -223,17 +236,21 @@ def cache_title(cache: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class HostFacts:
-    """What the feasibility rules need to know about the host."""
+    """What the platforms' feasibility rules (``Platform.supports``) need to know about the host."""
 
     cores: int
-    gpus: int = 0
+    gpus: int = 0                                   # GPUs usable from this environment (torch.cuda sees them)
     available_platforms: frozenset[str] = frozenset({"BM"})
     platform_reasons: tuple[tuple[str, str], ...] = ()
+    gpu_reason: str = ""                            # why gpus == 0: no device node / no driver / CPU build of torch
+    gpu_names: tuple[str, ...] = ()
 
     @classmethod
     def detect(cls, probe_platforms: bool = False) -> "HostFacts":
+        from e2ebench.gpu import gpu_facts
+
         cores = len(os.sched_getaffinity(0))
-        gpus = count_gpus()
+        gpu = gpu_facts()
         available = {"BM"}
         reasons: list[tuple[str, str]] = []
         if probe_platforms:
@@ -245,33 +262,27 @@ class HostFacts:
                 else:
                     reasons.append((name, availability.reason))
         else:
-            available = set(PLATFORMS)
-        return cls(cores=cores, gpus=gpus, available_platforms=frozenset(available), platform_reasons=tuple(reasons))
+            available = set(platform_names())
+        return cls(cores=cores, gpus=gpu.count if gpu.usable else 0, available_platforms=frozenset(available),
+                   platform_reasons=tuple(reasons), gpu_reason="" if gpu.usable else gpu.reason,
+                   gpu_names=tuple(gpu.names) if gpu.usable else ())
 
 
 def count_gpus() -> int:
-    """GPUs this process could use (NVIDIA device nodes, or torch.cuda if it is already imported)."""
-    try:
-        import sys
+    """GPUs this environment can use (:func:`e2ebench.gpu.gpu_facts`: torch.cuda must see them)."""
+    from e2ebench.gpu import gpu_facts
 
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            return torch.cuda.device_count()
-    except Exception:  # pragma: no cover - defensive
-        pass
-    return len([n for n in os.listdir("/dev") if re.fullmatch(r"nvidia[0-9]+", n)]) if os.path.isdir("/dev") else 0
+    facts = gpu_facts()
+    return facts.count if facts.usable else 0
 
 
 def infeasibility(deployment: Deployment, host: HostFacts) -> str | None:
-    """Why a deployment cannot run on this host, or ``None`` when it can."""
-    d = deployment
-    if d.platform == "MVM" and (d.cpu_mode != "VNL" or d.device != "CPU"):
-        return "MVM supports only VNL/CPU (no CPU pinning or GPU passthrough on micro-VMs, as in the paper)"
-    if d.cores > host.cores:
-        return f"{d.cores} cores requested but the host has {host.cores}"
-    if d.device == "GPU" and host.gpus == 0:
-        return "GPU requested but no GPU is visible on this host"
-    if d.platform not in host.available_platforms:
-        reason = dict(host.platform_reasons).get(d.platform, "not available on this host")
-        return f"platform {d.platform} unavailable: {reason}"
-    return None
+    """Why a deployment cannot run on this host, or ``None`` when it can: the platform's own rule,
+    :meth:`e2ebench.platforms.base.Platform.supports`."""
+    from e2ebench.platforms import PlatformError, get_platform_class
+
+    try:
+        platform = get_platform_class(deployment.platform)
+    except PlatformError as exc:
+        return str(exc)
+    return platform.supports(deployment, host)

@@ -23,7 +23,7 @@ from typing import Iterator
 from e2ebench.platforms import cgroups
 from e2ebench.platforms import memory
 from e2ebench.platforms.base import Availability, Platform, PlatformError, Session, result_from_command, run_command, worker_env
-from e2ebench.scenario import Deployment
+from e2ebench.scenario import Deployment, HostFacts
 from e2ebench.spec import WorkerSpec
 
 
@@ -90,8 +90,20 @@ class BareMetalSession(Session):
 
 
 class BareMetal(Platform):
-    NAME = "BM"
-    TITLE = "bare metal"
+    name = "BM"
+    title = "bare metal"
+    colour = "#222222"
+    order = 0
+    devices = ("CPU", "GPU")
+    shares_host_kernel = True
+
+    @classmethod
+    def supports(cls, deployment: Deployment, host: HostFacts) -> str | None:
+        """The base rules, and for GPU a GPU that torch.cuda sees in this environment (HostFacts.gpus)."""
+        problem = super().supports(deployment, host)
+        if problem or deployment.device != "GPU" or host.gpus > 0:
+            return problem
+        return f"{cls.name} has no usable GPU here: {host.gpu_reason or 'torch.cuda sees no GPU'}"
 
     def __init__(self, memory_mib: int | None = None):
         self.memory_mib = memory.platform_memory_mib(memory_mib)

@@ -11,6 +11,7 @@ import abc
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Callable, ClassVar, Iterator, Sequence
 
 from e2ebench.lifecycle import die_with_parent, owner_env
-from e2ebench.scenario import Deployment
+from e2ebench.scenario import Deployment, HostFacts
 from e2ebench.spec import WorkerFailure, WorkerSpec, extract_result
 
 
@@ -78,9 +79,74 @@ class Session(abc.ABC):
         return str(path)
 
 
+PLATFORM_NAME = re.compile(r"^[A-Z][A-Z0-9]{0,15}$")   # what a platform may be called in PLATFORM/CORES/CPUMODE/DEVICE
+
+
 class Platform(abc.ABC):
-    NAME: ClassVar[str]
-    TITLE: ClassVar[str]
+    """A way to provision a deployment, and the one place that says which deployments it can run.
+
+    A platform is a plugin: a subclass registered under the entry-point group ``e2ebench.platforms`` (the built-ins
+    are listed in :data:`e2ebench.platforms.PLATFORM_CLASSES`).  Its class attributes are all that the notation, the
+    study plan, ``doctor``, the analysis and the report need to know about it; :meth:`supports` is its feasibility
+    rule.  Nothing outside the platform's own module names it.
+    """
+
+    name: ClassVar[str]                           # "BM": the notation's PLATFORM, upper case, [A-Z][A-Z0-9]*
+    title: ClassVar[str]                          # "bare metal": what tables, legends and messages call it
+    colour: ClassVar[str] = "#888888"             # its colour in every figure
+    order: ClassVar[int] = 100                    # its place in tables and figures (BM 0, CN 10, VM 20, MVM 30, VMCN 40)
+    cpu_modes: ClassVar[tuple[str, ...]] = ("VNL", "PIN")   # CPU modes it can provide at all
+    devices: ClassVar[tuple[str, ...]] = ("CPU",)           # devices it can provide at all (GPU platforms add "GPU")
+    design_limit: ClassVar[str] = ""              # why cpu_modes/devices are what they are, where that is a restriction
+    guest: ClassVar[bool] = False                 # the worker runs on a guest kernel (VM, MVM, VMCN): memory = guest's
+    shares_host_kernel: ClassVar[bool] = False    # the worker runs on the host's kernel and sees its files (BM, CN)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # NAME is the older spelling of `name`; both stay readable (existing code and plugins use either)
+        if "name" in cls.__dict__:
+            cls.NAME = cls.name
+        elif "NAME" in cls.__dict__:
+            cls.name = cls.NAME
+
+    @classmethod
+    def design_problem(cls, deployment: Deployment) -> str | None:
+        """Why the platform can never run ``deployment``'s CPU mode or device (whatever the host), or None."""
+        if deployment.cpu_mode in cls.cpu_modes and deployment.device in cls.devices:
+            return None
+
+        def one_or_set(values: tuple[str, ...]) -> str:
+            return values[0] if len(values) == 1 else "{" + ",".join(values) + "}"
+
+        why = cls.design_limit or "a design limit of the platform, not of this host"
+        return f"{cls.name} supports only {one_or_set(cls.cpu_modes)}/{one_or_set(cls.devices)} deployments ({why})"
+
+    @classmethod
+    def supports(cls, deployment: Deployment, host: HostFacts) -> str | None:
+        """Why this platform cannot run ``deployment`` on ``host`` (one sentence), or None when it can.
+
+        The base rule: the CPU mode and device must be ones the platform provides at all (:meth:`design_problem`),
+        the host must have the cores, and the platform must be available there (``host.available_platforms``, with
+        the probe's reason from ``host.platform_reasons``).  A platform with a device path overrides this, calls
+        ``super().supports`` first and then checks that path on ``host`` (e.g. ``host.gpus``), returning its own
+        reason.
+        """
+        problem = cls.design_problem(deployment)
+        if problem:
+            return problem
+        if deployment.cores > host.cores:
+            return f"{deployment.cores} cores requested but the host has {host.cores}"
+        if deployment.platform not in host.available_platforms:
+            reason = dict(host.platform_reasons).get(deployment.platform, "not available on this host")
+            return f"platform {deployment.platform} unavailable: {reason}"
+        return None
+
+    @classmethod
+    def describe(cls) -> dict:
+        """What the platform is and supports in principle (``doctor``, ``study --plan``)."""
+        return {"name": cls.name, "title": cls.title, "order": cls.order, "cpu_modes": list(cls.cpu_modes),
+                "devices": list(cls.devices), "guest": cls.guest, "design_limit": cls.design_limit,
+                "class": f"{cls.__module__}:{cls.__qualname__}"}
 
     @abc.abstractmethod
     def probe(self) -> Availability:

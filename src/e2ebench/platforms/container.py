@@ -60,7 +60,7 @@ from e2ebench.platforms import memory as memory_lib
 from e2ebench.platforms import rootfs as rootfs_lib
 from e2ebench.platforms.base import (Availability, CommandResult, Platform, PlatformError, Session,
                                      kill_process_group, result_from_command)
-from e2ebench.scenario import Deployment
+from e2ebench.scenario import Deployment, HostFacts
 from e2ebench.spec import WorkerFailure, WorkerSpec
 
 ENGINES: tuple[str, ...] = ("runc", "podman", "docker")
@@ -1026,8 +1026,20 @@ def remove_stale_containers(engine: str | None = None, docker_host: str | None =
 
 
 class Container(Platform):
-    NAME = "CN"
-    TITLE = "container"
+    name = "CN"
+    title = "container"
+    colour = "#1f77b4"
+    order = 10
+    devices = ("CPU", "GPU")
+    shares_host_kernel = True
+
+    @classmethod
+    def supports(cls, deployment: Deployment, host: HostFacts) -> str | None:
+        """The base rules, and for GPU a GPU usable on the host (HostFacts.gpus) to pass into the container."""
+        problem = super().supports(deployment, host)
+        if problem or deployment.device != "GPU" or host.gpus > 0:
+            return problem
+        return f"{cls.name} has no GPU to pass into the container: {host.gpu_reason or 'torch.cuda sees no GPU'}"
 
     def __init__(self, engine: str | None = None, rootfs: str | None = None, network: bool | None = None,
                  docker_host: str | None = None, podman_root: str | None = None, podman_runroot: str | None = None,

@@ -380,8 +380,10 @@ class FirecrackerSession(VirtualMachineSession):
             if image is not None and not image.cached:
                 image.image.unlink(missing_ok=True)
         result.setdefault("platform_info", {}).update(self.info)
-        result.setdefault("memory_limit_mib", self.memory_mib)
-        result.setdefault("oom_killed", False)
+        if result.get("memory_limit_mib") is None:    # the worker's RunResult has the key, null
+            result["memory_limit_mib"] = self.memory_mib
+        if result.get("oom_killed") is None:
+            result["oom_killed"] = False
         return result
 
     def _supervise_firecracker(self, guest: FirecrackerGuest, run_dir: Path, output_host: Path | None,
@@ -486,8 +488,14 @@ def _tail(path: Path, chars: int = 1500) -> str:
 
 
 class MicroVM(VirtualMachine):
-    NAME: ClassVar[str] = "MVM"
-    TITLE: ClassVar[str] = "micro-VM (QEMU microvm or Firecracker)"
+    name: ClassVar[str] = "MVM"
+    title: ClassVar[str] = "micro-VM"
+    colour: ClassVar[str] = "#9467bd"
+    order: ClassVar[int] = 30
+    cpu_modes: ClassVar[tuple[str, ...]] = ("VNL",)
+    devices: ClassVar[tuple[str, ...]] = ("CPU",)
+    design_limit: ClassVar[str] = ("as in the paper: no CPU pinning or GPU passthrough on micro-VMs; Firecracker has "
+                                   "no GPU passthrough and QEMU's microvm machine has no PCI bus to pass a GPU to")
     session_class = MicroVMSession
 
     def __init__(self, engine: str | None = None, firecracker_binary: str | None = None,
@@ -558,8 +566,9 @@ class MicroVM(VirtualMachine):
         return Availability(base.usable, base.reason, emulated=base.emulated, fix=base.fix, details=details)
 
     def check_deployment(self, deployment: Deployment) -> None:
-        if deployment.cpu_mode != "VNL" or deployment.device != "CPU":
-            raise PlatformError("MVM supports only VNL/CPU (no CPU pinning or GPU passthrough on micro-VMs, as in the paper)")
+        problem = self.design_problem(deployment)
+        if problem:
+            raise PlatformError(problem)
 
     @contextlib.contextmanager
     def session(self, deployment: Deployment, workdir: Path) -> Iterator[VirtualMachineSession]:

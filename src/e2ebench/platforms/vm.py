@@ -64,7 +64,7 @@ from e2ebench.platforms.guest.initramfs import InitramfsError, build_initramfs, 
 from e2ebench.platforms.guest.kernel import META_PACKAGE, GuestKernel, KernelError, ensure_kernel, find_kernel
 from e2ebench.platforms.guest.qmp import QmpClient, QmpError
 from e2ebench.platforms.rootfs import python_environment_dirs
-from e2ebench.scenario import Deployment
+from e2ebench.scenario import Deployment, HostFacts
 from e2ebench.spec import WorkerFailure, WorkerSpec, extract_result
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -792,8 +792,10 @@ class VirtualMachineSession(Session):
         if output_host is not None:
             _copy_tree(job / "output", output_host)
         result.setdefault("platform_info", {}).update(self.info)
-        result.setdefault("memory_limit_mib", self.memory_mib)
-        result.setdefault("oom_killed", False)
+        if result.get("memory_limit_mib") is None:    # the worker's RunResult has the key, null
+            result["memory_limit_mib"] = self.memory_mib
+        if result.get("oom_killed") is None:
+            result["oom_killed"] = False
         return result
 
     def guest_oom_result(self, failure: WorkerFailure, spec: WorkerSpec, console_log: Path) -> dict:
@@ -959,12 +961,24 @@ def _copy_tree(source: Path, target: Path) -> None:
 
 
 class VirtualMachine(Platform):
-    NAME: ClassVar[str] = "VM"
-    TITLE: ClassVar[str] = "virtual machine (QEMU)"
+    name: ClassVar[str] = "VM"
+    title: ClassVar[str] = "virtual machine"
+    colour: ClassVar[str] = "#d62728"
+    order: ClassVar[int] = 20
+    devices: ClassVar[tuple[str, ...]] = ("CPU", "GPU")
+    guest: ClassVar[bool] = True
     session_class: ClassVar[type[VirtualMachineSession]] = VirtualMachineSession
 
     def __init__(self, **options) -> None:
         self.options = VmOptions(**options)
+
+    @classmethod
+    def supports(cls, deployment: Deployment, host: HostFacts) -> str | None:
+        """The base rules, and for GPU a GPU on the host (HostFacts.gpus) to pass through to the guest."""
+        problem = super().supports(deployment, host)
+        if problem or deployment.device != "GPU" or host.gpus > 0:
+            return problem
+        return f"{cls.name} has no GPU to pass through to the guest: {host.gpu_reason or 'torch.cuda sees no GPU'}"
 
     def machine_type(self) -> str:
         return self.options.machine

@@ -109,8 +109,11 @@ class ContainerInVMSession(VirtualMachineSession):
 
 
 class ContainerInVM(VirtualMachine):
-    NAME: ClassVar[str] = "VMCN"
-    TITLE: ClassVar[str] = "container in a virtual machine (runc in QEMU)"
+    name: ClassVar[str] = "VMCN"
+    title: ClassVar[str] = "container in VM"
+    colour: ClassVar[str] = "#2ca02c"
+    order: ClassVar[int] = 40
+    devices: ClassVar[tuple[str, ...]] = ("CPU", "GPU")   # supports(): VM's (the GPU passed through to the guest)
     session_class = ContainerInVMSession
 
     def missing_tools(self) -> list[tuple[str, str]]:
