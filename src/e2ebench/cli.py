@@ -447,7 +447,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
                                              "their thread pools in BM/1/VNL/CPU and CN/1/VNL/CPU on this host, against "
                                              "the 1-core limit (as `e2ebench threads DEPLOYMENT`).")) -> None:
     """Check this host: cores, sockets, NUMA, cgroups, and which platforms/devices are usable and why."""
-    from e2ebench.doctor import collect
+    from e2ebench.doctor import DL_VECTOR_EXTENSIONS, collect
 
     if threads:
         from e2ebench.cli_threads import doctor_threads
@@ -461,6 +461,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     host = report["host"]
     console.print(f"[bold]host[/]: {host['cpus']} CPUs ({escape(host['cpu_model'])}), {host['sockets']} socket(s), "
                   f"{host['numa_nodes']} NUMA node(s), {host['memory_gib']:.1f} GiB, kernel {host['kernel']}")
+    cpu = host.get("cpu") or {}
+    if cpu:
+        console.print(f"[bold]cpu[/]: {escape(cpu['arch'])}, vector extensions "
+                      f"{escape(', '.join(cpu['vector_extensions']) or 'none of ' + ', '.join(DL_VECTOR_EXTENSIONS))}")
     console.print(f"[bold]cgroups[/]: v{host['cgroup_version']} — {escape(host['cgroups'])}")
     table = Table(title="platforms and devices", header_style="bold")
     for column in ("name", "status", "why", "fix"):

@@ -20,6 +20,27 @@ def _sockets() -> int:
     return max(1, len(ids))
 
 
+# Vector extensions that decide how fast the DNN's kernels run on a CPU (oneDNN/MKL pick their code path by them):
+# x86 AVX2/FMA, AVX-512 (with its VNNI and BF16 parts), AMX; Arm NEON (asimd) and SVE.
+DL_VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
+                        "asimd", "sve")
+
+
+def cpu_facts() -> dict:
+    """The CPU as py-cpuinfo reads it (``/proc/cpuinfo`` plus the CPUID instruction, on every architecture): brand,
+    architecture and the vector extensions of :data:`DL_VECTOR_EXTENSIONS` it has.  In a VM these are what the
+    hypervisor lets the guest see.  ``{}`` when py-cpuinfo cannot read them."""
+    try:
+        import cpuinfo
+
+        info = cpuinfo.get_cpu_info()
+    except Exception:           # informative only: doctor must answer without it
+        return {}
+    flags = set(info.get("flags") or ())
+    return {"brand": info.get("brand_raw") or "unknown", "arch": info.get("arch") or "unknown",
+            "vector_extensions": [name for name in DL_VECTOR_EXTENSIONS if name in flags]}
+
+
 def _memory_gib() -> float:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -48,6 +69,7 @@ def collect() -> dict:
     host = {
         "cpus": len(os.sched_getaffinity(0)),
         "cpu_model": measure.cpu_model(),
+        "cpu": cpu_facts(),
         "sockets": _sockets(),
         "numa_nodes": len(cgroups.numa_nodes()),
         "memory_gib": _memory_gib(),

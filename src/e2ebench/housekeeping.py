@@ -9,6 +9,9 @@ is touched.
 
 :func:`other_measurements` lists the live workers and VMMs of *other* e2ebench processes and the CPUs
 they may use; the runner records them in a run's result as ``contended``.
+
+Processes are read through psutil (environment, command line, CPU affinity, state), which also copes with a
+process that ends while it is being read.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from e2ebench.lifecycle import OWNER_ENV, owner_alive, parse_owner
-from e2ebench.measure import parse_cpu_list
 
 TEMP_PREFIX = "e2ebench-"
 _TEMP_OWNED = re.compile(r"^e2ebench-(\d+)-")
@@ -46,32 +50,26 @@ class MarkedProcess:
         return dataclasses.asdict(self)
 
 
-def _owner_of(pid: int) -> str | None:
+def _owner_of(proc: psutil.Process) -> str | None:
+    """The owner mark in the process's environment; None without one, or when it cannot be read (gone, not ours)."""
     try:
-        env = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
+        return proc.environ().get(OWNER_ENV)
+    except (psutil.Error, OSError):
         return None
-    key = OWNER_ENV.encode() + b"="
-    for item in env.split(b"\0"):
-        if item.startswith(key):
-            return item[len(key):].decode(errors="replace")
-    return None
 
 
-def _allowed_cpus(pid: int) -> list[int]:
+def _allowed_cpus(proc: psutil.Process) -> list[int]:
+    """The CPUs the process may run on (its affinity, as ``Cpus_allowed_list``); [] when it cannot be read."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Cpus_allowed_list:"):
-                return parse_cpu_list(line.split(":", 1)[1])
-    except OSError:
-        pass
-    return []
+        return sorted(proc.cpu_affinity())
+    except (psutil.Error, OSError):
+        return []
 
 
-def _describe(pid: int) -> tuple[str, str]:
+def _describe(proc: psutil.Process) -> tuple[str, str]:
     try:
-        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    except OSError:
+        argv = proc.cmdline()
+    except (psutil.Error, OSError):
         argv = []
     command = " ".join(argv)[:160]
     if "e2ebench.worker" in argv:
@@ -89,15 +87,14 @@ def marked_processes() -> list[MarkedProcess]:
     """Every process carrying an e2ebench owner mark (needs root to read other users' environments)."""
     out = []
     me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+    for proc in psutil.process_iter():
+        if proc.pid == me:
             continue
-        pid = int(entry)
-        owner = _owner_of(pid)
+        owner = _owner_of(proc)
         if owner is None:
             continue
-        what, command = _describe(pid)
-        out.append(MarkedProcess(pid, owner, what, command, _allowed_cpus(pid)))
+        what, command = _describe(proc)
+        out.append(MarkedProcess(proc.pid, owner, what, command, _allowed_cpus(proc)))
     return out
 
 
@@ -134,7 +131,7 @@ def kill_orphans(grace_s: float = 2.0) -> list[str]:
         removed.append(f"process {proc.pid} ({proc.what}, owner {proc.owner.split(':')[0]} gone): {proc.command[:80]}")
     deadline = time.monotonic() + grace_s
     for proc in victims:
-        while Path(f"/proc/{proc.pid}").exists() and is_running(proc.pid) and time.monotonic() < deadline:
+        while is_running(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
     return removed
 
@@ -142,10 +139,9 @@ def kill_orphans(grace_s: float = 2.0) -> list[str]:
 def is_running(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, OSError):
         return False
-    return state != "Z"
 
 
 def stale_temp_folders(parent: Path | None = None) -> list[Path]:
@@ -160,7 +156,7 @@ def stale_temp_folders(parent: Path | None = None) -> list[Path]:
         match = _TEMP_OWNED.match(entry.name)
         if not match or not entry.is_dir() or entry.is_symlink():
             continue
-        if Path(f"/proc/{match.group(1)}").exists():
+        if psutil.pid_exists(int(match.group(1))):
             continue
         out.append(entry)
     return sorted(out)
