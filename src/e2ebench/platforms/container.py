@@ -54,12 +54,20 @@ from pathlib import Path
 from typing import Iterator
 
 from e2ebench.lifecycle import die_with_parent, owner_env
-from e2ebench.measure import CGROUP_ROOT, cgroup_version, format_cpu_list, own_cgroups
+from e2ebench.measure import CGROUP_ROOT, cgroup_version, own_cgroups
 from e2ebench.platforms import cgroups
 from e2ebench.platforms import memory as memory_lib
 from e2ebench.platforms import rootfs as rootfs_lib
+from e2ebench.platforms import nvidia
 from e2ebench.platforms.base import (Availability, CommandResult, Platform, PlatformError, Session,
                                      kill_process_group, result_from_command)
+# the pure builders, re-exported here where callers have always found them
+from e2ebench.platforms.container_config import (DEFAULT_CAPABILITIES, DROPPED_ENV_NAMES, GPU_ENV_PREFIXES, HOSTNAME,
+                                                 MASKED_PATHS, OCI_VERSION, PASSED_ENV_NAMES, PASSED_ENV_PREFIXES,
+                                                 PODMAN_NPROC_CAP, READONLY_PATHS, Bind, GpuPassthrough, cap_rlimits,
+                                                 docker_base_argv, docker_gpu_args, docker_run_argv, engine_limit_args,
+                                                 engine_run_args, oci_config, parse_gpu_selection, plan_binds,
+                                                 podman_base_argv, podman_gpu_args, podman_run_argv)
 from e2ebench.scenario import Deployment, HostFacts
 from e2ebench.spec import WorkerFailure, WorkerSpec
 
@@ -69,157 +77,14 @@ ENGINE_ENV = "E2EBENCH_CN_ENGINE"
 ROOTFS_ENV = "E2EBENCH_CN_ROOTFS"
 NETWORK_ENV = "E2EBENCH_CN_NETWORK"
 DOCKER_HOST_ENV = "E2EBENCH_DOCKER_HOST"
+GPUS_ENV = "E2EBENCH_CN_GPUS"            # GPU deployments: "all" (default) or indices "0" / "0,1"
 CONTAINER_PREFIX = "e2ebench-"          # container ids/names: e2ebench-cn-<owner pid>-<random>
 CGROUP_KIND = "cn"
 DEFAULT_PERIOD_US = cgroups.DEFAULT_PERIOD_US
-OCI_VERSION = "1.0.2-dev"
-HOSTNAME = "e2ebench"
-# podman refuses RLIMIT_NPROC above this without CAP_SYS_RESOURCE (measured with podman 4.3)
-PODMAN_NPROC_CAP = 32768
 ENGINE_CALL_TIMEOUT_S = 60.0
 
-DEFAULT_CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
-MASKED_PATHS = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
-READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-# environment variables passed from the caller into the container (besides the ones set here)
-PASSED_ENV_PREFIXES = ("E2EBENCH_", "LC_", "MALLOC_", "KMP_", "ONEDNN_", "DNNL_", "TORCH_", "HF_", "TRANSFORMERS_")
-PASSED_ENV_NAMES = ("LANG", "LANGUAGE", "TZ")
-DROPPED_ENV_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_CPU_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES",
-                     "E2EBENCH_CN_ENGINE", "E2EBENCH_CN_ROOTFS", "E2EBENCH_CN_NETWORK", "E2EBENCH_DOCKER_HOST")
-
-
 # ---------------------------------------------------------------------------
-# OCI runtime bundle (pure; shared with the container-in-VM platform)
-
-
-@dataclasses.dataclass(frozen=True)
-class Bind:
-    """A bind mount: ``source`` on the host at ``destination`` inside the container."""
-
-    source: str
-    destination: str
-    writable: bool = False
-
-    @classmethod
-    def parse(cls, text: str, writable: bool = False) -> "Bind":
-        """``"/path"`` (identity) or ``"/host/path:/container/path"``."""
-        source, sep, destination = text.partition(":")
-        return cls(os.path.normpath(source), os.path.normpath(destination if sep else source), writable)
-
-
-def _depth_order(binds: list[Bind]) -> list[Bind]:
-    return sorted(binds, key=lambda b: (b.destination.rstrip("/").count("/"), b.destination))
-
-
-def _covers(outer: Bind, inner: Bind) -> bool:
-    """True when ``outer`` already shows ``inner``'s source at ``inner``'s destination."""
-    if not rootfs_lib.is_within(inner.destination, outer.destination):
-        return False
-    relative = os.path.relpath(inner.destination, outer.destination)
-    return os.path.normpath(os.path.join(outer.source, relative)) == inner.source
-
-
-def plan_binds(readonly_binds: list[str], writable_binds: list[str]) -> list[Bind]:
-    """Bind mounts in mount order: outermost destinations first, so that a bind inside another
-    one (a writable log directory inside a read-only tree) is mounted on top of it.
-
-    A read-only bind already visible through another read-only bind (the same source under the
-    same destination) is dropped; at the same destination a writable bind wins.
-    """
-    kept: list[Bind] = []
-    for b in _depth_order([Bind.parse(t) for t in readonly_binds]):
-        if not any(_covers(k, b) for k in kept):
-            kept.append(b)
-    for b in _depth_order([Bind.parse(t, writable=True) for t in writable_binds]):
-        if b not in kept:
-            kept.append(b)
-    # stable: at equal depth read-only binds stay before writable ones
-    return sorted(kept, key=lambda b: b.destination.rstrip("/").count("/"))
-
-
-def oci_config(argv: list[str], env: dict[str, str], *, root: str, readonly_binds: list[str],
-               writable_binds: list[str], quota_cores: float | None, cpuset: list[int] | None,
-               cgroups_path: str | None, network: bool = False, cwd: str = "/", hostname: str = HOSTNAME,
-               period_us: int = DEFAULT_PERIOD_US, rlimits: dict[str, tuple[int, int]] | None = None,
-               root_readonly: bool = True, memory_mib: int | None = None, memory_swap: bool = True) -> dict:
-    """An OCI runtime ``config.json`` (runtime-spec 1.0.2) for one worker process.
-
-    Namespaces: pid, ipc, uts, mount, cgroup and — unless ``network`` — a new network namespace
-    (only loopback).  Mounts: proc, a tmpfs ``/dev`` (runc adds the OCI default devices), devpts,
-    ``/dev/shm``, mqueue, sysfs (a read-only rbind of ``/sys`` when the host network is shared,
-    where a fresh sysfs may not be mounted), the cgroup filesystem (read-only), a tmpfs ``/tmp``,
-    then the bind mounts.  ``quota_cores`` becomes ``cpu.quota = round(cores * period)``;
-    ``cpuset`` becomes ``cpu.cpus``.  ``rlimits`` (``{"RLIMIT_NOFILE": (soft, hard)}``) is
-    omitted by default: the process keeps the runtime's own limits, as a bare-metal process would.
-    ``memory_mib`` becomes ``memory.limit`` in bytes and — unless ``memory_swap`` is false (a host without
-    swap accounting) — ``memory.swap`` (memory + swap) of the same size: no swap on top of the limit.
-    """
-    if quota_cores is not None and quota_cores <= 0:
-        raise ValueError(f"quota_cores must be positive, got {quota_cores}")
-    if cpuset is not None and not cpuset:
-        raise ValueError("cpuset must list at least one CPU")
-    mounts: list[dict] = [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=1g"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-        ({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
-         if not network else
-         {"destination": "/sys", "type": "bind", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}),
-        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]},
-    ]
-    for b in plan_binds(readonly_binds, writable_binds):
-        mounts.append({"destination": b.destination, "type": "bind", "source": b.source,
-                       "options": ["rbind", "rw" if b.writable else "ro"]})
-    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
-    if not network:
-        namespaces.append({"type": "network"})
-    cpu: dict = {}
-    if quota_cores is not None:
-        cpu["quota"] = int(round(quota_cores * period_us))
-        cpu["period"] = int(period_us)
-    if cpuset is not None:
-        cpu["cpus"] = format_cpu_list(cpuset)
-    resources: dict = {"devices": [{"allow": False, "access": "rwm"}]}
-    if cpu:
-        resources["cpu"] = cpu
-    if memory_mib is not None:
-        limit = int(memory_lib.validate_memory_mib(memory_mib)) << 20
-        resources["memory"] = {"limit": limit, **({"swap": limit} if memory_swap else {})}
-    process: dict = {
-        "terminal": False,
-        "user": {"uid": 0, "gid": 0},
-        "args": [str(a) for a in argv],
-        "env": [f"{k}={v}" for k, v in env.items()],
-        "cwd": cwd,
-        "capabilities": {k: list(DEFAULT_CAPABILITIES) for k in ("bounding", "effective", "permitted", "ambient")},
-        "noNewPrivileges": True,
-    }
-    if rlimits:
-        process["rlimits"] = [{"type": k, "soft": int(s), "hard": int(h)} for k, (s, h) in rlimits.items()]
-    linux: dict = {
-        "resources": resources,
-        "namespaces": namespaces,
-        "maskedPaths": list(MASKED_PATHS),
-        "readonlyPaths": list(READONLY_PATHS),
-    }
-    if cgroups_path:
-        linux["cgroupsPath"] = cgroups_path
-    return {
-        "ociVersion": OCI_VERSION,
-        "process": process,
-        "root": {"path": root, "readonly": bool(root_readonly)},
-        "hostname": hostname,
-        "mounts": mounts,
-        "linux": linux,
-    }
+# OCI runtime bundle on disk (the config itself is container_config.oci_config; shared with VMCN)
 
 
 def make_oci_bundle(bundle_dir: Path, argv: list[str], env: dict[str, str], *, root: Path,
@@ -227,7 +92,7 @@ def make_oci_bundle(bundle_dir: Path, argv: list[str], env: dict[str, str], *, r
                     cpuset: list[int] | None, cgroups_path: str | None, network: bool = False, cwd: str = "/",
                     symlinks: dict[str, str] | None = None, hostname: str = HOSTNAME,
                     rlimits: dict[str, tuple[int, int]] | None = None, create_mount_targets: bool = True,
-                    memory_mib: int | None = None, memory_swap: bool = True) -> Path:
+                    memory_mib: int | None = None, memory_swap: bool = True, gpu: GpuPassthrough | None = None) -> Path:
     """Write an OCI bundle for ``runc run --bundle bundle_dir ID`` and return ``bundle_dir``.
 
     ``root`` is the root filesystem directory (relative paths are inside the bundle).  A root
@@ -251,7 +116,8 @@ def make_oci_bundle(bundle_dir: Path, argv: list[str], env: dict[str, str], *, r
             rootfs_lib.make_empty_root(root_abs, symlinks)
     config = oci_config(argv, env, root=root_text, readonly_binds=readonly_binds, writable_binds=writable_binds,
                         quota_cores=quota_cores, cpuset=cpuset, cgroups_path=cgroups_path, network=network,
-                        cwd=cwd, hostname=hostname, rlimits=rlimits, memory_mib=memory_mib, memory_swap=memory_swap)
+                        cwd=cwd, hostname=hostname, rlimits=rlimits, memory_mib=memory_mib, memory_swap=memory_swap,
+                        gpu=gpu)
     if create_mount_targets:
         prepare_mount_targets(root_abs, config["mounts"], extra_dirs=[cwd])
     (bundle_dir / "config.json").write_text(json.dumps(config, indent=1))
@@ -470,40 +336,14 @@ def runc_containers() -> list[dict]:
         return []
 
 
-def podman_base_argv(storage_root: str | None = None, run_root: str | None = None) -> list[str]:
-    """``podman`` with the global options this machine needs (no containers.conf required):
-    cgroupfs manager, file event log, runc as the OCI runtime."""
-    argv = ["podman", "--cgroup-manager", "cgroupfs", "--events-backend", "file", "--runtime", "runc"]
-    if storage_root:
-        argv += ["--root", storage_root]
-    if run_root:
-        argv += ["--runroot", run_root]
-    return argv
-
-
-def docker_base_argv(host: str | None) -> list[str]:
-    return ["docker"] + (["-H", host] if host else [])
-
-
 def engine_rlimits(engine: str) -> dict[str, tuple[int, int]]:
     """The caller's own open-files and process limits (podman: nproc capped at 32768).
 
     Given explicitly to podman and docker, whose defaults (1048576 open files) fail here without
     CAP_SYS_RESOURCE; runc bundles carry none, so the worker keeps the runtime's limits.
     """
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
-    nproc = resource.getrlimit(resource.RLIMIT_NPROC)
-    limits = {"nofile": nofile, "nproc": nproc}
-    out = {}
-    for key, (soft, hard) in limits.items():
-        if hard == resource.RLIM_INFINITY:
-            hard = 1 << 20
-        if soft == resource.RLIM_INFINITY or soft > hard:
-            soft = hard
-        if key == "nproc" and engine == "podman":
-            soft, hard = min(soft, PODMAN_NPROC_CAP), min(hard, PODMAN_NPROC_CAP)
-        out[key] = (soft, hard)
-    return out
+    limits = {"nofile": resource.getrlimit(resource.RLIMIT_NOFILE), "nproc": resource.getrlimit(resource.RLIMIT_NPROC)}
+    return cap_rlimits(engine, limits, resource.RLIM_INFINITY)
 
 
 @dataclasses.dataclass
@@ -631,22 +471,25 @@ def run_container_command(argv: list[str], timeout: float, stop_container) -> Co
 
 
 
-def container_env(extra: dict[str, str] | None = None, source: dict[str, str] | None = None) -> dict[str, str]:
+def container_env(extra: dict[str, str] | None = None, source: dict[str, str] | None = None,
+                  gpu: bool = False) -> dict[str, str]:
     """The worker's environment inside a container: a clean one, not the caller's whole environment.
 
     PATH (the venv first), HOME, PYTHONPATH (the project's src), PYTHONUNBUFFERED,
     E2EBENCH_IN_CONTAINER=1, E2EBENCH_CACHE, plus the caller's locale, timezone, allocator and
     library tuning variables (``E2EBENCH_*``, ``LC_*``, ``MALLOC_*``, ``KMP_*``, ``TORCH_*`` ...);
-    thread-count variables are left to the worker.
+    thread-count variables are left to the worker.  A GPU deployment (``gpu``) also gets ``CUDA_*`` and
+    ``NVIDIA_*`` (which GPUs CUDA sees, its caches).
     """
     source = dict(os.environ if source is None else source)
     from e2ebench.runner import cache_dir
 
     env: dict[str, str] = {}
+    prefixes = PASSED_ENV_PREFIXES + (GPU_ENV_PREFIXES if gpu else ())
     for key, value in source.items():
         if key in DROPPED_ENV_NAMES:
             continue
-        if key in PASSED_ENV_NAMES or key.startswith(PASSED_ENV_PREFIXES):
+        if key in PASSED_ENV_NAMES or key.startswith(prefixes):
             env[key] = value
     venv_bin = str(Path(sys.prefix) / "bin")
     env.update({
@@ -720,6 +563,8 @@ class ContainerSession(Session):
         self.cgroup_parent: str | None = None         # podman, docker
         self.runs = 0
         self.teardown_errors: list[str] = []
+        self.uses_gpu = deployment.device == "GPU"
+        self.gpu: GpuPassthrough | None = None       # runc: the device nodes and libraries passed in
         host = platform.docker_host or ""
         self.shares_host_kernel = self.engine != "docker" or not host or host.startswith("unix://")
 
@@ -780,6 +625,19 @@ class ContainerSession(Session):
             "limit_mechanism": "cgroup (container runtime)",
             "memory_limit_mib": self.platform.memory_mib,
         }
+        if self.uses_gpu:
+            self.info["gpu_passthrough"] = self._gpu_info()
+
+    def _gpu_info(self) -> dict:
+        """How this session's containers get the GPU (recorded in platform_info)."""
+        selection = self.platform.gpu_selection
+        if self.engine == "runc":
+            self.gpu = nvidia.host_gpu_passthrough(selection)
+            return {"mechanism": "OCI linux.devices + device cgroup rules + read-only driver library binds",
+                    "devices": [d.path for d in self.gpu.devices], "libraries": list(self.gpu.libraries)}
+        if self.engine == "podman":
+            return {"mechanism": "CDI", "args": podman_gpu_args(selection)}
+        return {"mechanism": "docker --gpus", "args": docker_gpu_args(selection)}
 
     def _docker_empty_image(self) -> str:
         """``e2ebench/hostroot:<tag>``: an empty root with the layout's symlinks, imported once per daemon."""
@@ -831,14 +689,14 @@ class ContainerSession(Session):
         spec.platform_info = {**self.info, "run": self.runs}
         spec_path = self.spec_dir / f"spec-{self.runs}.json"
         readonly, writable = self._binds_for(spec)
-        env = container_env()
+        env = container_env(gpu=self.uses_gpu)
         argv = [sys.executable, "-m", "e2ebench.worker", "--spec", str(spec_path)]
         if self.engine == "runc":
             make_oci_bundle(self.bundle_dir, argv, env, root=self.root_dir, readonly_binds=readonly,
                             writable_binds=writable, quota_cores=self.plan.quota_cores,
                             cpuset=list(self.plan.cpus) if self.plan.cpus else None,
                             cgroups_path=self.cgroups_path, network=self.platform.network, symlinks=self.symlinks,
-                            memory_mib=self.platform.memory_mib, memory_swap=swap_accounting())
+                            memory_mib=self.platform.memory_mib, memory_swap=swap_accounting(), gpu=self.gpu)
             # --keep: the stopped container keeps its cgroup (OOM counter, peak) until _remove_container
             keep = ["--keep"] if self.platform.memory_mib is not None else []
             command = ["runc", "run", *keep, "--bundle", str(self.bundle_dir), self.container_id]
@@ -891,47 +749,29 @@ class ContainerSession(Session):
         proc = _quiet(base + ["inspect", "--format", "{{.State.OOMKilled}}", self.container_id], timeout=30)
         return proc.returncode == 0 and proc.stdout.strip().lower() == "true"
 
-    def _limit_args(self) -> list[str]:
-        if self.plan.cpus is not None:
-            args = ["--cpuset-cpus", format_cpu_list(self.plan.cpus)]
-        else:
-            quota = self.plan.quota_cores
-            args = [] if quota is None else ["--cpus", f"{quota:g}"]
-        if self.platform.memory_mib is not None:   # memory + swap = memory: no swap on top of the limit
-            limit = f"{int(memory_lib.validate_memory_mib(self.platform.memory_mib))}m"
-            args += ["--memory", limit, "--memory-swap", limit]
-        return args
-
     def _common_run_args(self, env: dict[str, str], readonly: list[str], writable: list[str]) -> list[str]:
         # with a memory limit the stopped container stays for its OOMKilled state; _remove_container removes it
-        keep = self.platform.memory_mib is not None
-        args = ["run", *([] if keep else ["--rm"]), "--name", self.container_id, "--hostname", HOSTNAME, "--read-only",
-                "--cgroup-parent", self.cgroup_parent, "--workdir", "/"]
-        args += ["--network", "host"] if self.platform.network else ["--network", "none"]
-        args += self._limit_args()
-        for key, (soft, hard) in engine_rlimits(self.engine).items():
-            args += ["--ulimit", f"{key}={soft}:{hard}"]
-        for b in plan_binds(readonly, writable):
-            args += ["-v", f"{b.source}:{b.destination}:{'rw' if b.writable else 'ro'}"]
-        for key, value in env.items():
-            args += ["-e", f"{key}={value}"]
-        return args
+        limits = engine_limit_args(self.plan.cpus, self.plan.quota_cores if self.plan.cpus is None else None,
+                                   self.platform.memory_mib)
+        return engine_run_args(name=self.container_id, cgroup_parent=self.cgroup_parent or "", network=self.platform.network,
+                               limit_args=limits, rlimits=engine_rlimits(self.engine), readonly_binds=readonly,
+                               writable_binds=writable, env=env, keep=self.platform.memory_mib is not None)
 
     def _podman_run_argv(self, argv: list[str], env: dict[str, str], readonly: list[str], writable: list[str]) -> list[str]:
         base = podman_base_argv(self.platform.podman_root, self.platform.podman_runroot)
-        # --read-only also gives tmpfs /tmp, /var/tmp and /run (podman's --read-only-tmpfs default)
-        args = self._common_run_args(env, readonly, writable) + ["--shm-size", "1g"]
+        run_args = self._common_run_args(env, readonly, writable)
+        gpu_args = podman_gpu_args(self.platform.gpu_selection) if self.uses_gpu else []
         if self.image is not None:
-            return base + args + [self.image] + argv
+            return podman_run_argv(base, run_args, argv, image=self.image, gpu_args=gpu_args)
         mounts = [{"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}]
         mounts += [{"destination": b.destination, "type": "bind", "source": b.source} for b in plan_binds(readonly, writable)]
         prepare_mount_targets(self.root_dir, mounts)
-        return base + args + ["--rootfs", str(self.root_dir)] + argv
+        return podman_run_argv(base, run_args, argv, rootfs=str(self.root_dir), gpu_args=gpu_args)
 
     def _docker_run_argv(self, argv: list[str], env: dict[str, str], readonly: list[str], writable: list[str]) -> list[str]:
-        args = self._common_run_args(env, readonly, writable) + ["--tmpfs", "/tmp:rw,nosuid,nodev,mode=1777",
-                                                                   "--shm-size", "1g"]
-        return docker_base_argv(self.platform.docker_host) + args + [self.image] + argv
+        gpu_args = docker_gpu_args(self.platform.gpu_selection) if self.uses_gpu else []
+        return docker_run_argv(docker_base_argv(self.platform.docker_host), self._common_run_args(env, readonly, writable),
+                               argv, image=self.image, gpu_args=gpu_args)
 
     def _kill_container(self) -> None:
         """SIGKILL the container's processes now (the worker is PID 1 in its namespace and would
@@ -1032,6 +872,7 @@ class Container(Platform):
     order = 10
     devices = ("CPU", "GPU")
     shares_host_kernel = True
+    container = True
 
     @classmethod
     def supports(cls, deployment: Deployment, host: HostFacts) -> str | None:
@@ -1043,7 +884,7 @@ class Container(Platform):
 
     def __init__(self, engine: str | None = None, rootfs: str | None = None, network: bool | None = None,
                  docker_host: str | None = None, podman_root: str | None = None, podman_runroot: str | None = None,
-                 memory_mib: int | None = None):
+                 memory_mib: int | None = None, gpus: str | None = None):
         engine = (engine or os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE).strip().lower()
         if engine not in ENGINES:
             raise PlatformError(f"unknown container engine {engine!r}; accepted: {', '.join(ENGINES)}")
@@ -1059,6 +900,10 @@ class Container(Platform):
         self.podman_root = podman_root
         self.podman_runroot = podman_runroot
         self.memory_mib = memory_lib.platform_memory_mib(memory_mib)
+        try:
+            self.gpu_selection = parse_gpu_selection(gpus or os.environ.get(GPUS_ENV))
+        except ValueError as exc:
+            raise PlatformError(str(exc)) from None
         self._version: str | None = None
 
     def engine_version(self) -> str:
@@ -1096,10 +941,24 @@ class Container(Platform):
             fix += f"; or choose a working engine with {ENGINE_ENV}={usable[0]}"
         return Availability(False, f"{self.engine}: {chosen.reason}", fix=fix, details=details)
 
+    def gpu_problem(self) -> str | None:
+        """Why this engine cannot give a container the host's GPU here (one sentence), or None."""
+        passthrough = nvidia.host_gpu_passthrough(self.gpu_selection)
+        if self.engine == "podman":
+            return nvidia.container_gpu_problem("podman", passthrough, cdi=nvidia.cdi_spec())
+        if self.engine == "docker":
+            proc = _quiet(docker_base_argv(self.docker_host) + ["info", "--format", "{{json .Runtimes}}"], timeout=30)
+            runtimes = nvidia.parse_docker_runtimes(proc.stdout) if proc.returncode == 0 else set()
+            return nvidia.container_gpu_problem("docker", passthrough, docker_runtimes=runtimes,
+                                                docker_hook=shutil.which("nvidia-container-runtime-hook") is not None)
+        return nvidia.container_gpu_problem("runc", passthrough)
+
     @contextlib.contextmanager
     def session(self, deployment: Deployment, workdir: Path) -> Iterator[ContainerSession]:
-        if deployment.device != "CPU":
-            raise PlatformError("CN supports CPU deployments only in this version (no GPU passthrough)")
+        if deployment.device == "GPU":
+            problem = self.gpu_problem()
+            if problem:
+                raise PlatformError(f"CN ({self.engine}) cannot pass a GPU into the container: {problem}")
         if self.engine in ("runc", "podman") and os.geteuid() != 0:
             raise PlatformError(f"the {self.engine} engine needs root here")
         host_cpus = sorted(os.sched_getaffinity(0))
@@ -1128,6 +987,8 @@ class Container(Platform):
 
 __all__ = [
     "Bind", "Container", "ContainerSession", "ENGINES", "EngineCheck", "cgroup_dirs_of", "cgroup_hierarchies",
-    "container_cgroup_leftovers", "container_env", "make_oci_bundle", "oci_config", "plan_binds",
-    "remove_stale_containers", "runc_cgroups_path", "runc_containers",
+    "container_cgroup_leftovers", "container_env", "docker_base_argv", "engine_rlimits", "make_oci_bundle",
+    "oci_config", "plan_binds", "podman_base_argv", "remove_stale_containers", "runc_cgroups_path", "runc_containers",
+    # constants of container_config, kept importable from here
+    "DEFAULT_CAPABILITIES", "HOSTNAME", "MASKED_PATHS", "OCI_VERSION", "PODMAN_NPROC_CAP", "READONLY_PATHS",
 ]
