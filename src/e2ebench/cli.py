@@ -121,6 +121,7 @@ def public_result(result: dict) -> dict:
     keys += ("memory_limit_mib", "peak_memory_mib", "oom_killed")  # issue 10: memory limits
     keys += ("contended", "contention")  # issue 10: another e2ebench measurement ran on the run's cores
     keys += ("thread_policy", "thread_pools")  # issue 13: the thread policy and the pool sizes each library chose
+    keys += ("effective_gpus", "gpu_model")  # issue 12: the GPUs the worker saw (0 and null on a CPU run)
     out = {k: result.get(k) for k in keys}
     if out["errors"] is None:
         out["errors"] = {"count": 0, "fraction": 0.0, "samples": []}
@@ -162,6 +163,10 @@ def print_result(result: dict) -> None:
         quota = result.get("cpu_quota_cores")
         console.print(f"effective CPUs {cpus}; CFS quota {'none' if quota is None else f'{quota:g} cores'}; "
                       f"threads {result.get('threads')}")
+    if result.get("gpu_model"):
+        peak = (result.get("counters") or {}).get("gpu_memory_peak_bytes")
+        console.print(f"GPU {escape(str(result['gpu_model']))} ({result.get('effective_gpus')} visible to the worker); "
+                      f"peak GPU memory {'—' if peak is None else f'{peak / 2**20:.0f} MiB'}")
     pools = result.get("thread_pools") or {}
     if pools:
         shown = {k: "—" if v is None else v for k, v in pools.items()}

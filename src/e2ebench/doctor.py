@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from e2ebench import measure
-from e2ebench.platforms import cgroups, probe_all
+from e2ebench.platforms import cgroups, known_platform_class, probe_all
 
 
 def _sockets() -> int:
@@ -51,17 +51,45 @@ def _memory_gib() -> float:
     return 0.0
 
 
-def _gpu_status() -> dict:
-    from e2ebench.scenario import count_gpus
+PINNED_TORCH = "2.13.0"
 
-    n = count_gpus()
-    if n:
-        return {"status": "usable", "usable": True, "emulated": False, "reason": f"{n} NVIDIA GPU(s) visible", "fix": ""}
-    return {
-        "status": "unavailable", "usable": False, "emulated": False,
-        "reason": "no GPU visible (no /dev/nvidia* device); GPU deployments are infeasible here",
-        "fix": "run on a host with an NVIDIA GPU, its driver and a CUDA build of torch==2.13.0",
-    }
+
+def gpu_status(facts=None) -> dict:
+    """The GPU row of ``doctor``: usable only when ``torch.cuda.is_available()`` in this (the project's) environment.
+
+    Usable: names the GPUs, the driver and CUDA versions and torch's (a torch other than the pinned one is said, not
+    refused). Not usable: ``reason`` lists every missing part (device node, driver, CUDA build of torch) and ``fix``
+    says what to do about the first one.  The entry also carries :class:`~e2ebench.gpu.GpuFacts` as ``facts``."""
+    from e2ebench.gpu import gpu_facts
+
+    if facts is None:
+        facts = gpu_facts(import_torch=True)      # doctor always asks torch, device node or not
+    torch_note = ""
+    if facts.torch_version and not facts.torch_version.split("+")[0] == PINNED_TORCH:
+        torch_note = f" (not the pinned torch=={PINNED_TORCH}: results say which torch measured them)"
+    if facts.usable:
+        names = ", ".join(sorted(set(facts.names)))
+        return {"status": "usable", "usable": True, "emulated": False,
+                "reason": f"{facts.count} GPU(s) usable by torch.cuda: {names}; driver {facts.driver_version or 'unknown'}, "
+                          f"CUDA {facts.cuda_version}, torch {facts.torch_version}{torch_note}",
+                "fix": "", "facts": facts.as_dict()}
+    if not facts.device_nodes:
+        fix = "run on a host with an NVIDIA GPU and its driver, then scripts/setup --gpu (CUDA build of torch)"
+    elif "driver" in facts.reason:
+        fix = "install the NVIDIA driver (nvidia-smi must work), then scripts/setup --gpu"
+    elif "CPU build" in facts.reason:
+        fix = f"scripts/setup --gpu installs the CUDA build of torch=={PINNED_TORCH} and onnxruntime-gpu"
+    else:
+        fix = "check that the driver and torch's CUDA version agree (nvidia-smi, python -c 'import torch; torch.cuda.init()')"
+    return {"status": "unavailable", "usable": False, "emulated": False,
+            "reason": f"{facts.reason}; GPU deployments are infeasible here", "fix": fix, "facts": facts.as_dict()}
+
+
+def platform_entry(name: str, availability) -> dict:
+    """One row of ``platforms``: the probe's verdict plus what the registered class says it supports in principle
+    (title, CPU modes, devices, design limit, class); a third-party platform that does not load has only the verdict."""
+    cls = known_platform_class(name)
+    return {**availability.as_dict(), **({} if cls is None else cls.describe())}
 
 
 def collect() -> dict:
@@ -79,9 +107,9 @@ def collect() -> dict:
         "cgroups": why,
         "python": _platform.python_version(),
     }
-    platforms = {name: availability.as_dict() for name, availability in probe_all().items()}
+    platforms = {name: platform_entry(name, availability) for name, availability in probe_all().items()}
     devices = {"CPU": {"status": "usable", "usable": True, "emulated": False, "reason": f"{host['cpus']} CPUs", "fix": ""},
-               "GPU": _gpu_status()}
+               "GPU": gpu_status()}
     tools = {}
     for tool in ("runc", "podman", "docker", "qemu-system-x86_64", "busybox", "debootstrap", "espeak-ng", "firecracker"):
         path = shutil.which(tool)

@@ -26,6 +26,11 @@ The timed loop, per batch of LoadGen samples::
 
 The laps are consecutive, so they add up to ``e2e_s`` by construction; what checks them is
 ``window_wall_s`` from the outside clock, which io + pre + infer + post must cover to 99%.
+
+On a GPU (``device`` ``cuda`` or ``cuda:N``) the infer lap ends after the device's work has finished: every app
+copies its output back to the CPU inside ``infer``, and the worker calls ``torch.cuda.synchronize`` before the lap
+as well (it costs microseconds when nothing is queued), so that an app returning a device tensor cannot move GPU time
+into ``post``.  Pre-processing stays where the app does it (on the CPU).
 """
 
 from __future__ import annotations
@@ -198,6 +203,63 @@ def _thread_pools(app, limits) -> dict:
 LAPS_COVERAGE_MIN = 0.99
 
 
+def _cuda_index(device: str) -> int | None:
+    """``cuda`` -> 0, ``cuda:N`` -> N, anything else (``cpu``) -> None."""
+    kind, _, index = str(device).partition(":")
+    if kind != "cuda":
+        return None
+    if index and not index.isdigit():
+        raise ValueError(f"bad device {device!r}: expected cpu, cuda or cuda:N")
+    return int(index or 0)
+
+
+def open_gpu(device: str) -> dict:
+    """The GPU facts a run records, checked before the model is loaded: ``effective_gpus`` (the CUDA devices this
+    process sees: what the platform passed in), ``gpu_model``, ``cuda_version``, ``gpu_driver_version``.
+
+    A CPU run gets 0 and None without touching CUDA.  A GPU run where torch cannot use a GPU (a CPU build of torch,
+    no device node or driver inside the platform) fails here with every missing part named, instead of later in
+    the app's ``.to("cuda")``."""
+    index = _cuda_index(device)
+    if index is None:
+        return {"effective_gpus": 0, "gpu_model": None, "cuda_version": None, "gpu_driver_version": None}
+    import torch
+
+    from e2ebench.apps.base import AppError
+    from e2ebench.gpu import driver_version, gpu_facts
+
+    if not torch.cuda.is_available():
+        raise AppError(f"device {device} asked for, but torch cannot use a GPU in this platform: "
+                       f"{gpu_facts(import_torch=True).reason}")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise AppError(f"device {device} asked for, but this platform shows torch {count} GPU(s)")
+    return {"effective_gpus": count, "gpu_model": torch.cuda.get_device_name(index),
+            "cuda_version": torch.version.cuda, "gpu_driver_version": driver_version()}
+
+
+def device_synchronize(device: str):
+    """A callable that waits until the device has finished its queued work: ``torch.cuda.synchronize`` on that GPU,
+    a no-op on the CPU (bound once, so the timed loop does not branch on the device)."""
+    index = _cuda_index(device)
+    if index is None:
+        return lambda: None
+    import torch
+
+    return lambda: torch.cuda.synchronize(index)
+
+
+def gpu_memory_peak_bytes(device: str) -> int:
+    """The most GPU memory torch's allocator held for this process so far (model, activations; as ``peak_rss_bytes``
+    counts the whole process, not the window); 0 on a CPU run."""
+    index = _cuda_index(device)
+    if index is None:
+        return 0
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(index))
+
+
 class Worker:
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
@@ -212,6 +274,7 @@ class Worker:
         self.thread_ids: dict = {"load": None, "warmup": None, "infer": set()}
         self.window = None
         self.notes: list[str] = []
+        self.synchronize = device_synchronize(spec.device)     # ends every infer lap after the device's work
 
     def run(self) -> dict:
         spec = self.spec
@@ -262,6 +325,9 @@ class Worker:
         from pathlib import Path
 
         self.thread_ids["load"] = threading.get_native_id()
+        gpu = open_gpu(spec.device)             # a GPU run without a usable GPU fails here, with the reason
+        result["effective_gpus"] = gpu["effective_gpus"]
+        result["gpu_model"] = gpu["gpu_model"]
         # threads=None (framework-default): the app sets no thread count in any library
         app.load(spec.device, None if _framework_default(spec) else int(spec.threads),
                  Path(spec.weights) if spec.weights else None)
@@ -317,7 +383,7 @@ class Worker:
         if self.batch_sizes:
             result["batch_size"] = max(self.batch_sizes)
         result["batch_size_requested"] = spec.batch_size
-        result["counters"] = window.counters()
+        result["counters"] = {**window.counters(), "gpu_memory_peak_bytes": gpu_memory_peak_bytes(spec.device)}
         result["threads"] = {**app.library_threads(), "process_threads": len(os.listdir("/proc/self/task"))}
         result["thread_pools"] = _thread_pools(app, limits)
         result["compute_threads"] = {
@@ -329,7 +395,8 @@ class Worker:
         result["thread_affinity"] = _thread_affinities()
         result["bind_cpus"] = spec.bind_cpus
         result["loadgen"] = _loadgen_summary(spec.output_dir) if spec.mode != "inference-only" else {"result_valid": None}
-        result["environment"] = measure.environment(_library_versions())
+        result["environment"] = {**measure.environment(_library_versions()), "cuda_version": gpu["cuda_version"],
+                                 "gpu_driver_version": gpu["gpu_driver_version"]}
         result["platform_info"] = spec.platform_info
         try:
             result["quality"] = app.quality([answer for _, answer in self.answers],
@@ -376,7 +443,9 @@ class Worker:
                 continue
         if items:
             batch = app.collate(items)
-            app.postprocess(app.infer(batch), batch)
+            output = app.infer(batch)
+            self.synchronize()
+            app.postprocess(output, batch)
         return len(items)
 
     def timed_batch_size(self) -> int:
@@ -439,6 +508,7 @@ class Worker:
         batch = app.collate(items)
         clock.lap("pre")
         output = app.infer(batch)
+        self.synchronize()
         clock.lap("infer")
         answers = app.postprocess(output, batch)
         end = clock.lap("post")
@@ -516,6 +586,7 @@ class Worker:
         for batch, size in zip(batches, sizes):
             start = last
             app.infer(batch)
+            self.synchronize()
             last = clock.lap("infer")
             self.service_ns.extend([last - start] * size)
             self.batch_sizes.add(size)
