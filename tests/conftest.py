@@ -80,3 +80,62 @@ def run_json(args: list[str], **kw) -> tuple[int, dict | None, str]:
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     payload = json.loads(lines[-1]) if lines else None
     return proc.returncode, payload, proc.stderr
+
+
+# -- RunResults for tests that need stored runs without running anything ---------------------------------------
+
+PHASE_NAMES = ("io", "pre", "infer", "post", "other")
+
+
+def make_result(scenario: str = "ic@BM/2/PIN/CPU", e2e_s: float | None = 1.5, *, error: str | None = None,
+                phases_s: dict | None = None, requests: int = 8, started_at: float = 100.0, host_cpus: int = 2,
+                extra: dict | None = None, **overrides):
+    """A :class:`~e2ebench.result.RunResult` made by the constructors the code uses.
+
+    ``e2e_s`` None (or ``error`` with ``e2e_s`` None): a failed run from ``RunResult.failure``; otherwise a measured
+    run from ``RunResult.success`` whose values agree with each other (phases sum to ``e2e_s`` unless ``phases_s``
+    is given, throughput = requests / E2E, CPUs and quota as the deployment asks).  ``overrides``: any field by name
+    (a misspelt one is a TypeError); ``extra``: keys the RunResult does not know, kept as a newer writer's would be.
+    """
+    from e2ebench.result import RunResult
+    from e2ebench.runner import Workload
+    from e2ebench.scenario import Scenario
+
+    parsed = Scenario.parse(scenario)
+    dep = parsed.deployment
+    workload = Workload(requests=requests, batch_size=2, loadgen_scenario="offline", backend="torch", variant="full")
+    if e2e_s is None:
+        result = RunResult.failure(parsed, workload, error or "worker failed: boom", started_at,
+                                   **{"finished_at": started_at + 1.5, **overrides})
+    else:
+        phases = phases_s if phases_s is not None else {"io": 0.1 * e2e_s, "pre": 0.2 * e2e_s, "infer": 0.6 * e2e_s,
+                                                        "post": 0.05 * e2e_s, "other": 0.05 * e2e_s}
+        per_request_ms = 1000 * e2e_s / requests
+        latency = {"p50": per_request_ms, "p90": 1.5 * per_request_ms, "p99": 2 * per_request_ms,
+                   "mean": per_request_ms, "max": 2.2 * per_request_ms}
+        cold = {"provision_s": 0.2, "process_start_s": 0.1, "import_s": 1.0, "model_load_s": 0.5,
+                "first_inference_s": 0.2}
+        measured = dict(
+            scenario=str(parsed), app=parsed.app, deployment=dep.as_dict(), started_at=started_at,
+            e2e_s=e2e_s, phases_s=phases, mode=parsed.mode, cache=parsed.cache, thread_policy=parsed.threads,
+            requests=requests, batch_size=2, batch_size_requested=2, loadgen_scenario="offline", backend="torch",
+            variant="full", completed=requests, throughput_sps=requests / e2e_s if e2e_s else None,
+            window_wall_s=e2e_s, laps_coverage=0.999, laps_cover_window=True,
+            service_time_ms=latency, latency_ms=dict(latency),
+            loadgen_latency_ms={k: 10 * v for k, v in latency.items()}, warmup_requests=2,
+            cold_start=cold, cold_start_s=sum(cold.values()),
+            effective_cpus=list(range(dep.cores)) if dep.cpu_mode == "PIN" else list(range(host_cpus)),
+            cpu_quota_cores=None if dep.cpu_mode == "PIN" else float(dep.cores),
+            threads={"torch_intra_op": dep.cores, "process_threads": dep.cores + 3},
+            counters={"voluntary_ctx_switches": 100, "involuntary_ctx_switches": 10, "cpu_migrations": 3,
+                      "nr_throttled": 0, "throttled_time_s": 0.0, "steal_s": 0.0, "user_cpu_s": e2e_s,
+                      "system_cpu_s": 0.01, "peak_rss_bytes": 10 ** 9},
+            errors={"count": 0, "fraction": 0.0, "limit_fraction": 0.01, "samples": []}, error=error,
+            quality={}, environment={"cpu_model": "Test CPU", "host_cpus": host_cpus, "kernel": "6.1.0-test"},
+            loadgen={"result_valid": True}, platform_info={"platform": dep.platform},
+            contended=False, contention=[], finished_at=started_at + e2e_s + 2.0,
+        )
+        measured.update(overrides)
+        result = RunResult.success(**measured)
+    result.extra.update(extra or {})
+    return result

@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import make_result
 from e2ebench.cli import public_result
-from e2ebench.runner import Workload, _spec_for, execute, failed_result
+from e2ebench.result import RunResult
+from e2ebench.runner import Workload, _spec_for, execute
 from e2ebench.scenario import Scenario
 
 CLI = [sys.executable, "-c", "from e2ebench.cli import main; main()"]
@@ -52,9 +54,9 @@ def test_the_spec_and_a_failed_result_carry_the_cache(tmp_path):
     spec = _spec_for(cold, workload, tmp_path, tmp_path)
     assert spec.cache == "cold" and spec.mode == "e2e"
     assert _spec_for(Scenario.parse("ic@BM/1/VNL/CPU"), workload, tmp_path, tmp_path).cache == "warm"
-    failed = failed_result(cold, workload, "boom", 0.0)
-    assert failed["cache"] == "cold" and failed["scenario"] == "ic@BM/1/VNL/CPU#cold-cache"
-    out = public_result(failed)
+    failed = RunResult.failure(cold, workload, "boom", 0.0)
+    assert failed.cache == "cold" and failed.scenario == "ic@BM/1/VNL/CPU#cold-cache"
+    out = public_result(failed.as_dict())
     assert out["cache"] == "cold"
 
 
@@ -83,15 +85,13 @@ class _FakeSession:
 
 def test_execute_passes_the_cache_to_the_worker_and_names_the_scenario(tmp_path):
     # a worker that does not know the cache suffix: the runner's scenario string wins
-    worker_result = {"schema": "e2ebench.run/1", "scenario": "ic@BM/1/VNL/CPU", "app": "ic", "mode": "e2e",
-                     "deployment": {"platform": "BM", "cores": 1, "cpu_mode": "VNL", "device": "CPU"},
-                     "e2e_s": 1.0, "error": None}
+    worker_result = make_result("ic@BM/1/VNL/CPU", 1.0, host_cpus=1).as_dict()
     session = _FakeSession(worker_result)
     cold = Scenario.parse("ic@BM/1/VNL/CPU#cold-cache")
     result = execute(session, cold, Workload(requests=4, batch_size=2), tmp_path, tmp_path / "logs")
     assert session.spec.cache == "cold"
-    assert result["scenario"] == "ic@BM/1/VNL/CPU#cold-cache" and result["cache"] == "cold"
-    assert json.loads(json.dumps(public_result(result)))["cache"] == "cold"
+    assert result.scenario == "ic@BM/1/VNL/CPU#cold-cache" and result.cache == "cold"
+    assert json.loads(json.dumps(public_result(result.as_dict())))["cache"] == "cold"
 
 
 def test_study_plan_shows_cold_cache_scenarios(tmp_path):

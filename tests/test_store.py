@@ -3,37 +3,27 @@ import sqlite3
 
 import pytest
 
+from conftest import make_result
 from e2ebench.store import ADHOC_STUDY, SCHEMA_VERSION, Store, StoreError
-
-
-def make_result(scenario="ic@BM/2/PIN/CPU", e2e=1.5, error=None):
-    app, dep = scenario.split("@")
-    platform, cores, mode, device = dep.split("/")
-    return {
-        "schema": "e2ebench.run/1", "scenario": scenario, "app": app, "mode": "e2e",
-        "deployment": {"platform": platform, "cores": int(cores), "cpu_mode": mode, "device": device},
-        "requests": 8, "e2e_s": e2e, "phases_s": {"io": 0.1, "pre": 0.2, "infer": 1.0, "post": 0.1, "other": 0.1},
-        "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0}, "throughput_sps": 8 / e2e if e2e else None, "emulated": False,
-        "error": error, "started_at": 100.0, "finished_at": 101.5, "cold_start_s": 2.0,
-    }
 
 
 def test_round_trip(tmp_path):
     path = tmp_path / "r.sqlite"
     with Store(path) as store:
         run_id = store.add_run(make_result())
-        failed_id = store.add_run(make_result(e2e=None, error="boom"))
+        failed_id = store.add_run(make_result(e2e_s=None, error="boom"))
     with Store(path) as store:
         assert store.schema_version == SCHEMA_VERSION
         runs = store.runs(phase=None)
         assert [r["id"] for r in runs] == [run_id, failed_id]
         ok, failed = runs
         assert ok["status"] == "ok" and ok["e2e_s"] == 1.5 and ok["platform"] == "BM" and ok["cores"] == 2
-        assert ok["result"] == make_result()
+        assert ok["result"] == make_result().as_dict()
         assert failed["status"] == "failed" and failed["error"] == "boom" and failed["e2e_s"] is None
         assert ok["study_id"] == ADHOC_STUDY
         rows = store.export_rows()
-        assert rows[0]["infer_s"] == 1.0 and rows[0]["latency_p99_ms"] == 3.0
+        assert rows[0]["infer_s"] == make_result().phases_s["infer"] == 0.6 * 1.5
+        assert rows[0]["latency_p99_ms"] == make_result().latency_ms["p99"]
 
 
 def test_indexed_columns_and_schema_version(tmp_path):
@@ -56,7 +46,7 @@ def test_studies_and_resume_counts(tmp_path):
         sid = store.create_study("quick", {"apps": ["ic"]}, source="studies/quick.toml")
         store.add_run(make_result(), study_id=sid, phase="warmup", seq=0)
         store.add_run(make_result(), study_id=sid, seq=0)
-        store.add_run(make_result(e2e=None, error="x"), study_id=sid, seq=1)
+        store.add_run(make_result(e2e_s=None, error="x"), study_id=sid, seq=1)
         counts = store.run_counts(sid)
         assert counts[("ic@BM/2/PIN/CPU", "measure")] == {"ok": 1, "failed": 1, "next_seq": 2}
         assert counts[("ic@BM/2/PIN/CPU", "warmup")]["next_seq"] == 1
@@ -70,8 +60,7 @@ def test_studies_and_resume_counts(tmp_path):
 def test_a_failing_insert_leaves_the_store_unchanged(tmp_path):
     with Store(tmp_path / "r.sqlite") as store:
         store.add_run(make_result())
-        bad = make_result()
-        bad["not_json"] = object()
+        bad = make_result(extra={"not_json": object()})
         with pytest.raises(TypeError):
             store.add_run(bad)
         assert len(store.runs(phase=None)) == 1
@@ -82,11 +71,11 @@ def test_cold_and_warm_runs_are_kept_apart(tmp_path):
     with Store(tmp_path / "r.sqlite") as store:
         sid = store.create_study("cache", {})
         store.add_run(make_result(), study_id=sid, seq=0)
-        cold = make_result()
-        cold.update(scenario="ic@BM/2/PIN/CPU#cold-cache", cache="cold")
+        cold = make_result("ic@BM/2/PIN/CPU#cold-cache")
+        assert cold.cache == "cold"
         store.add_run(cold, study_id=sid, seq=0)           # same seq, other scenario: no conflict
         # a result without the field: the scenario's suffix says it
-        legacy = dict(cold)
+        legacy = cold.as_dict()
         del legacy["cache"]
         store.add_run(legacy, study_id=sid, seq=1)
         runs = store.runs(study_id=sid)
@@ -144,7 +133,8 @@ def _v1_store(path):
     db.executescript(SCHEMA_V1)
     db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '1')")
     db.execute("INSERT INTO studies(id, name, source, config_json, created_at) VALUES ('old', 'old', NULL, '{}', 1.0)")
-    for seq, (result, status) in enumerate(((make_result(), "ok"), (make_result(e2e=None, error="x"), "failed"))):
+    for seq, (result, status) in enumerate(((make_result().as_dict(), "ok"),
+                                            (make_result(e2e_s=None, error="x").as_dict(), "failed"))):
         db.execute(
             "INSERT INTO runs(study_id, scenario, app, platform, cores, cpu_mode, device, mode, phase, seq, status, "
             "outlier, started_at, finished_at, e2e_s, emulated, error, result_json) "
@@ -161,12 +151,10 @@ def test_a_version_1_store_is_migrated_and_still_reads(tmp_path):
         assert store.schema_version == SCHEMA_VERSION == 4
         runs = store.runs(study_id="old", phase=None)
         assert [(r["status"], r["cache"], r["seq"]) for r in runs] == [("ok", "warm", 0), ("failed", "warm", 1)]
-        assert runs[0]["result"] == make_result() and runs[0]["e2e_s"] == 1.5
+        assert runs[0]["result"] == make_result().as_dict() and runs[0]["e2e_s"] == 1.5
         assert store.run_counts("old")[("ic@BM/2/PIN/CPU", "measure")] == {"ok": 1, "failed": 1, "next_seq": 2}
         # new runs go in next to the old ones, a cold one with its state
-        cold = make_result()
-        cold.update(scenario="ic@BM/2/PIN/CPU#cold-cache", cache="cold")
-        store.add_run(cold, study_id="old", seq=0)
+        store.add_run(make_result("ic@BM/2/PIN/CPU#cold-cache"), study_id="old", seq=0)
         assert [r["cache"] for r in store.runs(study_id="old", status="ok")] == ["warm", "cold"]
     db = sqlite3.connect(path)
     columns = {row[1]: row for row in db.execute("PRAGMA table_info(runs)")}

@@ -42,6 +42,7 @@ import math
 from collections import defaultdict
 from typing import Any, Sequence
 
+from e2ebench.result import RunResult
 from e2ebench.scenario import PLATFORMS, Deployment, Scenario, cache_title, scenario_string
 from e2ebench.stats import ConfidenceInterval, confidence_interval, mean, stdev, t_critical
 from e2ebench.store import ADHOC_STUDY
@@ -247,13 +248,12 @@ def _num(value: Any) -> float | None:
 
 
 def _run_host_cores(run: dict) -> tuple[int | None, str]:
-    result = run.get("result") or {}
-    info = result.get("platform_info") or {}
-    host = _num(info.get("host_cpus"))
+    result = RunResult.from_dict(run.get("result") or {})
+    host = _num((result.platform_info or {}).get("host_cpus"))
     if host:
         return int(host), "platform_info.host_cpus"
     if run["platform"] in ("BM", "CN"):
-        host = _num((result.get("environment") or {}).get("host_cpus"))
+        host = _num((result.environment or {}).get("host_cpus"))
         if host:
             return int(host), "environment.host_cpus"
     return None, "unknown"
@@ -275,14 +275,15 @@ def _configured_host_cores(study: dict) -> int | None:
 ADHOC_OTHER_WORKLOAD = "another workload than the app's latest ad-hoc run"
 
 
-def workload_of(result: dict) -> tuple:
+def workload_of(result: dict | RunResult) -> tuple:
     """What a run measured besides its scenario: requests, batch size, variant, backend, LoadGen scenario, app options
-    and weights.  A study gives every run of an app the same; ``e2ebench run`` takes them from its command line."""
-    info = result.get("app_info") or {}
-    batch = result.get("batch_size_requested") or result.get("batch_size")
+    and weights.  A study gives every run of an app the same; ``e2ebench run`` takes them from its command line.
+    ``result``: a stored run's JSON (any version) or a RunResult."""
+    run = result if isinstance(result, RunResult) else RunResult.from_dict(result)
+    info = run.app_info or {}
+    batch = run.batch_size_requested or run.batch_size
     options = tuple(sorted((str(k), repr(v)) for k, v in (info.get("options") or {}).items()))
-    return (result.get("requests"), batch, result.get("variant"), result.get("backend"),
-            result.get("loadgen_scenario"), options, info.get("weights"))
+    return (run.requests, batch, run.variant, run.backend, run.loadgen_scenario, options, info.get("weights"))
 
 
 def describe_workload(workload: tuple) -> str:

@@ -121,6 +121,7 @@ def public_result(result: dict) -> dict:
     keys += ("memory_limit_mib", "peak_memory_mib", "oom_killed")  # issue 10: memory limits
     keys += ("contended", "contention")  # issue 10: another e2ebench measurement ran on the run's cores
     keys += ("thread_policy", "thread_pools")  # issue 13: the thread policy and the pool sizes each library chose
+    keys += ("result_schema",)  # issue 12: the version of the typed RunResult (e2ebench.result)
     keys += ("effective_gpus", "gpu_model")  # issue 12: the GPUs the worker saw (0 and null on a CPU run)
     out = {k: result.get(k) for k in keys}
     if out["errors"] is None:
@@ -329,10 +330,10 @@ def run(
             progress(f"measuring {sc}")
             result = run_single(sc, workload, store=store, progress=progress, platform_options=platform_options)
     if as_json:
-        emit_json(public_result(result))
+        emit_json(public_result(result.as_dict()))
     else:
-        print_result(result)
-    raise typer.Exit(EXIT_FAILED if result.get("error") else EXIT_OK)
+        print_result(result.as_dict())
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
 # ---------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from typing import Callable, Iterator
 from e2ebench.housekeeping import clean_leftovers, other_measurements, temp_prefix
 from e2ebench.lifecycle import Lifeline
 from e2ebench.platforms.base import Session
+from e2ebench.result import RunResult
 from e2ebench.scenario import Scenario, policy_threads
-from e2ebench.spec import WorkerFailure, WorkerSpec, RESULT_SCHEMA
+from e2ebench.spec import WorkerFailure, WorkerSpec
 
 DEFAULT_TIMEOUT_S = 1800.0
 DATA_CAP = 256
@@ -88,8 +89,10 @@ def default_data(app: str, count: int, variant: str = "full", seed: int = 0, opt
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def verify_limits(result: dict, expected_cpus: list[int] | None, expected_quota: float | None) -> str | None:
+def verify_limits(result: RunResult | dict, expected_cpus: list[int] | None, expected_quota: float | None) -> str | None:
     """Compare what the worker saw with what the deployment asked for; a message when they differ."""
+    if isinstance(result, RunResult):
+        result = result.as_dict()
     problems = []
     seen_cpus = result.get("effective_cpus")
     if expected_cpus is not None and sorted(seen_cpus or []) != sorted(expected_cpus):
@@ -136,31 +139,7 @@ def _spec_for(scenario: Scenario, workload: Workload, data: Path, output_dir: Pa
     )
 
 
-def failed_result(scenario: Scenario, workload: Workload, message: str, started_at: float,
-                  extra: dict | None = None) -> dict:
-    result = {
-        "schema": RESULT_SCHEMA,
-        "scenario": str(scenario),
-        "app": scenario.app,
-        "mode": scenario.mode,
-        "cache": scenario.cache,
-        "thread_policy": scenario.threads,
-        "deployment": scenario.deployment.as_dict(),
-        "requests": workload.requests,
-        "batch_size": workload.batch_size,
-        "loadgen_scenario": workload.loadgen_scenario,
-        "backend": workload.backend,
-        "emulated": False,
-        "error": message,
-        "started_at": started_at,
-        "finished_at": time.time(),
-    }
-    if extra:
-        result.update(extra)
-    return result
-
-
-def execute(session: Session, scenario: Scenario, workload: Workload, data: Path, logs_dir: Path) -> dict:
+def execute(session: Session, scenario: Scenario, workload: Workload, data: Path, logs_dir: Path) -> RunResult:
     """One run in an open session.  Never raises for a failed run: the result carries ``error``."""
     started = time.time()
     logs_dir.mkdir(parents=True, exist_ok=True)
@@ -172,48 +151,48 @@ def execute(session: Session, scenario: Scenario, workload: Workload, data: Path
         with Lifeline(logs_dir) as lifeline:
             if session.shares_host_kernel:
                 spec.lifeline = session.host_path(lifeline.path)
-            result = session.run_worker(spec, timeout=workload.timeout_s)
+            result = RunResult.from_dict(session.run_worker(spec, timeout=workload.timeout_s))
     except WorkerFailure as exc:
-        return failed_result(scenario, workload, f"worker failed: {exc}", started,
-                             {"output_tail": exc.output_tail[-4000:], "emulated": session.emulated,
-                              "platform_info": session.info})
+        return RunResult.failure(scenario, workload, f"worker failed: {exc}", started,
+                                 output_tail=exc.output_tail[-4000:], emulated=session.emulated,
+                                 platform_info=session.info)
     except Exception as exc:
-        return failed_result(scenario, workload, f"{type(exc).__name__}: {exc}", started,
-                             {"output_tail": traceback.format_exc()[-4000:], "platform_info": session.info})
+        return RunResult.failure(scenario, workload, f"{type(exc).__name__}: {exc}", started,
+                                 output_tail=traceback.format_exc()[-4000:], platform_info=session.info)
     _record_contention(result, contention, other_measurements(host_cpus))
     # The scenario (with its cache state) is the runner's: the worker's string may not carry the cache suffix.
-    result["scenario"] = str(scenario)
-    result["cache"] = scenario.cache
-    result["thread_policy"] = scenario.threads
-    result["emulated"] = bool(result.get("emulated") or session.emulated)
-    result["started_at"] = started
-    result["finished_at"] = time.time()
-    result["logs_dir"] = str(logs_dir)
-    cold = dict(result.get("cold_start") or {})
+    result.scenario = str(scenario)
+    result.cache = scenario.cache
+    result.thread_policy = scenario.threads
+    result.emulated = bool(result.emulated or session.emulated)
+    result.started_at = started
+    result.finished_at = time.time()
+    result.logs_dir = str(logs_dir)
+    cold = dict(result.cold_start or {})
     cold["provision_s"] = session.provision_s
-    result["cold_start"] = cold
-    if result.get("cold_start_s") is not None:
-        result["cold_start_s"] = sum(v for v in cold.values() if isinstance(v, (int, float)))
-    if not result.get("error"):
+    result.cold_start = cold
+    if result.cold_start_s is not None:
+        result.cold_start_s = sum(v for v in cold.values() if isinstance(v, (int, float)))
+    if not result.error:
         expected_cpus, expected_quota = session.expected_limits()
         mismatch = verify_limits(result, expected_cpus, expected_quota)
         if mismatch:
-            result["error"] = mismatch
+            result.error = mismatch
     return result
 
 
-def _record_contention(result: dict, before: list[dict], after: list[dict]) -> None:
+def _record_contention(result: RunResult, before: list[dict], after: list[dict]) -> None:
     """``contended``: another e2ebench measurement ran on this run's cores when it started or ended
     (``contention`` says which: pid, what, owner, CPUs).  Checked at both ends of the run, not in between."""
     seen: dict[int, dict] = {}
     for moment, procs in (("start", before), ("end", after)):
         for proc in procs:
             seen.setdefault(proc["pid"], {**proc, "seen_at": []})["seen_at"].append(moment)
-    result["contended"] = bool(seen)
-    result["contention"] = list(seen.values())
+    result.contended = bool(seen)
+    result.contention = list(seen.values())
     if seen:
         what = ", ".join(f"{p['what']} {p['pid']} of e2ebench process {p['owner_pid']}" for p in seen.values())
-        result.setdefault("warnings", []).append(
+        result.warnings.append(
             f"another e2ebench measurement ran on this run's cores ({what}): the run is flagged contended")
 
 
@@ -241,7 +220,7 @@ def housekeeping(say: Callable[[str], None] | None = None) -> list[str]:
 
 def run_single(scenario: Scenario, workload: Workload, store=None, study_id: str | None = None,
                results_dir: Path = Path("results"), progress: Callable[[str], None] | None = None,
-               platform_options: dict | None = None) -> dict:
+               platform_options: dict | None = None) -> RunResult:
     """Provision, run once, tear down, store.  Returns the RunResult (``error`` set on failure)."""
     from e2ebench.platforms import get_platform
     from e2ebench.store import ADHOC_STUDY
@@ -266,7 +245,7 @@ def run_single(scenario: Scenario, workload: Workload, store=None, study_id: str
                 say(f"running {scenario}")
                 result = execute(session, scenario, workload, data, logs_dir)
         except Exception as exc:
-            result = failed_result(scenario, workload, f"provisioning failed: {type(exc).__name__}: {exc}", started)
+            result = RunResult.failure(scenario, workload, f"provisioning failed: {type(exc).__name__}: {exc}", started)
     if store is not None:
-        result["run_id"] = store.add_run(result, study_id=study_id or ADHOC_STUDY)
+        result.run_id = store.add_run(result, study_id=study_id or ADHOC_STUDY)
     return result

@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
 
+from e2ebench.result import RunResult
+
 SCHEMA_VERSION = 4
 DEFAULT_STORE = Path("results") / "e2ebench.sqlite"
 ADHOC_STUDY = "adhoc"
@@ -585,15 +587,21 @@ class Store:
         return out
 
     # -- runs ---------------------------------------------------------------------------
-    def add_run(self, result: dict, study_id: str = ADHOC_STUDY, phase: str = "measure", seq: int | None = None,
-                status: str | None = None, error: str | None = None, run_uuid: str | None = None) -> int:
+    def add_run(self, result: RunResult | dict, study_id: str = ADHOC_STUDY, phase: str = "measure",
+                seq: int | None = None, status: str | None = None, error: str | None = None,
+                run_uuid: str | None = None) -> int:
         """Store one RunResult (a failed run too) atomically; return its row id.
+
+        ``result``: a :class:`~e2ebench.result.RunResult`, stored as its JSON object, or such an object already
+        (a spill file's, an older version's), stored as it is.
 
         The run's identity (``run_uuid``, random when not given) is fixed before anything is written: storing the
         same identity again returns the stored row.  When the store cannot take the run (full, read-only, damaged,
         I/O error, locked), the run is written to a spill file and the :class:`StoreFault` raised names it, so that
         nothing measured is lost; the next writable opening of the store imports it.
         """
+        if isinstance(result, RunResult):
+            result = result.as_dict()
         status = status or ("failed" if result.get("error") else "ok")
         record = {
             "format": PENDING_FORMAT, "store": str(self.path.resolve()), "uuid": run_uuid or uuid.uuid4().hex,

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-from e2ebench.runner import Workload, default_data, execute, failed_result, housekeeping, platform_workdir
+from e2ebench.result import RunResult
+from e2ebench.runner import Workload, default_data, execute, housekeeping, platform_workdir
 from e2ebench.stats import (StopDecision, confidence_interval, outlier_mask, predicted_runs_needed,
                             stopping_decision)
 from e2ebench.store import ADHOC_STUDY, Store
@@ -392,12 +393,12 @@ class StudyRunner:
         t0 = time.perf_counter()
         result = self.execute_run(state, phase, seq)           # KeyboardInterrupt: nothing stored
         wall_s = time.perf_counter() - t0
-        result["run_wall_s"] = wall_s
-        result["study_id"] = self.study_id
+        result.run_wall_s = wall_s
+        result.study_id = self.study_id
         run_id = self.store.add_run(result, study_id=self.study_id, phase=phase, seq=seq)
         self.current = None
         self.runs_this_session += 1
-        ok = not result.get("error")
+        ok = result.ok
         state.run_wall_s.append(wall_s)
         if phase == PHASE_WARMUP:
             state.warmup_next_seq = seq + 1
@@ -406,24 +407,24 @@ class StudyRunner:
         if ok:
             state.consecutive_failures = 0
             if phase == PHASE_MEASURE:
-                state.measured.append((run_id, float(result["e2e_s"])))
+                state.measured.append((run_id, float(result.e2e_s)))
                 state.outliers[run_id] = False
                 self._update_outliers(state)
         else:
             state.failures += 1
             state.consecutive_failures += 1
-            state.last_error = str(result.get("error"))
+            state.last_error = str(result.error)
         state.refresh_status(self.policy, self.keep_outliers)
         mean_s, hw_pct, n = self.summary_of(state)
         event = RunEvent(
             study_id=self.study_id, scenario=state.key, seq=seq, phase=phase, status="ok" if ok else "failed",
-            e2e_s=finite_or_none(result.get("e2e_s")) if ok else None, mean_s=mean_s, ci_halfwidth_pct=hw_pct, n=n,
-            run_id=run_id, outlier=state.outliers.get(run_id, False), error=None if ok else str(result.get("error")),
+            e2e_s=finite_or_none(result.e2e_s) if ok else None, mean_s=mean_s, ci_halfwidth_pct=hw_pct, n=n,
+            run_id=run_id, outlier=state.outliers.get(run_id, False), error=None if ok else str(result.error),
             scenario_status=state.status, run_wall_s=wall_s,
         )
         self.observer.run_finished(event, state)
 
-    def execute_run(self, state: ScenarioState, phase: str, seq: int) -> dict:
+    def execute_run(self, state: ScenarioState, phase: str, seq: int) -> RunResult:
         """One run: provision the deployment, run the worker, tear down.  Never raises for a failed run."""
         from e2ebench.platforms import get_platform
 
@@ -434,8 +435,8 @@ class StudyRunner:
         try:
             data = self._data_for(state, workload)
         except Exception as exc:
-            return failed_result(scenario, workload, f"preparing the data set failed: {type(exc).__name__}: {exc}",
-                                 started)
+            return RunResult.failure(scenario, workload, f"preparing the data set failed: {type(exc).__name__}: {exc}",
+                                     started)
         slug = str(scenario).replace("/", "_").replace("@", "_").replace("#", "_")
         logs_dir = (self.results_dir / "logs" / self.study_id / f"{slug}-{phase}-{seq}").resolve()
         with platform_workdir() as tmp:
@@ -445,7 +446,8 @@ class StudyRunner:
                 with platform.session(scenario.deployment, tmp) as session:
                     return execute(session, scenario, workload, data, logs_dir)
             except Exception as exc:
-                return failed_result(scenario, workload, f"provisioning failed: {type(exc).__name__}: {exc}", started)
+                return RunResult.failure(scenario, workload, f"provisioning failed: {type(exc).__name__}: {exc}",
+                                         started)
 
     def _data_for(self, state: ScenarioState, workload: Workload) -> Path:
         if state.data is None:

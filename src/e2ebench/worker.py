@@ -43,6 +43,7 @@ import threading
 import time
 import traceback
 
+from e2ebench.result import RunResult
 from e2ebench.spec import RESULT_SCHEMA, WorkerSpec, format_result
 
 _T_MAIN = time.time()
@@ -276,9 +277,9 @@ class Worker:
         self.notes: list[str] = []
         self.synchronize = device_synchronize(spec.device)     # ends every infer lap after the device's work
 
-    def run(self) -> dict:
+    def run(self) -> RunResult:
         spec = self.spec
-        result: dict = {
+        result: dict = {        # collected key by key, typed at the end by RunResult.success
             "schema": RESULT_SCHEMA,
             "scenario": None,
             "app": spec.app,
@@ -418,7 +419,7 @@ class Worker:
             )
         result["warnings"] = list(self.notes)
         result["finished_at"] = time.time()
-        return result
+        return RunResult.success(**result)
 
     # -----------------------------------------------------------------------------------
     def _warm_up(self, app, refs) -> int:
@@ -659,29 +660,19 @@ def _loadgen_sample_indices(spec: WorkerSpec, sample_count: int) -> list[int]:
     return indices
 
 
-def _failure_result(spec: WorkerSpec | None, message: str) -> dict:
-    from e2ebench.scenario import Deployment
+def _failure_result(spec: WorkerSpec, message: str) -> RunResult:
+    """The result of a worker that measured nothing (its spec is known: ``main`` parsed it)."""
+    from e2ebench.scenario import Deployment, Scenario
 
-    scenario = None
-    if spec is not None:
-        try:
-            scenario = _scenario_text(spec, Deployment.from_dict(spec.deployment))
-        except Exception:
-            scenario = None
-    return {
-        "schema": RESULT_SCHEMA,
-        "scenario": scenario,
-        "app": spec.app if spec else None,
-        "mode": spec.mode if spec else None,
-        "cache": spec.cache if spec else None,
-        "thread_policy": spec.thread_policy if spec else None,
-        "deployment": spec.deployment if spec else None,
-        "requests": spec.requests if spec else None,
-        "emulated": bool(spec.emulated) if spec else False,
-        "error": message,
-        "started_at": _T_MAIN,
-        "finished_at": time.time(),
-    }
+    try:
+        scenario = Scenario(spec.app, Deployment.from_dict(spec.deployment), spec.mode, cache=spec.cache,
+                            threads=spec.thread_policy)
+    except Exception:       # a spec the runner did not write: keep what it says, the scenario stays unknown
+        scenario = None
+    known = {} if scenario is not None else {"app": spec.app, "mode": spec.mode, "cache": spec.cache,
+                                             "thread_policy": spec.thread_policy, "deployment": spec.deployment}
+    return RunResult.failure(scenario, spec, message, _T_MAIN, emulated=bool(spec.emulated),
+                             platform_info=spec.platform_info, **known)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -723,13 +714,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             traceback.print_exc(file=sys.stderr)
             result = _failure_result(spec, f"{type(exc).__name__}: {exc}")
-    text = format_result(result)
+    payload = result.as_dict()
+    text = format_result(payload)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(result, f, sort_keys=True)
+            json.dump(payload, f, sort_keys=True)
     sys.stdout.write(text)
     sys.stdout.flush()
-    return 1 if result.get("error") else 0
+    return 1 if result.error else 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import re
 import signal
 from pathlib import Path
 
-from e2ebench.spec import RESULT_SCHEMA, WorkerSpec
+from e2ebench.spec import WorkerSpec
 
 MIN_MEMORY_MIB = 64                 # below this not even the interpreter starts; refused as a usage error
 MAX_MEMORY_MIB = 1 << 30            # 1 PiB: anything larger is a typo, not a limit
@@ -215,39 +215,28 @@ def guest_oom_line(console_text: str) -> str | None:
 def oom_result(spec: WorkerSpec, limit_mib: int | None, evidence: str, peak_mib: float | None = None,
                output_tail: str = "", platform_info: dict | None = None, emulated: bool = False) -> dict:
     """A failed RunResult for a worker the OOM killer killed (the runner completes the timing fields)."""
+    from e2ebench.result import RunResult
     from e2ebench.scenario import Deployment, Scenario
 
     try:
-        scenario = str(Scenario(spec.app, Deployment.from_dict(spec.deployment), spec.mode, cache=spec.cache))
+        scenario = Scenario(spec.app, Deployment.from_dict(spec.deployment), spec.mode, cache=spec.cache,
+                            threads=spec.thread_policy)
+        known = {}
     except Exception:   # the runner replaces it with its own scenario anyway
-        scenario = spec.app
-    return {
-        "schema": RESULT_SCHEMA,
-        "scenario": scenario,
-        "app": spec.app,
-        "mode": spec.mode,
-        "cache": spec.cache,
-        "deployment": spec.deployment,
-        "requests": spec.requests,
-        "batch_size": spec.batch_size,
-        "loadgen_scenario": spec.loadgen_scenario,
-        "backend": spec.backend,
-        "emulated": bool(emulated or spec.emulated),
-        "error": f"{oom_error(limit_mib)}: the kernel's OOM killer killed the worker",
-        "oom_killed": True,
-        "oom_evidence": evidence,
-        "memory_limit_mib": limit_mib,
-        "peak_memory_mib": peak_mib,
-        "output_tail": output_tail[-4000:],
-        "platform_info": dict(platform_info or {}),
-    }
+        scenario, known = None, {"scenario": spec.app, "app": spec.app, "deployment": spec.deployment}
+    return RunResult.failure(
+        scenario, spec, f"{oom_error(limit_mib)}: the kernel's OOM killer killed the worker", None,
+        emulated=bool(emulated or spec.emulated), oom_killed=True, oom_evidence=evidence, memory_limit_mib=limit_mib,
+        peak_memory_mib=peak_mib, output_tail=output_tail[-4000:], platform_info=dict(platform_info or {}), **known,
+    ).as_dict()
 
 
 def annotate(result: dict, limit_mib: int | None, stats: MemoryStats | None = None) -> dict:
     """Add ``memory_limit_mib``, ``peak_memory_mib`` and ``oom_killed`` (false) to a worker's RunResult."""
     result["memory_limit_mib"] = limit_mib
     result["peak_memory_mib"] = stats.peak_mib if stats is not None else None
-    result.setdefault("oom_killed", False)
+    if result.get("oom_killed") is None:      # the worker cannot know; None until the platform looked
+        result["oom_killed"] = False
     return result
 
 
