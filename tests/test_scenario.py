@@ -124,3 +124,82 @@ def test_scenario_constructor_checks_the_cache():
         Scenario("ic", d, cache="hot")
     with pytest.raises(NotationError, match="no io is timed"):
         Scenario("ic", d, "inference-only", "cold")
+
+
+# -- platforms as plugins: each class decides its own feasibility ----------------------------------------------
+
+
+def test_registry_lists_the_built_ins_in_their_order():
+    import tomllib
+    from pathlib import Path
+
+    from e2ebench.platforms import PLATFORM_CLASSES, platform_classes
+    from e2ebench.scenario import PLATFORMS, PLATFORM_TITLES
+
+    classes = platform_classes()
+    assert list(classes)[:5] == ["BM", "CN", "VM", "MVM", "VMCN"] and PLATFORMS[:5] == ("BM", "CN", "VM", "MVM", "VMCN")
+    assert [c.order for c in classes.values()] == sorted(c.order for c in classes.values())
+    assert PLATFORM_TITLES["VMCN"] == "container in VM" and classes["VM"].guest and not classes["CN"].guest
+    assert all(c.name == c.NAME == name for name, c in classes.items())
+    # the built-ins are registered under the entry-point group too, exactly as the in-code table says
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["entry-points"]["e2ebench.platforms"] == PLATFORM_CLASSES
+
+
+def test_unknown_platform_names_the_registered_ones():
+    from e2ebench.platforms import PlatformError, get_platform_class
+
+    with pytest.raises(PlatformError, match="unknown platform 'QQ'; accepted: BM, CN, VM, MVM, VMCN"):
+        get_platform_class("QQ")
+
+
+def test_infeasibility_is_the_platforms_own_rule():
+    from e2ebench.platforms import platform_classes
+
+    host = HostFacts(cores=8, gpus=0, available_platforms=frozenset({"BM", "CN", "VM", "MVM", "VMCN"}),
+                     gpu_reason="torch 2.13.0+cpu is a CPU build (torch.version.cuda is None)")
+    for name, cls in platform_classes().items():
+        for text in (f"{name}/4/PIN/GPU", f"{name}/4/VNL/CPU", f"{name}/16/PIN/CPU"):
+            d = Deployment.parse(text)
+            assert infeasibility(d, host) == cls.supports(d, host)
+    # GPU: every GPU platform gives its own reason, carrying the host's gpu_reason
+    for name in ("BM", "CN", "VM", "VMCN"):
+        reason = infeasibility(Deployment.parse(f"{name}/4/PIN/GPU"), host)
+        assert reason.startswith(f"{name} ") and "CPU build" in reason
+    # MVM: a design limit, whatever the host (the paper's reason)
+    gpu_host = HostFacts(cores=8, gpus=1, available_platforms=host.available_platforms, gpu_names=("H200",))
+    for text in ("MVM/4/VNL/GPU", "MVM/4/PIN/CPU"):
+        reason = infeasibility(Deployment.parse(text), gpu_host)
+        assert "MVM supports only VNL/CPU" in reason and "Firecracker has no GPU passthrough" in reason
+        assert "no PCI" in reason
+    assert infeasibility(Deployment.parse("BM/4/PIN/GPU"), gpu_host) is None
+    # an unavailable platform: the probe's reason
+    down = HostFacts(cores=8, available_platforms=frozenset({"BM"}), platform_reasons=(("CN", "runc missing"),))
+    assert infeasibility(Deployment.parse("CN/2/PIN/CPU"), down) == "platform CN unavailable: runc missing"
+
+
+def test_detected_gpu_facts_agree_with_torch():
+    """HostFacts.detect counts a GPU only when torch.cuda sees it, and otherwise says why."""
+    import torch
+
+    host = HostFacts.detect()
+    usable = torch.version.cuda is not None and torch.cuda.is_available()
+    assert host.gpus == (torch.cuda.device_count() if usable else 0)
+    if not usable:
+        assert host.gpu_reason and host.gpu_names == ()
+        if torch.version.cuda is None:
+            assert "CPU build" in host.gpu_reason or "no NVIDIA device node" in host.gpu_reason
+
+
+def test_gpu_facts_name_every_missing_part():
+    from e2ebench.gpu import gpu_facts
+
+    facts = gpu_facts(import_torch=True)
+    import torch
+
+    assert facts.torch_version == torch.__version__ and facts.cuda_version == torch.version.cuda
+    if not facts.usable:
+        if torch.version.cuda is None:
+            assert "is a CPU build (torch.version.cuda is None)" in facts.reason
+        if not facts.device_nodes:
+            assert "no NVIDIA device node" in facts.reason

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from e2ebench.scenario import PLATFORMS, HostFacts, Scenario
+from e2ebench.platforms import get_platform_class
+from e2ebench.scenario import PLATFORMS, Deployment, HostFacts, Scenario
 from e2ebench.store import Store
 from e2ebench.study import (PRESETS, StudyError, load_study, parse_study, preset_path, resolve_study_path)
 from e2ebench.study_runner import open_study, round_order
@@ -234,20 +236,36 @@ def test_paper_preset_is_figure_3():
     plan = study.plan(BIG_HOST)
     assert len(plan.scenarios) == 5 * 5 * 2 * 2 * 4          # every path of Fig. 3, feasible or not
     feasible = {p.key for p in plan.feasible}
-    # BM, CN, VM, VMCN: 4 x 5 x 2 x 2 x 4 = 320, minus SR on GPU (40) and RS on GPU in CN/VMCN (20);
-    # MVM: only MVM/16/VNL/CPU for the 4 apps
-    assert len(feasible) == 320 - 40 - 20 + 4
-    assert {k for k in feasible if "@MVM/" in k} == {f"{a}@MVM/16/VNL/CPU" for a in ("ic", "sr", "nlp", "rs")}
     reasons = {p.key: p.reason for p in plan.scenarios}
+    # GPU scenarios are feasible or not by each platform's own rule on the host facts given here (BIG_HOST: one GPU
+    # usable by torch), not by what this test machine has
+    gpu_platforms = {name for name in ("BM", "CN", "VM", "VMCN")
+                     if get_platform_class(name).supports(Deployment.parse(f"{name}/4/PIN/GPU"), BIG_HOST) is None}
+    for key in ("nlp@VM/32/PIN/GPU", "rs@VM/8/VNL/GPU", "ic@BM/4/PIN/GPU", "ic@CN/64/VNL/GPU", "nlp@VMCN/16/PIN/GPU"):
+        d = Scenario.parse(key).deployment
+        assert reasons[key] == get_platform_class(d.platform).supports(d, BIG_HOST)
+    # BM, CN, VM, VMCN on CPU: 4 x 5 x 2 x 4 = 160; on GPU 5 x 2 per app, SR excluded (CPUs only) and RS in CN/VMCN
+    # excluded, on the platforms whose rule accepts BIG_HOST's GPU; MVM: only MVM/16/VNL/CPU for the 4 apps
+    gpu_apps = {"BM": 3, "VM": 3, "CN": 2, "VMCN": 2}
+    assert len(feasible) == 160 + sum(5 * 2 * gpu_apps[p] for p in gpu_platforms) + 4
+    assert {k for k in feasible if "@MVM/" in k} == {f"{a}@MVM/16/VNL/CPU" for a in ("ic", "sr", "nlp", "rs")}
     assert "CPUs only" in reasons["sr@VM/32/PIN/GPU"]
     assert "containers" in reasons["rs@CN/8/VNL/GPU"]
-    assert "rs@VM/8/VNL/GPU" in feasible and "nlp@VM/32/PIN/GPU" in feasible
     assert "MVM/16/VNL/CPU" in reasons["ic@MVM/4/VNL/CPU"]
     assert "MVM supports only VNL/CPU" in reasons["ic@MVM/16/PIN/CPU"]
     assert study.workload_for("ic").requests == 1000 and study.workload_for("sr").requests == 1200
     # on a 2-core host without GPU every scenario is listed, each with a reason
     small = study.plan(SMALL_HOST)
     assert len(small.scenarios) == 400 and all(p.reason for p in small.infeasible)
+    # a host with the cores and every platform but no usable GPU: each GPU scenario says its platform's own reason,
+    # which names what the host facts say is missing; MVM's is its design limit (no GPU passthrough at all)
+    no_gpu = dataclasses.replace(BIG_HOST, gpus=0, gpu_reason="no NVIDIA device node (/dev/nvidia0, ...)")
+    reasons = {p.key: p.reason for p in study.plan(no_gpu).scenarios}
+    assert reasons["nlp@VM/32/PIN/GPU"].startswith("VM ") and "no NVIDIA device node" in reasons["nlp@VM/32/PIN/GPU"]
+    assert reasons["ic@BM/4/PIN/GPU"].startswith("BM ") and "no NVIDIA device node" in reasons["ic@BM/4/PIN/GPU"]
+    assert reasons["ic@CN/4/VNL/GPU"].startswith("CN ") and "no NVIDIA device node" in reasons["ic@CN/4/VNL/GPU"]
+    assert "Firecracker has no GPU passthrough" in reasons["ic@MVM/16/VNL/GPU"]
+    assert all(r is not None for k, r in reasons.items() if k.endswith("/GPU"))
 
 
 def test_edge_preset_uses_all_cores_and_vanilla_cpus():

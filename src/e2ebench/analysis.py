@@ -43,7 +43,8 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 from e2ebench.result import RunResult
-from e2ebench.scenario import PLATFORMS, Deployment, Scenario, cache_title, scenario_string
+from e2ebench.platforms import BASELINE_PLATFORM, is_container, platform_rank, shares_host_kernel
+from e2ebench.scenario import Deployment, Scenario, cache_title, scenario_string
 from e2ebench.stats import ConfidenceInterval, confidence_interval, mean, stdev, t_critical
 from e2ebench.store import ADHOC_STUDY
 
@@ -135,8 +136,7 @@ class ScenarioKey:
         return dataclasses.replace(self, **changes)
 
     def sort_key(self) -> tuple:
-        platform_rank = PLATFORMS.index(self.platform) if self.platform in PLATFORMS else len(PLATFORMS)
-        return (self.emulated, self.app, self.mode, self.cache != "warm", self.device, platform_rank, self.platform,
+        return (self.emulated, self.app, self.mode, self.cache != "warm", self.device, platform_rank(self.platform),
                 self.cores, self.cpu_mode != "VNL")
 
     def to_dict(self) -> dict:
@@ -176,8 +176,9 @@ class ScenarioStats:
 
     @property
     def chr(self) -> float | None:
-        """Container-to-host ratio (container cores / host cores) for CN and VMCN; ``None`` otherwise."""
-        if self.key.platform not in ("CN", "VMCN") or not self.host_cores:
+        """Container-to-host ratio (container cores / host cores) for container platforms (CN, VMCN); ``None``
+        otherwise."""
+        if not is_container(self.key.platform) or not self.host_cores:
             return None
         return self.key.cores / self.host_cores
 
@@ -252,7 +253,7 @@ def _run_host_cores(run: dict) -> tuple[int | None, str]:
     host = _num((result.platform_info or {}).get("host_cpus"))
     if host:
         return int(host), "platform_info.host_cpus"
-    if run["platform"] in ("BM", "CN"):
+    if shares_host_kernel(run["platform"]):        # BM, CN: the worker's environment is the host's
         host = _num((result.environment or {}).get("host_cpus"))
         if host:
             return int(host), "environment.host_cpus"
@@ -584,9 +585,9 @@ class OverheadFinding:
 def overhead_vs_bm(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[OverheadFinding]:
     out = []
     for key, stats in scenarios.items():
-        if key.platform == "BM":
+        if key.platform == BASELINE_PLATFORM:
             continue
-        base_key = key.with_(platform="BM")
+        base_key = key.with_(platform=BASELINE_PLATFORM)
         base = scenarios.get(base_key)
         if base is None:
             continue
@@ -680,8 +681,8 @@ def scale_up_knees(scenarios: dict[ScenarioKey, ScenarioStats],
         out.append(KneeFinding(app, platform, cpu_mode, device, mode, emulated, tolerance_pct,
                                [(c, by_cores[c].e2e_s) for c in cores_sorted], best, knee, knee_vs_best, slower,
                                cache))
-    out.sort(key=lambda k: (k.emulated, k.app, k.mode, k.cache != "warm", k.device, PLATFORMS.index(k.platform)
-                            if k.platform in PLATFORMS else 99, k.cpu_mode))
+    out.sort(key=lambda k: (k.emulated, k.app, k.mode, k.cache != "warm", k.device, platform_rank(k.platform),
+                            k.cpu_mode))
     return out
 
 
@@ -928,7 +929,7 @@ def idle_core_findings(scenarios: dict[ScenarioKey, ScenarioStats],
     by_subject = {o.subject: o.e2e for o in overheads}
     out = []
     for key, stats in scenarios.items():
-        if key.platform == "BM" or not stats.host_cores or key.cores != stats.host_cores:
+        if key.platform == BASELINE_PLATFORM or not stats.host_cores or key.cores != stats.host_cores:
             continue
         fewer = sorted((k for k in scenarios if k.with_(cores=key.cores) == key and k.cores < key.cores
                         and k in by_subject), key=lambda k: k.cores)
@@ -975,7 +976,7 @@ def cold_starts(data: StudyData, scenarios: dict[ScenarioKey, ScenarioStats]) ->
             if _num(value) is not None:
                 parts[group][name].append(float(value))
     out = []
-    for group in sorted(totals, key=lambda g: (g[3], g[0], g[2], PLATFORMS.index(g[1]) if g[1] in PLATFORMS else 99)):
+    for group in sorted(totals, key=lambda g: (g[3], g[0], g[2], platform_rank(g[1]))):
         n = len(totals[group])
         out.append(ColdStartFinding(*group, total_s=confidence_interval(totals[group], CONFIDENCE),
                                     parts_s={k: confidence_interval(v, CONFIDENCE) for k, v in parts[group].items() if len(v) == n}))

@@ -199,9 +199,7 @@ def print_result(result: dict) -> None:
 
 
 def platform_problem(deployment, platform_options: dict | None = None) -> str | None:
-    """Why the deployment's platform cannot run here (its probe), or None; BM is always there."""
-    if deployment.platform == "BM":
-        return None
+    """Why the deployment's platform cannot run here (its probe), or None."""
     from e2ebench.platforms import PlatformError, get_platform
 
     try:
@@ -209,6 +207,14 @@ def platform_problem(deployment, platform_options: dict | None = None) -> str | 
     except PlatformError as exc:
         return str(exc)
     return None if availability.usable else f"platform {deployment.platform} unavailable: {availability.reason}"
+
+
+def guest_platform_list() -> str:
+    """The registered platforms whose worker runs on a guest kernel, as text: "VM, MVM and VMCN"."""
+    from e2ebench.platforms import platform_classes
+
+    names = [name for name, cls in platform_classes().items() if cls.guest]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 @app.command()
@@ -250,6 +256,7 @@ def run(
 ) -> None:
     """Measure one scenario: APP on DEPLOYMENT, every request's io, pre, infer and post phases timed."""
     from e2ebench.apps import AppError, get_app_class
+    from e2ebench.platforms import is_guest
     from e2ebench.runner import Workload, run_single
     from e2ebench.scenario import HostFacts, NotationError, Scenario, check_thread_policy, infeasibility
     from e2ebench.spec import LOADGEN_SCENARIOS
@@ -290,13 +297,14 @@ def run(
             raise fail_usage(f"unknown container engine {engine!r}; accepted: runc, podman, docker")
         platform_options["engine"] = engine
     if vm_memory_mib is not None:
-        if sc.deployment.platform not in ("VM", "MVM", "VMCN"):
-            raise fail_usage(f"--vm-memory-mib applies to VM, MVM and VMCN deployments only, not {sc.deployment.platform}")
+        if not is_guest(sc.deployment.platform):
+            raise fail_usage(f"--vm-memory-mib applies to {guest_platform_list()} deployments only, "
+                             f"not {sc.deployment.platform}")
         platform_options["memory_mib"] = vm_memory_mib
     if memory_mib is not None:
         from e2ebench.platforms.memory import MemoryLimitError, memory_limit_problem, validate_memory_mib
 
-        guest = sc.deployment.platform in ("VM", "MVM", "VMCN")
+        guest = is_guest(sc.deployment.platform)
         try:
             validate_memory_mib(memory_mib, minimum=256 if guest else 64,
                                 what="--memory-mib (the guest's memory)" if guest else "--memory-mib")
@@ -477,7 +485,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         table.add_column(column)
     colour = {"usable": "green", "emulated": "yellow", "unavailable": "red"}
     for name, entry in report["platforms"].items():
-        table.add_row(name, f"[{colour[entry['status']]}]{entry['status']}[/]", escape(entry["reason"]),
+        label = f"{name} ({entry['title']})" if entry.get("title") else name
+        if entry.get("class") and not entry["class"].startswith("e2ebench."):
+            label += f"\n{entry['class']}"       # a third-party platform: say where it comes from
+        table.add_row(escape(label), f"[{colour[entry['status']]}]{entry['status']}[/]", escape(entry["reason"]),
                       escape(entry.get("fix") or ""))
     for name, entry in report["devices"].items():
         table.add_row(name, f"[{colour[entry['status']]}]{entry['status']}[/]", escape(entry["reason"]),

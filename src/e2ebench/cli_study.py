@@ -258,10 +258,24 @@ def _print_plan(plan) -> None:
     host = plan.host
     console.print(f"host: {host.cores} cores, {host.gpus} GPU(s), platforms available: "
                   f"{', '.join(sorted(host.available_platforms))}")
+    if host.gpus == 0 and host.gpu_reason:
+        console.print(f"GPU: none usable here — {escape(host.gpu_reason)}")
+    _print_platform_support()
     console.print(f"repetition: {r.warmup_runs} warm-up + {r.min_runs}..{r.max_runs} measured runs per scenario, "
                   f"until the {100 * r.confidence:g}% CI of the mean E2E is within ±{r.target_ci_halfwidth_pct:g}%")
     console.print(f"estimated runs: {fewest} to {most} ({len(plan.feasible)} feasible scenarios)")
     console.print(f"study file: {study.source}  (config sha256 {study.config_sha256[:16]})")
+
+
+def _print_platform_support() -> None:
+    """Which CPU modes and devices each registered platform supports in principle (its class says so)."""
+    from e2ebench.study import platform_support
+
+    console.print("platforms support in principle:")
+    for entry in platform_support():
+        limit = f" — {entry['design_limit']}" if entry["design_limit"] else ""
+        console.print(f"  {entry['name']} ({escape(entry['title'])}): {', '.join(entry['cpu_modes'])} × "
+                      f"{', '.join(entry['devices'])}{escape(limit)}")
 
 
 def _resume_command() -> str:

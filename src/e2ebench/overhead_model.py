@@ -34,7 +34,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from e2ebench.analysis import CONFIDENCE, PHASES, ScenarioKey, ScenarioStats
-from e2ebench.scenario import PLATFORMS, scenario_string
+from e2ebench.platforms import BASELINE_PLATFORM, platform_rank
+from e2ebench.scenario import scenario_string
 from e2ebench.stats import t_critical
 
 AMDAHL = "amdahl"
@@ -307,8 +308,8 @@ def fit_scaling_models(scenarios: dict[ScenarioKey, ScenarioStats], host_cores: 
                 predictions.append(fit.predict(int(c)))
         *head, cache = group
         out.append(ScalingModel(*head, fits=fits, preferred=preferred, predictions=predictions, cache=cache))
-    out.sort(key=lambda s: (s.emulated, s.app, s.mode, s.cache != "warm", s.device,
-                            PLATFORMS.index(s.platform) if s.platform in PLATFORMS else 99, s.cpu_mode))
+    out.sort(key=lambda s: (s.emulated, s.app, s.mode, s.cache != "warm", s.device, platform_rank(s.platform),
+                            s.cpu_mode))
     return out
 
 
@@ -319,7 +320,7 @@ def predicted_overhead(models: list[ScalingModel], app: str, platform: str, cpu_
         return next((m for m in models if (m.app, m.platform, m.cpu_mode, m.device, m.mode, m.emulated, m.cache)
                      == (app, p, cpu_mode, device, mode, emulated, cache)), None)
 
-    subject, base = find(platform), find("BM")
+    subject, base = find(platform), find(BASELINE_PLATFORM)
     if subject is None or base is None:
         return None
     a, b = subject.predict(cores), base.predict(cores)

@@ -52,7 +52,8 @@ from e2ebench.analysis import (
     significance_text,
     summary_dict,
 )
-from e2ebench.scenario import NotationError, PLATFORMS, Scenario
+from e2ebench.platforms import BASELINE_PLATFORM, platform_classes, platform_rank
+from e2ebench.scenario import NotationError, Scenario
 
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
@@ -193,7 +194,7 @@ def _reference(findings: Findings, app: str, device: str | None = "CPU") -> Scen
              and (device is None or k.device == device) and s.phases_s]
     if not cands:
         return None
-    bm = [s for s in cands if s.key.platform == "BM"]
+    bm = [s for s in cands if s.key.platform == BASELINE_PLATFORM]
     return min(bm or cands, key=lambda s: s.e2e_s.mean)
 
 
@@ -222,7 +223,7 @@ def deployment_answer(findings: Findings, app: str) -> DeploymentAnswer:
     scenarios = [s for s in _app_scenarios(findings, app) if s.key.mode == "e2e"]
     if not scenarios:
         cores, mode = _default_deployment(findings, app)
-        add = _unique([_scenario(app, "BM", cores, mode, "CPU")])
+        add = _unique([_scenario(app, BASELINE_PLATFORM, cores, mode, "CPU")])
         return DeploymentAnswer(app, f"{app}: no E2E runs — not enough data; run {', '.join(add)}.", None, None, None,
                                 None, "unknown", [], add)
     best = min(scenarios, key=lambda s: s.e2e_s.mean)
@@ -335,7 +336,7 @@ def practice_1_phases(findings: Findings, app: str) -> Recommendation:
         cores, mode = _default_deployment(findings, app)
         return Recommendation(1, BEST_PRACTICES[1], app, NOT_ENOUGH_DATA,
                               f"not enough data — run {_scenario(app, 'BM', cores, mode, 'CPU')} (an E2E run with phase times).",
-                              runs_to_add=_unique([_scenario(app, "BM", cores, mode, "CPU")]))
+                              runs_to_add=_unique([_scenario(app, BASELINE_PLATFORM, cores, mode, "CPU")]))
     shares = sorted(((p, _pct_of_e2e(ref, p)) for p in ref.phases_s), key=lambda x: -x[1])
     dominant = shares[0][0]
     share_text = ", ".join(f"{_phase_name(p)} {v:.0f}%" for p, v in shares)
@@ -375,7 +376,8 @@ def practice_2_scale_up(findings: Findings, app: str) -> Recommendation:
         if not groups:
             why = "no E2E runs"
             cores, mode = _default_deployment(findings, app)
-            add = [_scenario(app, "BM", c, mode, "CPU") for c in candidate_cores(findings.host_cores, [cores])[:3]]
+            add = [_scenario(app, BASELINE_PLATFORM, c, mode, "CPU")
+                   for c in candidate_cores(findings.host_cores, [cores])[:3]]
         return Recommendation(2, BEST_PRACTICES[2], app, NOT_ENOUGH_DATA,
                               f"not enough data — {why}; run " + (", ".join(_unique(add)) or "more core counts") + ".",
                               runs_to_add=_unique(add))
@@ -406,14 +408,14 @@ def practice_3_idle_cores(findings: Findings, app: str) -> Recommendation:
     complete = [i for i in items if i.full_overhead is not None and i.idle_overhead is not None]
     if not complete:
         add: list[str | None] = []
-        platforms = sorted({k.platform for k in findings.scenarios if k.app == app and k.platform != "BM"},
-                           key=lambda p: PLATFORMS.index(p) if p in PLATFORMS else 99) or ["CN"]
+        platforms = sorted({k.platform for k in findings.scenarios if k.app == app and k.platform != BASELINE_PLATFORM},
+                           key=platform_rank) or ["CN"]
         modes = sorted({k.cpu_mode for k in findings.scenarios if k.app == app}) or ["VNL"]
         if host:
             fewer = max(1, host // 2)
             for platform in platforms[:2]:
                 for mode in modes[:1]:
-                    for p in (platform, "BM"):
+                    for p in (platform, BASELINE_PLATFORM):
                         for c in (host, fewer):
                             key = ScenarioKey(app, p, c, mode, "CPU", cache=findings.cache or "warm")
                             if key not in findings.scenarios:
@@ -459,7 +461,7 @@ def practice_4_storage(findings: Findings, app: str, cold: Findings | None = Non
     ref = _reference(findings, app, device=None)
     if ref is None or "io" not in ref.phases_s:
         cores, mode = _default_deployment(findings, app)
-        add = _unique([_scenario(app, "BM", cores, mode, "CPU")])
+        add = _unique([_scenario(app, BASELINE_PLATFORM, cores, mode, "CPU")])
         return Recommendation(4, BEST_PRACTICES[4], app, NOT_ENOUGH_DATA,
                               f"not enough data — run {', '.join(add)} (an E2E run times io apart).", runs_to_add=add)
     io_pct = _pct_of_e2e(ref, "io")
@@ -522,7 +524,7 @@ def practice_5_e2e(findings: Findings, app: str) -> Recommendation:
     ref = _reference(findings, app, device=None)
     if ref is None or "infer" not in ref.phases_s:
         cores, mode = _default_deployment(findings, app)
-        add = _unique([_scenario(app, "BM", cores, mode, "CPU")])
+        add = _unique([_scenario(app, BASELINE_PLATFORM, cores, mode, "CPU")])
         return Recommendation(5, BEST_PRACTICES[5], app, NOT_ENOUGH_DATA,
                               f"not enough data — run {', '.join(add)}.", runs_to_add=add)
     infer_pct = _pct_of_e2e(ref, "infer")
@@ -563,7 +565,7 @@ def practice_6_gpu(findings: Findings, app: str, costs: dict | None = None) -> R
     payoffs = [g for g in findings.gpu if g.cpu.app == app]
     if not payoffs:
         cores, mode = _default_deployment(findings, app)
-        add = _unique([_scenario(app, "BM", cores, mode, "CPU")])
+        add = _unique([_scenario(app, BASELINE_PLATFORM, cores, mode, "CPU")])
         return Recommendation(6, BEST_PRACTICES[6], app, NOT_ENOUGH_DATA,
                               f"not enough data — run {', '.join(add)} (an E2E run with phase times).", runs_to_add=add)
     measured = [g for g in payoffs if g.gpu is not None and g.e2e_speedup is not None]
@@ -617,15 +619,15 @@ def practice_6_gpu(findings: Findings, app: str, costs: dict | None = None) -> R
 def practice_7_containers(findings: Findings, app: str) -> Recommendation:
     over = [o for o in findings.overheads if o.subject.app == app and o.subject.mode == "e2e"]
     cn = [o for o in over if o.subject.platform == "CN"]
-    others = [o for o in over if o.subject.platform not in ("CN", "BM")]
+    others = [o for o in over if o.subject.platform not in ("CN", BASELINE_PLATFORM)]
     add: list[str | None] = []
-    bm_keys = [k for k in findings.scenarios if k.app == app and k.platform == "BM" and k.mode == "e2e"]
+    bm_keys = [k for k in findings.scenarios if k.app == app and k.platform == BASELINE_PLATFORM and k.mode == "e2e"]
     if not cn:
         for k in bm_keys[:2]:
             add.append(_scenario(app, "CN", k.cores, k.cpu_mode, k.device))
         if not bm_keys:
             cores, mode = _default_deployment(findings, app)
-            add += [_scenario(app, "BM", cores, mode, "CPU"), _scenario(app, "CN", cores, mode, "CPU")]
+            add += [_scenario(app, BASELINE_PLATFORM, cores, mode, "CPU"), _scenario(app, "CN", cores, mode, "CPU")]
         return Recommendation(7, BEST_PRACTICES[7], app, NOT_ENOUGH_DATA,
                               f"not enough data — needs CN next to BM at the same deployment; run {', '.join(_unique(add))}.",
                               runs_to_add=_unique(add))
@@ -639,9 +641,12 @@ def practice_7_containers(findings: Findings, app: str) -> Recommendation:
     if not others:
         for o in cn[:1]:
             k = o.subject
-            for platform in ("VM", "VMCN"):
-                add.append(_scenario(app, platform, k.cores, k.cpu_mode, k.device))
-            add.append(_scenario(app, "MVM", k.cores, "VNL", "CPU"))
+            for platform, cls in platform_classes().items():   # the nearest deployment each one supports
+                if platform in ("CN", BASELINE_PLATFORM):
+                    continue
+                mode = k.cpu_mode if k.cpu_mode in cls.cpu_modes else cls.cpu_modes[0]
+                device = k.device if k.device in cls.devices else cls.devices[0]
+                add.append(_scenario(app, platform, k.cores, mode, device))
         return Recommendation(7, BEST_PRACTICES[7], app, EVIDENCE,
                               cn_text + ". No other virtualized platform measured to rank CN against; run "
                               + ", ".join(_unique(add)) + ".", evidence, _unique(add))

@@ -63,7 +63,6 @@ DEFAULT_PRESET = "quick"
 
 TOP_KEYS = ("name", "description", "seed", "store", "timeout_s", "apps", "platforms", "cores", "cpu_modes", "devices",
             "scenarios", "repetition", "workload", "exclude", "memory_mib", "thread_policies")
-GUEST_PLATFORMS = ("VM", "MVM", "VMCN")   # their memory limit is the guest's memory (at least 256 MiB)
 REPETITION_KEYS = ("warmup_runs", "min_runs", "max_runs", "target_ci_halfwidth_pct", "confidence",
                    "max_consecutive_failures", "outlier_sigmas", "keep_outliers")
 WORKLOAD_KEYS = ("requests", "loadgen_scenario", "batch_size", "backend", "mode", "cache", "data", "weights",
@@ -214,7 +213,9 @@ class Plan:
             "study": self.study.name, "path": str(self.study.path) if self.study.path else None,
             "config_sha256": self.study.config_sha256,
             "host": {"cores": self.host.cores, "gpus": self.host.gpus,
-                     "available_platforms": sorted(self.host.available_platforms)},
+                     "available_platforms": sorted(self.host.available_platforms),
+                     "gpu_reason": self.host.gpu_reason, "gpu_names": list(self.host.gpu_names)},
+            "platform_support": platform_support(),
             "repetition": dataclasses.asdict(self.study.repetition),
             "scenarios": [p.as_dict() for p in self.scenarios],
             "feasible": len(self.feasible), "infeasible": len(self.infeasible),
@@ -338,6 +339,14 @@ class Study:
 
     def used_platforms(self) -> set[str]:
         return set(self.platforms) | {s.deployment.platform for s in self.extra_scenarios}
+
+
+def platform_support() -> list[dict]:
+    """What each registered platform supports in principle (CPU modes, devices, the design limit that restricts
+    them), whatever this host has: the plan lists it next to the host's own reasons."""
+    from e2ebench.platforms import platform_classes
+
+    return [cls.describe() for cls in platform_classes().values()]
 
 
 def detect_host(platforms: Iterable[str] | None = None) -> tuple[HostFacts, frozenset[str]]:
@@ -625,7 +634,9 @@ class _Validator:
         scenarios = [scenarios] if isinstance(scenarios, str) else scenarios if isinstance(scenarios, list) else []
         used = {str(p).strip().upper() for p in platforms}
         used |= {str(s).split("@", 1)[-1].split("/", 1)[0].strip().upper() for s in scenarios}
-        guests = sorted(used & set(GUEST_PLATFORMS))
+        from e2ebench.platforms import is_guest
+
+        guests = sorted(p for p in used if is_guest(p))   # their memory limit is the guest's memory
         minimum = 256 if guests else MIN_MEMORY_MIB
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(f"memory_mib = {value!r} is invalid: expected a whole number of MiB (e.g. 2048), "

@@ -108,6 +108,54 @@ def get_platform(name: str, **options) -> Platform:
     return get_platform_class(name)(**options)
 
 
+# Questions with an answer for every name: a store or a study file can name a platform whose plugin is not installed
+# here (any more); tables and figures then still show it, after the registered ones, in grey.
+
+UNKNOWN_COLOUR = "#888888"
+
+# The reference every overhead is measured against (the paper's rule, not a property of any one platform class).
+BASELINE_PLATFORM = "BM"
+
+
+def known_platform_class(name: str) -> type[Platform] | None:
+    """The registered class called ``name``, or None (unknown, or a plugin that does not load)."""
+    return platform_classes().get(name.strip().upper() if isinstance(name, str) else name)
+
+
+def platform_rank(name: str) -> tuple[int, str]:
+    """Sort key of a platform in tables and figures: its ``order``, then its name; unknown names last."""
+    cls = known_platform_class(name)
+    return (cls.order if cls is not None else 10**6, str(name))
+
+
+def platform_title(name: str) -> str:
+    cls = known_platform_class(name)
+    return cls.title if cls is not None else str(name)
+
+
+def platform_colour(name: str) -> str:
+    cls = known_platform_class(name)
+    return cls.colour if cls is not None else UNKNOWN_COLOUR
+
+
+def is_guest(name: str) -> bool:
+    """The platform runs the worker on a guest kernel (its memory limit is the guest's memory)."""
+    cls = known_platform_class(name)
+    return bool(cls is not None and cls.guest)
+
+
+def is_container(name: str) -> bool:
+    """The platform runs the worker in a container (the container-to-host ratio finding applies)."""
+    cls = known_platform_class(name)
+    return bool(cls is not None and cls.container)
+
+
+def shares_host_kernel(name: str) -> bool:
+    """The worker runs on the host's kernel (what it reads from /proc is the host's)."""
+    cls = known_platform_class(name)
+    return bool(cls is not None and cls.shares_host_kernel)
+
+
 def refresh_registry() -> None:
     """Forget the registry so that the next call reads the entry points again (after installing a plugin)."""
     _targets.cache_clear()
@@ -127,6 +175,7 @@ def probe_all() -> dict[str, Availability]:
     return dict(sorted(out.items(), key=lambda item: order.get(item[0], len(order))))
 
 
-__all__ = ["Availability", "Platform", "PlatformError", "Session", "ENTRY_POINT_GROUP", "PLATFORM_CLASSES",
-           "broken_platforms", "get_platform", "get_platform_class", "platform_classes", "platform_names",
-           "probe_all", "refresh_registry"]
+__all__ = ["Availability", "Platform", "PlatformError", "Session", "BASELINE_PLATFORM", "ENTRY_POINT_GROUP",
+           "PLATFORM_CLASSES", "broken_platforms", "get_platform", "get_platform_class", "is_container", "is_guest",
+           "known_platform_class", "platform_classes", "platform_colour", "platform_names", "platform_rank",
+           "platform_title", "probe_all", "refresh_registry", "shares_host_kernel"]

@@ -100,6 +100,7 @@ class Platform(abc.ABC):
     design_limit: ClassVar[str] = ""              # why cpu_modes/devices are what they are, where that is a restriction
     guest: ClassVar[bool] = False                 # the worker runs on a guest kernel (VM, MVM, VMCN): memory = guest's
     shares_host_kernel: ClassVar[bool] = False    # the worker runs on the host's kernel and sees its files (BM, CN)
+    container: ClassVar[bool] = False             # the worker runs in a container (CN, VMCN): the CHR finding applies
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -145,7 +146,7 @@ class Platform(abc.ABC):
     def describe(cls) -> dict:
         """What the platform is and supports in principle (``doctor``, ``study --plan``)."""
         return {"name": cls.name, "title": cls.title, "order": cls.order, "cpu_modes": list(cls.cpu_modes),
-                "devices": list(cls.devices), "guest": cls.guest, "design_limit": cls.design_limit,
+                "devices": list(cls.devices), "guest": cls.guest, "container": cls.container, "design_limit": cls.design_limit,
                 "class": f"{cls.__module__}:{cls.__qualname__}"}
 
     @abc.abstractmethod

@@ -60,11 +60,11 @@ def validate_memory_mib(value: object, minimum: int = MIN_MEMORY_MIB, what: str 
 
 def memory_limit_problem(platform: str) -> str | None:
     """Why a memory limit cannot be applied to ``platform`` here (None: it can).  VM-based platforms always
-    can: their limit is the guest's memory."""
-    if platform.upper() not in ("BM", "CN"):
-        return None
-    from e2ebench.platforms import cgroups
+    can: their limit is the guest's memory; the others (BM, CN) need a writable memory cgroup on the host."""
+    from e2ebench.platforms import cgroups, is_guest
 
+    if is_guest(platform):
+        return None
     ok, why = cgroups.memory_writable()
     return None if ok else f"a memory limit needs a writable memory cgroup controller: {why}"
 

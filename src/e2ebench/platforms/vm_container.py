@@ -114,6 +114,7 @@ class ContainerInVM(VirtualMachine):
     colour: ClassVar[str] = "#2ca02c"
     order: ClassVar[int] = 40
     devices: ClassVar[tuple[str, ...]] = ("CPU", "GPU")   # supports(): VM's (the GPU passed through to the guest)
+    container: ClassVar[bool] = True
     session_class = ContainerInVMSession
 
     def missing_tools(self) -> list[tuple[str, str]]:

@@ -48,12 +48,11 @@ from e2ebench.analysis import (  # noqa: E402
     thread_policy_rank,
 )
 from e2ebench.overhead_model import ScalingModel  # noqa: E402
-from e2ebench.scenario import PLATFORM_TITLES, PLATFORMS  # noqa: E402
+from e2ebench.platforms import BASELINE_PLATFORM, platform_colour, platform_rank, platform_title  # noqa: E402
 
 matplotlib.rcParams["svg.hashsalt"] = "e2ebench"      # deterministic SVG ids
 
 PHASE_COLORS = {"io": "#8c564b", "pre": "#1f77b4", "infer": "#ff7f0e", "post": "#2ca02c", "other": "#b0b0b0"}
-PLATFORM_COLORS = {"BM": "#222222", "CN": "#1f77b4", "VM": "#d62728", "MVM": "#9467bd", "VMCN": "#2ca02c"}
 COLD_PARTS = ("provision_s", "process_start_s", "import_s", "model_load_s", "first_inference_s")
 COLD_COLORS = {"provision_s": "#7f7f7f", "process_start_s": "#bcbd22", "import_s": "#17becf",
                "model_load_s": "#9467bd", "first_inference_s": "#ff7f0e"}
@@ -98,8 +97,8 @@ def _cold(key: ScenarioKey, sep: str = "\n") -> str:
     return f"{sep}{key.cache_title}" if key.cache_title else ""
 
 
-def _platform_rank(platform: str) -> int:
-    return PLATFORMS.index(platform) if platform in PLATFORMS else len(PLATFORMS)
+def _platform_rank(platform: str) -> tuple[int, str]:
+    return platform_rank(platform)        # the platform's own `order` (e2ebench.platforms)
 
 
 def _title(fig: Figure, text: str, emulated: bool) -> None:
@@ -259,7 +258,8 @@ def normalised_e2e(scenarios: dict[ScenarioKey, ScenarioStats], config: tuple[in
     reference_names = []
     for a, app in enumerate(apps):
         mine = {k.platform: scenarios[k] for k in keys if k.app == app}
-        ref_platform = "BM" if "BM" in mine else min(mine, key=lambda p: mine[p].e2e_s.mean)
+        ref_platform = (BASELINE_PLATFORM if BASELINE_PLATFORM in mine
+                        else min(mine, key=lambda p: mine[p].e2e_s.mean))
         reference_names.append(ref_platform)
         ref = mine[ref_platform].e2e_s.mean
         for p, platform in enumerate(platforms):
@@ -267,9 +267,9 @@ def normalised_e2e(scenarios: dict[ScenarioKey, ScenarioStats], config: tuple[in
                 continue
             s = mine[platform].e2e_s
             xpos = a - 0.4 + width * (p + 0.5)
-            ax.bar(xpos, s.mean / ref, width, color=PLATFORM_COLORS.get(platform, "#888888"))
+            ax.bar(xpos, s.mean / ref, width, color=platform_colour(platform))
             ax.errorbar(xpos, s.mean / ref, yerr=_ci_err(s) / ref, color="black", capsize=2, linewidth=1)
-    handles = [Patch(facecolor=PLATFORM_COLORS.get(p, "#888888"), label=f"{p} ({PLATFORM_TITLES.get(p, p)})")
+    handles = [Patch(facecolor=platform_colour(p), label=f"{p} ({platform_title(p)})")
                for p in platforms]
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.axhline(1.0, color="grey", linewidth=0.8)
@@ -352,7 +352,7 @@ def scale_up(scenarios: dict[ScenarioKey, ScenarioStats], knees: Sequence[KneeFi
         all_cores: set[int] = set()
         for k in sorted((k for k in mine if k.device == device),
                         key=lambda k: (_platform_rank(k.platform), k.cpu_mode, k.cache != "warm")):
-            colour = PLATFORM_COLORS.get(k.platform, "#888888")
+            colour = platform_colour(k.platform)
             style = "-" if k.cpu_mode == "VNL" else "--"
             cold = _cold(k.key, ", ")
             xs = [c for c, _ in k.points]
