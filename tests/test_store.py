@@ -148,7 +148,7 @@ def test_a_version_1_store_is_migrated_and_still_reads(tmp_path):
     path = tmp_path / "v1.sqlite"
     _v1_store(path)
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 4
+        assert store.schema_version == SCHEMA_VERSION == 5
         runs = store.runs(study_id="old", phase=None)
         assert [(r["status"], r["cache"], r["seq"]) for r in runs] == [("ok", "warm", 0), ("failed", "warm", 1)]
         assert runs[0]["result"] == make_result().as_dict() and runs[0]["e2e_s"] == 1.5
@@ -161,5 +161,6 @@ def test_a_version_1_store_is_migrated_and_still_reads(tmp_path):
     assert columns["cache"][2] == "TEXT" and columns["cache"][3] == 1 and columns["cache"][4] == "'warm'"
     db.close()
     with Store(path) as store:                       # opening again: nothing left to migrate
-        assert store.schema_version == 4 and len(store.runs(phase=None)) == 3
+        assert store.schema_version == 5 and len(store.runs(phase=None)) == 3
+        assert [r["round"] for r in store.runs(phase=None)] == [None, None, None]   # 4 -> 5: rounds unknown before
 

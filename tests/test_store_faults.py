@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import E2EBENCH, cli_cwd, run_cli
+from conftest import E2EBENCH, cli_cwd, make_result, run_cli
 from e2ebench import store as store_module
 from e2ebench.store import (SCHEMA_VERSION, Store, StoreDamagedError, StoreError, StoreFault, StoreFullError,
                             StoreNotAStoreError, StoreReadOnlyError, pending_dir)
@@ -32,15 +32,9 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def result(i: int, scenario: str = "ic@BM/2/PIN/CPU", pad: int = 300) -> dict:
-    app, dep = scenario.split("@")
-    platform, cores, mode, device = dep.split("/")
-    return {
-        "schema": "e2ebench.run/1", "scenario": scenario, "app": app, "mode": "e2e",
-        "deployment": {"platform": platform, "cores": int(cores), "cpu_mode": mode, "device": device},
-        "requests": 8, "e2e_s": 1.0 + i / 1000, "phases_s": {"io": 0.1, "pre": 0.2, "infer": 0.5, "post": 0.1},
-        "emulated": False, "error": None, "started_at": 1000.0 + i, "finished_at": 1001.0 + i,
-        "marker": f"RUN-{i:05d}", "pad": "x" * pad,
-    }
+    """Run ``i``'s JSON as the store keeps it: a RunResult from conftest's builder, with a marker and padding."""
+    return make_result(scenario, 1.0 + i / 1000, started_at=1000.0 + i, finished_at=1001.0 + i,
+                       extra={"marker": f"RUN-{i:05d}", "pad": "x" * pad}).as_dict()
 
 
 def one_line_error(stderr: str, *needles: str) -> str:
@@ -602,7 +596,8 @@ def test_two_processes_writing_one_store_never_mix_identities(tmp_path):
 
 
 def _v2_store(path: Path, n: int = 5) -> None:
-    schema_v2 = store_module._SCHEMA.replace(",\n    uuid TEXT\n", "\n")
+    schema_v2 = store_module._SCHEMA.replace(",\n    uuid TEXT,\n    round INTEGER\n", "\n")   # (and thread_policy,
+    # which the migration tolerates being there already)
     assert schema_v2 != store_module._SCHEMA
     db = sqlite3.connect(path)
     db.executescript(schema_v2)

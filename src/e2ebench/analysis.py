@@ -24,6 +24,15 @@ Findings (every one is a dataclass with ``to_dict()``):
   measured.
 * **CHR** — container cores / host cores of every CN and VMCN scenario next to its overhead vs BM, and the
   rank correlation between the two when at least three CHR values were measured.
+* **paired comparisons** (issue 11) — every comparison above (and the thread penalty below) pairs the two scenarios'
+  runs by study round when both were measured in the same rounds (two or more common rounds): the ratio's interval
+  and the test then come from the per-round log ratios (a paired t-test), so host drift that moved both runs of a
+  round cancels; the ratio's point value is the ratio of the paired runs' means.  ``Comparison.method`` says
+  ``paired`` (with ``pairs``) or ``welch`` (runs made before rounds were stored, ad-hoc runs, scenarios of different
+  rounds).
+* **host drift** — per host, the calibration probes and the round effect (:mod:`e2ebench.drift`); every scenario's
+  E2E interval includes the drift (:func:`e2ebench.stats.drift_aware_interval`), its runs-only interval is kept as
+  ``e2e_runs_s``.
 * **idle host cores** — scenarios whose cores equal the host's cores (the paper's Fig. 9 case) next to the
   same platform's overhead when the host keeps idle cores.
 * **cold start** per platform.
@@ -45,7 +54,8 @@ from typing import Any, Sequence
 from e2ebench.result import RunResult
 from e2ebench.platforms import BASELINE_PLATFORM, is_container, platform_rank, shares_host_kernel
 from e2ebench.scenario import Deployment, Scenario, cache_title, scenario_string
-from e2ebench.stats import ConfidenceInterval, confidence_interval, mean, stdev, t_critical
+from e2ebench.stats import (ConfidenceInterval, confidence_interval, drift_aware_interval, mean, paired_log_ratio,
+                            stdev, t_critical)
 from e2ebench.store import ADHOC_STUDY
 
 Summary = ConfidenceInterval
@@ -63,8 +73,10 @@ CONFIDENCE = 0.95
 ALPHA = 0.05
 DEFAULT_KNEE_TOLERANCE_PCT = 5.0
 SIGNIFICANCE_METHOD = (
-    "Welch's t-test on per-run values (scipy.stats.ttest_ind, equal_var=False), alpha 0.05; "
-    "95% intervals: Student-t for means and differences, delta method on the log ratio for ratios"
+    "paired t-test on the per-round log ratios when both scenarios ran in the same study rounds, else Welch's t-test "
+    "on per-run values (scipy.stats.ttest_ind, equal_var=False), alpha 0.05; 95% intervals: means include the host's "
+    "measured drift (Student-t on the runs plus the drift in quadrature), paired ratios Student-t on the log ratios, "
+    "unpaired ratios the delta method on the log ratio"
 )
 
 
@@ -169,6 +181,8 @@ class ScenarioStats:
     requests: int | None
     host_cores: int | None
     host_cores_source: str
+    rounds: list = dataclasses.field(default_factory=list)      # each run's study round (None: unknown), as run_ids
+    e2e_runs_s: Summary | None = None                            # the runs-only interval (without the host's drift)
 
     @property
     def n(self) -> int:
@@ -205,6 +219,8 @@ class ScenarioStats:
             "host_cores": self.host_cores,
             "host_cores_source": self.host_cores_source,
             "chr": self.chr,
+            "rounds": list(self.rounds),
+            "e2e_runs_s": summary_dict(self.e2e_runs_s),
         }
 
 
@@ -219,6 +235,14 @@ class StudyData:
     excluded: dict[str, int]               # reason -> number of runs
     host_cores: int | None
     include_outliers: bool = False
+    drifts: list = dataclasses.field(default_factory=list)       # e2ebench.drift.HostDrift per host
+
+    @property
+    def drift_pct(self) -> float:
+        """The host drift every scenario's E2E interval includes (0 without probes or rounds)."""
+        from e2ebench.drift import drift_pct_of
+
+        return drift_pct_of(self.drifts)
 
     @property
     def infeasible(self) -> list[dict]:
@@ -364,21 +388,46 @@ def load_study(store, study_id: str, include_outliers: bool | None = None) -> St
                     counts[cores] += 1
         study_host = max(counts, key=lambda c: (counts[c], c)) if counts else None
 
+    drifts = study_drifts(store, study, grouped)
+    from e2ebench.drift import drift_pct_of
+
+    drift = drift_pct_of(drifts)
     scenarios: dict[ScenarioKey, ScenarioStats] = {}
     used: set[int] = set()
     for key in sorted(grouped, key=ScenarioKey.sort_key):
         runs = grouped[key]
-        scenarios[key] = _scenario_stats(key, runs, study_host)
+        scenarios[key] = _scenario_stats(key, runs, study_host, drift)
         used.update(r["id"] for r in runs)
     return StudyData(study=study, scenarios=scenarios, runs=all_runs, used_run_ids=used, excluded=dict(excluded),
-                     host_cores=study_host, include_outliers=include_outliers)
+                     host_cores=study_host, include_outliers=include_outliers, drifts=drifts)
+
+
+def study_calibrates(study: dict) -> bool:
+    """Whether the study's intervals include the host's drift (``repetition.calibrate``, default on; ad-hoc runs have
+    no rounds and no probes)."""
+    if study.get("id") == ADHOC_STUDY:
+        return False
+    repetition = ((study.get("config") or {}).get("config") or {}).get("repetition") or {}
+    return repetition.get("calibrate", True) is not False
+
+
+def study_drifts(store, study: dict, grouped: dict) -> list:
+    """The host drift of a study (:func:`e2ebench.drift.study_drift`) from its probes and its counted runs' rounds."""
+    if not study_calibrates(study):
+        return []
+    from e2ebench.drift import study_drift
+
+    rounds = {key: {int(r["round"]): float(r["e2e_s"]) for r in runs if r.get("round") is not None}
+              for key, runs in grouped.items()}
+    return study_drift(store, study["id"], rounds)
 
 
 def _summary_or_none(values: Sequence[float]) -> Summary | None:
     return confidence_interval(values, CONFIDENCE) if values else None
 
 
-def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None) -> ScenarioStats:
+def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None,
+                    drift_pct: float = 0.0) -> ScenarioStats:
     e2e = [float(r["e2e_s"]) for r in runs]
     phase_values: dict[str, list[float]] = {}
     for phase in PHASES:
@@ -412,7 +461,7 @@ def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None) 
     return ScenarioStats(
         key=key,
         run_ids=[int(r["id"]) for r in runs],
-        e2e_s=confidence_interval(e2e, CONFIDENCE),
+        e2e_s=drift_aware_interval(e2e, drift_pct, CONFIDENCE),
         phases_s={k: confidence_interval(v, CONFIDENCE) for k, v in phase_values.items()},
         e2e_values_s=e2e,
         phase_values_s=phase_values,
@@ -424,6 +473,8 @@ def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None) 
         requests=int(requests) if requests else None,
         host_cores=host_cores,
         host_cores_source=source,
+        rounds=[r.get("round") for r in runs],
+        e2e_runs_s=confidence_interval(e2e, CONFIDENCE),
     )
 
 
@@ -437,6 +488,8 @@ class Comparison:
 
     ``relative_pct`` = 100 * (subject / baseline - 1); positive means the subject takes longer.
     ``significant`` is ``None`` when either side has fewer than two runs (no test possible).
+    ``method``: ``welch`` (two independent samples) or ``paired`` (``pairs`` runs of each side from the same study
+    rounds: the difference, ratio interval and test come from the pairs, see :func:`compare_stats`).
     """
 
     metric: str
@@ -450,6 +503,8 @@ class Comparison:
     ratio_ci: tuple[float, float] | None
     p_value: float | None
     significant: bool | None
+    method: str = "welch"
+    pairs: int = 0
 
     @property
     def relative_pct(self) -> float | None:
@@ -539,6 +594,57 @@ def compare(metric: str, subject: Sequence[float], baseline: Sequence[float]) ->
     )
 
 
+MIN_PAIRS = 2
+
+
+def _values_of(stats: ScenarioStats, phase: str | None) -> list[float] | None:
+    return stats.e2e_values_s if phase is None else stats.phase_values_s.get(phase)
+
+
+def paired_values(subject: ScenarioStats, baseline: ScenarioStats,
+                  phase: str | None = None) -> tuple[list[float], list[float]] | None:
+    """The two scenarios' values (E2E, or ``phase``) from the rounds both were measured in, in round order; ``None``
+    below :data:`MIN_PAIRS` common rounds or when a scenario has no stored rounds."""
+    a_values, b_values = _values_of(subject, phase), _values_of(baseline, phase)
+    if a_values is None or b_values is None or not subject.rounds or not baseline.rounds:
+        return None
+    a = {r: v for r, v in zip(subject.rounds, a_values) if r is not None}
+    b = {r: v for r, v in zip(baseline.rounds, b_values) if r is not None}
+    common = sorted(set(a) & set(b))
+    if len(common) < MIN_PAIRS:
+        return None
+    return [a[r] for r in common], [b[r] for r in common]
+
+
+def compare_stats(metric: str, subject: ScenarioStats, baseline: ScenarioStats, phase: str | None = None,
+                  paired: bool = True) -> Comparison:
+    """``subject`` vs ``baseline`` on E2E (or ``phase``): paired by round when both scenarios were measured in the
+    same rounds (and ``paired``), else Welch (:func:`compare`).  The means shown are each scenario's over all its
+    runs; the difference, the ratio (ratio of the paired runs' means), the ratio's interval (per-round log ratios)
+    and the p-value (paired t-test) come from the pairs."""
+    s_values, b_values = _values_of(subject, phase) or [], _values_of(baseline, phase) or []
+    pairs = paired_values(subject, baseline, phase) if paired else None
+    if pairs is None:
+        return compare(metric, s_values, b_values)
+    result = paired_log_ratio(pairs[0], pairs[1], CONFIDENCE)
+    assert result is not None
+    s, b = confidence_interval(s_values, CONFIDENCE), confidence_interval(b_values, CONFIDENCE)
+    pair_b = mean(pairs[1])
+    ratio = mean(pairs[0]) / pair_b if pair_b > 0 and mean(pairs[0]) > 0 else None
+    return Comparison(
+        metric=metric, subject_mean=s.mean, baseline_mean=b.mean, subject_n=s.n, baseline_n=b.n,
+        difference=result.difference, difference_ci=result.difference_ci,
+        ratio=ratio, ratio_ci=result.ratio_ci if ratio is not None else None,
+        p_value=result.p_value, significant=None if result.p_value is None else result.p_value < ALPHA,
+        method="paired", pairs=result.pairs,
+    )
+
+
+def speedup(cmp: Comparison) -> tuple[float, tuple[float, float] | None] | None:
+    """A comparison as ``(ratio, ratio CI)`` (what :func:`ratio_interval` returns), ``None`` without a ratio."""
+    return None if cmp.ratio is None else (cmp.ratio, cmp.ratio_ci)
+
+
 # ---------------------------------------------------------------------------------------------
 # Overhead vs BM
 
@@ -591,12 +697,12 @@ def overhead_vs_bm(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[Overhead
         base = scenarios.get(base_key)
         if base is None:
             continue
-        e2e = compare("e2e_s", stats.e2e_values_s, base.e2e_values_s)
+        e2e = compare_stats("e2e_s", stats, base)
         phases = {}
         if key.mode == "e2e":
             for phase in PHASES:
                 if phase in stats.phase_values_s and phase in base.phase_values_s:
-                    cmp = compare(phase, stats.phase_values_s[phase], base.phase_values_s[phase])
+                    cmp = compare_stats(phase, stats, base, phase=phase)
                     scale = 100.0 / base.e2e_s.mean if base.e2e_s.mean else math.nan
                     ci = cmp.difference_ci
                     phases[phase] = PhaseOverhead(
@@ -670,11 +776,11 @@ def scale_up_knees(scenarios: dict[ScenarioKey, ScenarioStats],
         knee = next(c for c in cores_sorted if by_cores[c].e2e_s.mean <= limit)
         knee_vs_best = None
         if knee != best:
-            knee_vs_best = compare("e2e_s", by_cores[knee].e2e_values_s, by_cores[best].e2e_values_s)
+            knee_vs_best = compare_stats("e2e_s", by_cores[knee], by_cores[best])
         slower = []
         for c in cores_sorted:
             if c > best:
-                cmp = compare("e2e_s", by_cores[c].e2e_values_s, by_cores[best].e2e_values_s)
+                cmp = compare_stats("e2e_s", by_cores[c], by_cores[best])
                 if cmp.significant:
                     slower.append(c)
         app, platform, cpu_mode, device, mode, emulated, cache = group
@@ -709,6 +815,8 @@ class PinningFinding:
 
     @property
     def gain_pct(self) -> float:
+        if self.comparison.ratio is not None:        # PIN/VNL (of the paired runs when paired)
+            return 100.0 * (1.0 - self.comparison.ratio)
         return 100.0 * (self.comparison.baseline_mean - self.comparison.subject_mean) / self.comparison.baseline_mean
 
     @property
@@ -733,7 +841,7 @@ def pinning_gains(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[PinningFi
         vanilla = scenarios.get(vanilla_key)
         if vanilla is None:
             continue
-        cmp = compare("e2e_s", stats.e2e_values_s, vanilla.e2e_values_s)
+        cmp = compare_stats("e2e_s", stats, vanilla)
         if cmp.significant is None:
             verdict = PINNING_NOT_ENOUGH_DATA
         elif not cmp.significant:
@@ -817,16 +925,15 @@ def gpu_payoffs(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[GpuPayoff]:
             amdahl_source="GPU E2E run's time outside inference" if source_stats is gpu else "CPU E2E run's phase shares",
         )
         if gpu is not None:
-            ratio = ratio_interval(cpu.e2e_s, gpu.e2e_s)
-            payoff.e2e_speedup = ratio
+            payoff.e2e_speedup = speedup(compare_stats("e2e_s", cpu, gpu))
             # inference-only runs time no io, so they are warm-cache scenarios whatever the E2E pair's cache state
             cpu_inf = scenarios.get(key.with_(mode="inference-only", cache="warm"))
             gpu_inf = scenarios.get(gpu_key.with_(mode="inference-only", cache="warm"))
             if cpu_inf is not None and gpu_inf is not None:
-                payoff.inference_speedup = ratio_interval(cpu_inf.e2e_s, gpu_inf.e2e_s)
+                payoff.inference_speedup = speedup(compare_stats("e2e_s", cpu_inf, gpu_inf))
                 payoff.inference_source = "inference-only runs"
             elif "infer" in gpu.phases_s:
-                payoff.inference_speedup = ratio_interval(cpu.phases_s["infer"], gpu.phases_s["infer"])
+                payoff.inference_speedup = speedup(compare_stats("infer", cpu, gpu, phase="infer"))
                 payoff.inference_source = "infer phase of the E2E runs"
             if payoff.inference_speedup and infer_share is not None and payoff.inference_speedup[0] > 0:
                 k = payoff.inference_speedup[0]
@@ -1154,7 +1261,7 @@ def thread_policy_penalties(scenarios: dict[ScenarioKey, ScenarioStats],
         if sized is None:
             continue
         stats = scenarios[key]
-        cmp = compare("e2e_s", stats.e2e_values_s, sized.e2e_values_s)
+        cmp = compare_stats("e2e_s", stats, sized)
         out.append(ThreadPolicyFinding(_policy_stats(sized, runs_by_id), _policy_stats(stats, runs_by_id), cmp,
                                        _thread_verdict(cmp)))
     return out
@@ -1315,5 +1422,6 @@ def fmt_ratio(value: tuple[float, tuple[float, float] | None] | None) -> str:
 def significance_text(cmp: Comparison) -> str:
     if cmp.p_value is None:
         return "not tested (fewer than 2 runs)"
-    return f"{'significant' if cmp.significant else 'not significant'}, Welch p={cmp.p_value:.3g}"
+    test = f"paired over {cmp.pairs} rounds, p={cmp.p_value:.3g}" if cmp.method == "paired" else f"Welch p={cmp.p_value:.3g}"
+    return f"{'significant' if cmp.significant else 'not significant'}, {test}"
 

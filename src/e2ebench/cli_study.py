@@ -125,7 +125,7 @@ class LiveProgress:
         for state in states[: self.MAX_ROWS]:
             mean_s, hw_pct, n = runner.summary_of(state)
             status = state.status if state.key != current_key else "▶ " + self.current[1]
-            colour = {"target": "green", "max-runs": "yellow", "abandoned": "red"}.get(state.status, "")
+            colour = {"target": "green", "drift": "green", "max-runs": "yellow", "abandoned": "red"}.get(state.status, "")
             table.add_row(
                 escape(state.key), f"{state.warmup_next_seq}/{policy.warmup_runs}",
                 f"{n}/{policy.min_runs}..{policy.max_runs}" + (f" ({state.failures} failed)" if state.failures else ""),
@@ -136,7 +136,7 @@ class LiveProgress:
         remaining = runner.remaining_runs_estimate()
         total = self.runs_done + remaining
         eta = runner.eta_s()
-        answered = sum(1 for s in runner.states if s.status in ("target", "max-runs"))
+        answered = sum(1 for s in runner.states if s.status in ("target", "max-runs", "drift"))
         line = Text.assemble(
             (f"runs {self.runs_done}/~{total}", "bold"),
             f" · answered {answered}/{len(runner.states)}",
@@ -196,8 +196,9 @@ class PlainProgress:
         else:
             line += "FAILED: " + " ".join(str(event.error).split())[:200]
         line += "; " + _fmt_ci_so_far(event.mean_s, event.ci_halfwidth_pct, event.n)
-        if event.scenario_status in ("target", "max-runs", "abandoned"):
+        if event.scenario_status in ("target", "max-runs", "drift", "abandoned"):
             line += {"target": " — CI target reached", "max-runs": " — max runs reached",
+                     "drift": " — as narrow as the host's drift allows",
                      "abandoned": " — ABANDONED after repeated failures"}[event.scenario_status]
         line += f"; ETA {_fmt_duration(runner.eta_s()) if left_study else 'done'}"
         self._write(line)
@@ -298,6 +299,10 @@ def study(
         help="Count runs beyond 3 sigma in the mean and the stopping rule (default: the study file's, normally drop)."),
     retry_abandoned: bool = typer.Option(False, "--retry-abandoned",
                                          help="Give scenarios abandoned after repeated failures another chance."),
+    replicate: int = typer.Option(
+        1, "--replicate", min=1, max=50, metavar="K",
+        help="Run the study K times (fresh study ids, same configuration) and print how often each replicate's means "
+             "lie in the others' 95% intervals and whether each comparison's verdict agrees across replicates."),
 ) -> None:
     """Run a study: a matrix of scenarios, each repeated until its mean E2E time is known to the target precision.
 
@@ -305,7 +310,6 @@ def study(
     """
     from e2ebench.store import Store, StoreError
     from e2ebench.study import StudyError, load_study, resolve_study_path
-    from e2ebench.study_runner import StudyLockedError, StudyRunner, open_study
 
     try:
         path = resolve_study_path(study_file)
@@ -340,44 +344,80 @@ def study(
     signal.signal(signal.SIGTERM, signal.default_int_handler)   # SIGTERM stops cleanly, like Ctrl-C
     try:
         with store:
-            study_id, resumed = open_study(store, spec, plan, fresh=fresh)
-            if not quiet and not as_json:
-                fewest, most = plan.run_estimate()
-                verb = "resuming" if resumed else "starting"
-                err_console.print(f"{verb} study [bold]{escape(study_id)}[/] ({len(plan.feasible)} scenarios, "
-                                  f"{fewest}..{most} runs) → {escape(str(store_file))}")
-            if as_json or quiet:
-                observer = JsonLines() if as_json else None
-            else:       # a live display on a terminal; in a file or a pipe, one plain line per finished run
-                observer = LiveProgress() if err_console.is_terminal else PlainProgress()
-            try:
-                runner = StudyRunner(plan, store, study_id, keep_outliers=keep_outliers, observer=observer,
-                                     retry_abandoned=retry_abandoned, resumed=resumed)
-                outcome = runner.run()
-            except StudyLockedError as exc:
-                raise fail_usage(str(exc))
-            except StoreError:          # the store failed under the study (full disk...): main() says what to do
-                if observer is not None:
-                    observer.study_finished(None)       # a live display gives the terminal back first
-                raise
-            if outcome.status == "interrupted":
-                stored = len(store.runs(study_id=study_id, phase=None, with_result=False))
-                err_console.print(f"[yellow]interrupted[/]: the run in progress was discarded; {stored} runs of "
-                                  f"study {escape(study_id)} are stored in {escape(str(store_file))}.")
-                err_console.print(f"resume with: [bold]{escape(_resume_command())}[/]")
-                raise typer.Exit(EXIT_INTERRUPTED)
-            if not quiet and not as_json:
-                _print_summaries(store, study_id, keep_outliers)
-                err_console.print(f"study {escape(study_id)}: {outcome.status}; {outcome.runs_this_session} runs in "
-                                  f"{_fmt_duration(outcome.wall_s)}")
-            for key, reason in outcome.abandoned:
-                err_console.print(f"[red]abandoned[/] {escape(key)}: {escape(reason or '')[:500]}")
-            raise typer.Exit(outcome.exit_code)
+            finished: list[str] = []
+            for index in range(replicate):
+                if replicate > 1 and not quiet and not as_json:
+                    err_console.print(f"[bold]replicate {index + 1} of {replicate}[/]")
+                study_id, outcome = _run_study(store, store_file, spec, plan, fresh=fresh or replicate > 1,
+                                               quiet=quiet, as_json=as_json, keep_outliers=keep_outliers,
+                                               retry_abandoned=retry_abandoned)
+                finished.append(study_id)
+                if replicate == 1:
+                    raise typer.Exit(outcome.exit_code)
+                if outcome.exit_code != EXIT_OK:
+                    err_console.print(f"[red]replicate {index + 1} did not complete ({outcome.status}); the "
+                                      "replicates stop here[/]")
+                    raise typer.Exit(outcome.exit_code)
+            _print_replicates(store, finished, as_json)
+            raise typer.Exit(EXIT_OK)
     except KeyboardInterrupt:       # a second Ctrl-C while cleaning up
         err_console.print(f"[yellow]interrupted[/]; resume with: [bold]{escape(_resume_command())}[/]")
         raise typer.Exit(EXIT_INTERRUPTED)
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _run_study(store, store_file, spec, plan, *, fresh: bool, quiet: bool, as_json: bool,
+               keep_outliers: bool | None, retry_abandoned: bool):
+    """Open (or resume) the study in ``store`` and run it; ``(study id, outcome)``.  Exits 130 when interrupted."""
+    from e2ebench.store import StoreError
+    from e2ebench.study_runner import StudyLockedError, StudyRunner, open_study
+
+    study_id, resumed = open_study(store, spec, plan, fresh=fresh)
+    if not quiet and not as_json:
+        fewest, most = plan.run_estimate()
+        verb = "resuming" if resumed else "starting"
+        err_console.print(f"{verb} study [bold]{escape(study_id)}[/] ({len(plan.feasible)} scenarios, "
+                          f"{fewest}..{most} runs) → {escape(str(store_file))}")
+    if as_json or quiet:
+        observer = JsonLines() if as_json else None
+    else:       # a live display on a terminal; in a file or a pipe, one plain line per finished run
+        observer = LiveProgress() if err_console.is_terminal else PlainProgress()
+    try:
+        runner = StudyRunner(plan, store, study_id, keep_outliers=keep_outliers, observer=observer,
+                             retry_abandoned=retry_abandoned, resumed=resumed)
+        outcome = runner.run()
+    except StudyLockedError as exc:
+        raise fail_usage(str(exc))
+    except StoreError:          # the store failed under the study (full disk...): main() says what to do
+        if observer is not None:
+            observer.study_finished(None)       # a live display gives the terminal back first
+        raise
+    if outcome.status == "interrupted":
+        stored = len(store.runs(study_id=study_id, phase=None, with_result=False))
+        err_console.print(f"[yellow]interrupted[/]: the run in progress was discarded; {stored} runs of "
+                          f"study {escape(study_id)} are stored in {escape(str(store_file))}.")
+        err_console.print(f"resume with: [bold]{escape(_resume_command())}[/]")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if not quiet and not as_json:
+        _print_summaries(store, study_id, keep_outliers)
+        err_console.print(f"study {escape(study_id)}: {outcome.status}; {outcome.runs_this_session} runs in "
+                          f"{_fmt_duration(outcome.wall_s)}")
+    for key, reason in outcome.abandoned:
+        err_console.print(f"[red]abandoned[/] {escape(key)}: {escape(reason or '')[:500]}")
+    return study_id, outcome
+
+
+def _print_replicates(store, study_ids: list[str], as_json: bool) -> None:
+    """The coverage and verdict agreement of the replicates (:mod:`e2ebench.replicates`)."""
+    from e2ebench.replicates import replicate_report, report_lines
+
+    report = replicate_report(store, study_ids)
+    if as_json:
+        emit_json({"replicates": report.to_dict()})
+        return
+    for line in report_lines(report):
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------
@@ -413,7 +453,8 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
             console.print(f"[yellow]{escape(note)}[/]")
     else:
         console.print(f"[bold]study {escape(study_id)}[/] ({escape(record['name'])}, {record['status']})")
-    colour = {"target": "green", "max-runs": "yellow", "abandoned": "red", "active": "cyan", "pending": "dim"}
+    colour = {"target": "green", "drift": "green", "max-runs": "yellow", "abandoned": "red", "active": "cyan",
+              "pending": "dim"}
     for app_name, rows in by_app.items():
         measured = [s for s in rows if s.status != "infeasible"]
         confidence = rows[0].confidence

@@ -44,7 +44,7 @@ from e2ebench.analysis import (
     ScenarioStats,
     ThreadPolicyFinding,
     ci_bounds,
-    compare,
+    compare_stats,
     fmt_pct,
     fmt_ratio,
     fmt_s,
@@ -266,7 +266,7 @@ def deployment_answer(findings: Findings, app: str) -> DeploymentAnswer:
                          f"{key.platform} at {pin.pinned.cores} cores")
         elif pin.verdict == PINNING_NO_DIFFERENCE:
             parts.append(f"pinning made no significant difference on {key.platform} at {pin.pinned.cores} cores "
-                         f"({fmt_pct(pin.gain_pct, pin.gain_ci_pct)} saved, Welch p={pin.comparison.p_value:.2g})")
+                         f"({fmt_pct(pin.gain_pct, pin.gain_ci_pct)} saved, {_test_words(pin.comparison)})")
         else:
             parts.append(f"pinning on {key.platform}: not enough runs to test "
                          f"({fmt_pct(pin.gain_pct, None)} saved, n={pin.comparison.subject_n}/{pin.comparison.baseline_n})")
@@ -318,6 +318,13 @@ def _cores(n: int) -> str:
     return f"{n} core" if n == 1 else f"{n} cores"
 
 
+def _test_words(cmp: Comparison) -> str:
+    """``paired over N rounds p=…`` or ``Welch p=…``: which test the verdict rests on."""
+    if cmp.method == "paired":
+        return f"paired over {cmp.pairs} rounds, p={cmp.p_value:.2g}"
+    return f"Welch p={cmp.p_value:.2g}"
+
+
 def _neg(ci: tuple[float, float] | None) -> tuple[float, float] | None:
     return None if ci is None else (-ci[1], -ci[0])
 
@@ -335,7 +342,7 @@ def practice_1_phases(findings: Findings, app: str) -> Recommendation:
     if ref is None:
         cores, mode = _default_deployment(findings, app)
         return Recommendation(1, BEST_PRACTICES[1], app, NOT_ENOUGH_DATA,
-                              f"not enough data — run {_scenario(app, 'BM', cores, mode, 'CPU')} (an E2E run with phase times).",
+                              f"not enough data — run {_scenario(app, BASELINE_PLATFORM, cores, mode, 'CPU')} (an E2E run with phase times).",
                               runs_to_add=_unique([_scenario(app, BASELINE_PLATFORM, cores, mode, "CPU")]))
     shares = sorted(((p, _pct_of_e2e(ref, p)) for p in ref.phases_s), key=lambda x: -x[1])
     dominant = shares[0][0]
@@ -494,7 +501,7 @@ def practice_4_storage(findings: Findings, app: str, cold: Findings | None = Non
         evidence += [_comparison_evidence(o.subject, o.baseline, p.comparison, "io vs BM") for o, p in io_over]
     add: list[str | None] = []
     if twin is not None:
-        cmp = compare("io", twin.phase_values_s["io"], ref.phase_values_s["io"])
+        cmp = compare_stats("io", twin, ref, phase="io")
         text += (f" With a cold page cache ({twin.key.scenario}: the data files dropped before timing) io takes "
                  f"{twin.phases_s['io'].mean * 1000:.3g} ms, {cold_pct:.1f}% of E2E"
                  + (f", {cmp.ratio:.2f}x the warm-cache io" if cmp.ratio is not None else "")

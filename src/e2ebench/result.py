@@ -100,6 +100,7 @@ class RunResult:
     # -- what the study runner and the store add ---------------------------------------------------------------
     run_wall_s: float | None = None
     study_id: str | None = None
+    round: int | None = None                 # the study round the run belongs to (issue 11); None for ad-hoc runs
     run_id: int | None = None
     # -- keys this version does not know (a newer writer's), written back unchanged -----------------------------
     extra: dict = dataclasses.field(default_factory=dict)

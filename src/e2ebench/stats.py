@@ -18,7 +18,18 @@ Conventions
   identical extreme values can mask each other (each inflates the others' standard deviation); that
   is a known limit of every mean/standard-deviation rule.
 * Stopping rule (:func:`stopping_decision`): stop when ``n >= max_runs``; otherwise continue while
-  ``n < min_runs``; otherwise stop as soon as the relative half-width is at or below the target.
+  ``n < min_runs``; otherwise stop as soon as the relative half-width is at or below the target — or, when the
+  host's drift alone makes the target unreachable, as soon as the runs' own part of the interval is no larger than
+  the drift's (reason ``drift``: more runs cannot narrow an interval that the host's drift sets).
+* Intervals that survive a re-run (:func:`drift_aware_interval`, issue 11): every run of a study happens within
+  minutes, so the study's mean is *one draw* of the host's state; a re-run later draws again.  The interval adds the
+  host's drift, a relative standard deviation measured by the calibration probe and by the round effect
+  (:func:`round_effect_pct`), to the runs' own Student-t part in quadrature:
+  ``half = sqrt((t(n-1) * s / sqrt(n))^2 + (z * drift * |mean|)^2)`` with ``z`` the normal quantile of the
+  confidence.  The drift term does not shrink with ``n``: runs made minutes apart cannot average away a host that is
+  10 % slower in an hour.  With ``drift = 0`` it is the plain interval.
+* Paired comparisons (:func:`paired_log_ratio`): two scenarios measured in the same rounds are compared run by run,
+  as the per-round log ratio, so what moved the whole host between rounds cancels.
 """
 
 from __future__ import annotations
@@ -65,13 +76,27 @@ def t_critical(confidence: float, dof: float) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class ConfidenceInterval:
-    """The mean of ``n`` values and its two-sided Student-t confidence interval (same unit as the values)."""
+    """The mean of ``n`` values and its two-sided Student-t confidence interval (same unit as the values).
+
+    ``drift_pct``: the host drift (relative standard deviation, percent) included in ``half_width``
+    (:func:`drift_aware_interval`); 0 for the plain interval, whose half-width is then ``runs_half_width``.
+    """
 
     n: int
     mean: float
     stdev: float
     half_width: float          # ``inf`` when n < 2
     confidence: float
+    drift_pct: float = 0.0
+    runs_half_width: float | None = None     # the runs' own (Student-t) part; None = same as half_width
+
+    @property
+    def runs_half_width_pct(self) -> float:
+        """The runs' own part of the half-width, in percent of the mean."""
+        half = self.half_width if self.runs_half_width is None else self.runs_half_width
+        if not math.isfinite(half) or self.mean == 0 or math.isnan(self.mean):
+            return math.inf
+        return 100.0 * half / abs(self.mean)
 
     @property
     def low(self) -> float:
@@ -102,6 +127,122 @@ def confidence_interval(values: Sequence[float], confidence: float = DEFAULT_CON
 
 def relative_half_width_pct(values: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> float:
     return confidence_interval(values, confidence).half_width_pct
+
+
+def z_critical(confidence: float) -> float:
+    """Two-sided normal critical value (1.96 for 0.95)."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1.0 - (1.0 - confidence) / 2.0))
+
+
+def drift_aware_interval(values: Sequence[float], drift_pct: float,
+                         confidence: float = DEFAULT_CONFIDENCE) -> ConfidenceInterval:
+    """The mean's interval with the host's drift added (see the module docstring); ``drift_pct`` is a relative
+    standard deviation in percent (0: the plain Student-t interval)."""
+    plain = confidence_interval(values, confidence)
+    drift_pct = float(drift_pct) if drift_pct and math.isfinite(drift_pct) and drift_pct > 0 else 0.0
+    if plain.n < 2:
+        return dataclasses.replace(plain, drift_pct=drift_pct)
+    drift_half = z_critical(confidence) * drift_pct / 100.0 * abs(plain.mean)
+    half = math.hypot(plain.half_width, drift_half)
+    return dataclasses.replace(plain, half_width=half, drift_pct=drift_pct, runs_half_width=plain.half_width)
+
+
+def robust_rel_sd_pct(values: Sequence[float]) -> float | None:
+    """Relative standard deviation (percent) of positive values, robustly: 1.4826 x the median absolute deviation
+    of their logs (a stray slow probe does not make the whole host look unstable).  ``None`` below 3 values."""
+    logs = [math.log(v) for v in values if v and v > 0 and math.isfinite(v)]
+    if len(logs) < 3:
+        return None
+    centre = _median(logs)
+    return 100.0 * 1.4826 * _median([abs(x - centre) for x in logs])
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+
+
+def round_effect_pct(by_scenario: dict[object, dict[int, float]]) -> float | None:
+    """The host's round-to-round drift as the scenarios saw it: the standard deviation (percent) of the *round
+    effect* in a one-way random-effects model of ``log(value)`` with the round as the random effect.
+
+    ``by_scenario``: {scenario: {round: value}}.  Each value's residual is its log minus its scenario's mean log; a
+    round's effect is the mean residual of the scenarios measured in it; the variance of those round means, less
+    the part the runs' own scatter puts into them (the pooled within-round variance / the scenarios per round:
+    method of moments, floored at 0), is the round effect's variance.  ``None`` with fewer than 3 rounds or no
+    round that measured two scenarios (nothing separates the round from the run).
+    """
+    residuals: dict[int, list[float]] = {}
+    for rounds in by_scenario.values():
+        logs = {r: math.log(v) for r, v in rounds.items() if r is not None and v and v > 0}
+        if len(logs) < 2:
+            continue
+        centre = math.fsum(logs.values()) / len(logs)
+        for r, x in logs.items():
+            residuals.setdefault(r, []).append(x - centre)
+    if len(residuals) < 3:
+        return None
+    within_ss, within_dof = 0.0, 0
+    for res in residuals.values():
+        if len(res) >= 2:
+            m = math.fsum(res) / len(res)
+            within_ss += math.fsum((x - m) ** 2 for x in res)
+            within_dof += len(res) - 1
+    if within_dof == 0:
+        return None
+    within_var = within_ss / within_dof
+    round_means = [math.fsum(res) / len(res) for res in residuals.values()]
+    between_var = stdev(round_means) ** 2
+    noise_part = math.fsum(within_var / len(res) for res in residuals.values()) / len(residuals)
+    return 100.0 * math.sqrt(max(0.0, between_var - noise_part))
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedRatio:
+    """Subject vs baseline measured in the same rounds: the geometric mean of the per-round ratios with its
+    Student-t interval (on the logs), the paired t-test's p-value, and the paired difference with its interval."""
+
+    pairs: int
+    ratio: float
+    ratio_ci: tuple[float, float] | None
+    difference: float
+    difference_ci: tuple[float, float] | None
+    p_value: float | None
+
+
+def paired_log_ratio(subject: Sequence[float], baseline: Sequence[float],
+                     confidence: float = DEFAULT_CONFIDENCE) -> PairedRatio | None:
+    """Compare paired values (``subject[i]`` and ``baseline[i]`` from the same round); ``None`` below two pairs.
+    Non-positive values (a phase that took no time) leave the ratio and its interval out (ratio ``nan``) and test
+    the differences instead."""
+    a, b = [float(v) for v in subject], [float(v) for v in baseline]
+    if len(a) != len(b):
+        raise ValueError(f"paired samples must have the same length, got {len(a)} and {len(b)}")
+    n = len(a)
+    if n < 2:
+        return None
+    from scipy import stats as scipy_stats
+
+    diffs = [x - y for x, y in zip(a, b)]
+    t = t_critical(confidence, n - 1)
+    d_mean, d_sd = mean(diffs), stdev(diffs)
+    difference_ci = (d_mean - t * d_sd / math.sqrt(n), d_mean + t * d_sd / math.sqrt(n))
+    positive = all(x > 0 for x in a) and all(y > 0 for y in b)
+    tested = [math.log(x) - math.log(y) for x, y in zip(a, b)] if positive else diffs
+    sd = stdev(tested)
+    if sd == 0.0:
+        p = 1.0 if all(v == 0 for v in tested) else 0.0
+    else:
+        p = float(scipy_stats.ttest_1samp(tested, 0.0).pvalue)
+    if not positive:
+        return PairedRatio(n, math.nan, None, d_mean, difference_ci, p)
+    lr_mean = mean(tested)
+    half = t * sd / math.sqrt(n)
+    return PairedRatio(n, math.exp(lr_mean), (math.exp(lr_mean - half), math.exp(lr_mean + half)), d_mean,
+                       difference_ci, p)
 
 
 def outlier_mask(values: Sequence[float], sigmas: float = DEFAULT_OUTLIER_SIGMAS,
@@ -154,7 +295,7 @@ class StopDecision:
     """Whether a scenario needs another measured run, and why."""
 
     stop: bool
-    reason: str                     # "min-runs" | "target" | "max-runs" | "continue"
+    reason: str                     # "min-runs" | "target" | "max-runs" | "drift" | "continue"
     n: int
     half_width_pct: float
 
@@ -165,34 +306,44 @@ class StopDecision:
 
 def stopping_decision(values: Sequence[float], min_runs: int, max_runs: int,
                       target_half_width_pct: float = DEFAULT_TARGET_HALFWIDTH_PCT,
-                      confidence: float = DEFAULT_CONFIDENCE, runs_done: int | None = None) -> StopDecision:
+                      confidence: float = DEFAULT_CONFIDENCE, runs_done: int | None = None,
+                      drift_pct: float = 0.0) -> StopDecision:
     """The adaptive stopping rule.
 
     ``values`` are the measurements that count (outliers already removed, if they are excluded);
     ``runs_done`` is how many measured runs the budget ``max_runs`` is charged with (default
     ``len(values)``; pass the count including outliers so that excluded runs still use the budget).
+    ``drift_pct``: the host's measured drift (relative standard deviation, percent); the half-width compared with
+    the target is then :func:`drift_aware_interval`'s, and a target below the drift's own part
+    (``z * drift_pct``) stops with reason ``drift`` once the runs' part is no larger than the drift's.
     """
     if min_runs < 1 or max_runs < min_runs:
         raise ValueError(f"need 1 <= min_runs <= max_runs, got {min_runs} and {max_runs}")
     n = len(values)
     done = n if runs_done is None else runs_done
-    hw = relative_half_width_pct(values, confidence) if n else math.inf
+    ci = drift_aware_interval(values, drift_pct, confidence) if n else None
+    hw = ci.half_width_pct if ci is not None else math.inf
     if n >= min_runs and hw <= target_half_width_pct:
         return StopDecision(True, "target", n, hw)
     if done >= max_runs:
         return StopDecision(True, "max-runs", n, hw)
     if n < min_runs:
         return StopDecision(False, "min-runs", n, hw)
+    if ci is not None and ci.drift_pct > 0 and n >= 2:
+        drift_half_pct = z_critical(confidence) * ci.drift_pct
+        if drift_half_pct >= target_half_width_pct and ci.runs_half_width_pct <= drift_half_pct:
+            return StopDecision(True, "drift", n, hw)
     return StopDecision(False, "continue", n, hw)
 
 
 def predicted_runs_needed(values: Sequence[float], min_runs: int, max_runs: int,
                           target_half_width_pct: float = DEFAULT_TARGET_HALFWIDTH_PCT,
-                          confidence: float = DEFAULT_CONFIDENCE) -> int:
+                          confidence: float = DEFAULT_CONFIDENCE, drift_pct: float = 0.0) -> int:
     """How many measured values the stopping rule will probably need in all (for ETAs).
 
     Assumes the current relative standard deviation stays as it is: the smallest ``n`` with
-    ``t(n-1) * cv / sqrt(n) <= target``, clamped to ``[max(min_runs, len(values)), max_runs]``.
+    ``t(n-1) * cv / sqrt(n) <= target`` (with the drift added in quadrature, or, when the drift alone exceeds the
+    target, ``t(n-1) * cv / sqrt(n) <= z * drift``), clamped to ``[max(min_runs, len(values)), max_runs]``.
     With fewer than two values nothing is known yet: returns ``max(min_runs, len(values))``.
     """
     n_now = len(values)
@@ -213,6 +364,10 @@ def predicted_runs_needed(values: Sequence[float], min_runs: int, max_runs: int,
     if start >= max_runs:
         return max_runs
     n = np.arange(start, max_runs + 1)
-    half_width_pct = t.ppf(1.0 - (1.0 - confidence) / 2.0, n - 1) * cv_pct / np.sqrt(n)
-    enough = np.nonzero(half_width_pct <= target_half_width_pct)[0]
+    runs_half_pct = t.ppf(1.0 - (1.0 - confidence) / 2.0, n - 1) * cv_pct / np.sqrt(n)
+    drift_half_pct = z_critical(confidence) * drift_pct if drift_pct and drift_pct > 0 else 0.0
+    if drift_half_pct >= target_half_width_pct:
+        enough = np.nonzero(runs_half_pct <= drift_half_pct)[0]
+    else:
+        enough = np.nonzero(np.hypot(runs_half_pct, drift_half_pct) <= target_half_width_pct)[0]
     return int(n[enough[0]]) if enough.size else max_runs

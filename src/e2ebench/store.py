@@ -22,7 +22,10 @@ identity (32 hex digits, unique): it is chosen before the run is stored, so a ru
 Migrations: version 1 -> 2 adds ``runs.cache`` (``ALTER TABLE ... ADD COLUMN``, default ``warm``: version 1
 had no cold-cache runs; the column then comes last in the table, which no query depends on); version 2 -> 3
 adds ``runs.uuid`` (random for the runs already stored) and its unique index; version 3 -> 4 adds
-``runs.thread_policy`` (default ``sized``: every run before it sized its thread pools to the deployment).  A store is
+``runs.thread_policy`` (default ``sized``: every run before it sized its thread pools to the deployment); version 4 -> 5
+adds ``runs.round`` (the study round the run belongs to; ``NULL`` for runs made before rounds were stored, which the
+analysis compares unpaired) and the ``calibrations`` table (one calibration probe per study round and host, see
+:mod:`e2ebench.calibration`).  A store is
 migrated when it is opened; a store newer than this code is refused.  A read-only store of an older version is read
 as it is (a missing ``thread_policy`` reads ``sized``).
 
@@ -51,7 +54,7 @@ from urllib.parse import quote
 
 from e2ebench.result import RunResult
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_STORE = Path("results") / "e2ebench.sqlite"
 ADHOC_STUDY = "adhoc"
 BUSY_TIMEOUT_S = 30.0
@@ -91,8 +94,23 @@ CREATE TABLE IF NOT EXISTS runs (
     emulated INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     result_json TEXT NOT NULL,
-    uuid TEXT
+    uuid TEXT,
+    round INTEGER
 );
+CREATE TABLE IF NOT EXISTS calibrations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    probe_s REAL NOT NULL,
+    probe_version INTEGER NOT NULL,
+    cpus TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    repeats_json TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS calibrations_round ON calibrations(study_id, round, host);
+CREATE INDEX IF NOT EXISTS calibrations_host ON calibrations(host, probe_version, cpus);
 CREATE INDEX IF NOT EXISTS runs_study ON runs(study_id, scenario, phase);
 CREATE INDEX IF NOT EXISTS runs_app ON runs(app, platform, cores, cpu_mode, device);
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
@@ -101,14 +119,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(study_id, scenario, phase, se
 """
 # Created by _migrate, after the column exists (a version 2 store has the table without it).
 _UUID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS runs_uuid ON runs(uuid)"
-STORE_TABLES = frozenset({"meta", "studies", "runs"})
+STORE_TABLES = frozenset({"meta", "studies", "runs", "calibrations"})
 
 RUN_COLUMNS = (
     "id", "study_id", "scenario", "app", "platform", "cores", "cpu_mode", "device", "mode", "cache", "phase", "seq",
-    "status", "outlier", "started_at", "finished_at", "e2e_s", "emulated", "error", "thread_policy",
+    "status", "outlier", "started_at", "finished_at", "e2e_s", "emulated", "error", "thread_policy", "round",
 )
 # What a column added by a later schema version reads in an older store opened read-only (not migrated).
-RUN_COLUMN_DEFAULTS = {"thread_policy": "sized"}
+RUN_COLUMN_DEFAULTS = {"thread_policy": "sized", "round": None}
 
 
 class StoreError(RuntimeError):
@@ -463,6 +481,8 @@ class Store:
                 self.db.execute("UPDATE runs SET uuid=lower(hex(randomblob(16))) WHERE uuid IS NULL")
             if "thread_policy" not in columns:                  # 3 -> 4: every earlier run sized its pools
                 self.db.execute("ALTER TABLE runs ADD COLUMN thread_policy TEXT NOT NULL DEFAULT 'sized'")
+            if "round" not in columns:                          # 4 -> 5: rounds (NULL before; the table came with
+                self.db.execute("ALTER TABLE runs ADD COLUMN round INTEGER")  # _SCHEMA above)
             self.db.execute(_UUID_INDEX)
             if row is not None and int(row["value"]) < SCHEMA_VERSION:
                 self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
@@ -793,6 +813,38 @@ class Store:
             self.db.executemany("UPDATE runs SET outlier=? WHERE id=?",
                                 [(int(flag), run_id) for run_id, flag in run_ids_outlier.items()])
 
+    # -- calibration probes (one per study round and host) ----------------------------------
+    def add_calibration(self, study_id: str, round_index: int, probe: dict) -> None:
+        """Store one calibration probe (a :func:`e2ebench.calibration.run_probe` result) of ``round_index``; a
+        probe of the same study, round and host stored already is kept (a resumed round does not probe twice)."""
+        repeats = [float(v) for v in probe["repeats_s"]]
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO calibrations(study_id, round, host, started_at, probe_s, probe_version, cpus, "
+                "threads, repeats_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (study_id, int(round_index), str(probe["host"]), float(probe["started_at"]), float(probe["probe_s"]),
+                 int(probe["version"]), ",".join(str(int(c)) for c in probe["cpus"]), int(probe["threads"]),
+                 json.dumps(repeats)),
+            )
+
+    def calibrations(self, study_id: str | None = None, host: str | None = None) -> list[dict]:
+        """Stored probes, oldest first (``[]`` for a store older than schema 5 opened read-only)."""
+        have = {r["name"] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "calibrations" not in have:
+            return []
+        sql, args = "SELECT * FROM calibrations WHERE 1=1", []
+        for column, value in (("study_id", study_id), ("host", host)):
+            if value is not None:
+                sql += f" AND {column}=?"
+                args.append(value)
+        out = []
+        for row in self.db.execute(sql + " ORDER BY started_at, id", args).fetchall():
+            d = {k: row[k] for k in row.keys()}
+            d["repeats_s"] = json.loads(d.pop("repeats_json"))
+            d["cpus"] = [int(c) for c in str(d["cpus"]).split(",") if c != ""]
+            out.append(d)
+        return out
+
     # -- export -------------------------------------------------------------------------
     def export_rows(self, study_id: str | None = None) -> list[dict]:
         """Flat rows (one per run) for CSV/JSON export."""
@@ -851,8 +903,17 @@ def _run_columns(record: dict) -> dict:
         "status": status, "outlier": 0, "started_at": float(result.get("started_at", now)),
         "finished_at": float(result.get("finished_at", now)),
         "e2e_s": result.get("e2e_s") if status == "ok" else None, "emulated": int(bool(result.get("emulated"))),
-        "error": record["error"],
+        "error": record["error"], "round": _round_of(result),
     }
+
+
+def _round_of(result: dict) -> int | None:
+    value = result.get("round")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"a run's round must be a whole number >= 0, got {value!r}")
+    return value
 
 
 def _fault_words(exc: StoreFault, path: Path) -> tuple[str, str]:

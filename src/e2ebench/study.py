@@ -64,7 +64,7 @@ DEFAULT_PRESET = "quick"
 TOP_KEYS = ("name", "description", "seed", "store", "timeout_s", "apps", "platforms", "cores", "cpu_modes", "devices",
             "scenarios", "repetition", "workload", "exclude", "memory_mib", "thread_policies")
 REPETITION_KEYS = ("warmup_runs", "min_runs", "max_runs", "target_ci_halfwidth_pct", "confidence",
-                   "max_consecutive_failures", "outlier_sigmas", "keep_outliers")
+                   "max_consecutive_failures", "outlier_sigmas", "keep_outliers", "calibrate")
 WORKLOAD_KEYS = ("requests", "loadgen_scenario", "batch_size", "backend", "mode", "cache", "data", "weights",
                  "variant", "options", "max_error_fraction")
 ALL_HINT = ' or "all" (every core of this host)'
@@ -90,6 +90,9 @@ class RepetitionPolicy:
     A scenario that fails ``max_consecutive_failures`` runs in a row is abandoned.  Runs farther
     than ``outlier_sigmas`` standard deviations from the others' mean are flagged as outliers and,
     unless ``keep_outliers``, left out of the mean (they still count against ``max_runs``).
+    With ``calibrate`` (the default) every round starts with the calibration probe
+    (:mod:`e2ebench.calibration`), whose times measure the host's drift; the interval the stopping rule uses
+    then includes it (docs/measurement.md, "Intervals that survive a re-run").
     """
 
     warmup_runs: int = 1
@@ -100,6 +103,7 @@ class RepetitionPolicy:
     max_consecutive_failures: int = 3
     outlier_sigmas: float = DEFAULT_OUTLIER_SIGMAS
     keep_outliers: bool = False
+    calibrate: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +225,15 @@ class Plan:
             "feasible": len(self.feasible), "infeasible": len(self.infeasible),
             "estimated_runs": {"min": fewest, "max": most},
         }
+
+
+def _repetition_config(policy: RepetitionPolicy) -> dict:
+    """The ``[repetition]`` table as the identity hash sees it: ``calibrate`` only when switched off, so studies
+    written before the calibration probe existed keep their identity (and their stored runs)."""
+    config = dataclasses.asdict(policy)
+    if policy.calibrate:
+        config.pop("calibrate")
+    return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -587,7 +600,7 @@ class _Validator:
             "name": name, "description": description, "seed": seed, "store": str(store), "timeout_s": timeout_s,
             "apps": list(apps), "platforms": list(platforms), "cores": list(cores), "cpu_modes": list(cpu_modes),
             "devices": list(devices), "scenarios": [str(s) for s in extra],
-            "repetition": dataclasses.asdict(repetition),
+            "repetition": _repetition_config(repetition),
             "workload": {app: _workload_config(w) for app, w in sorted(workloads.items())},
             "exclude": [_rule_config(r) for r in exclusions],
         }
@@ -667,7 +680,10 @@ class _Validator:
         keep = table.get("keep_outliers", d.keep_outliers)
         if not isinstance(keep, bool):
             raise self.error(f"repetition.keep_outliers = {keep!r} is invalid: expected true or false")
-        return RepetitionPolicy(warmup, min_runs, max_runs, target, confidence, failures, sigmas, keep)
+        calibrate = table.get("calibrate", d.calibrate)
+        if not isinstance(calibrate, bool):
+            raise self.error(f"repetition.calibrate = {calibrate!r} is invalid: expected true or false")
+        return RepetitionPolicy(warmup, min_runs, max_runs, target, confidence, failures, sigmas, keep, calibrate)
 
     def workloads(self, table: Any, known_apps: tuple[str, ...]) -> dict[str, AppWorkload]:
         if not isinstance(table, dict):

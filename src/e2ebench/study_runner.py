@@ -12,7 +12,13 @@ SIGKILL, power loss) is never stored; its resources are released by the platform
 Order: the study proceeds in *rounds*; each round gives every still-active scenario one run, in an
 order shuffled by ``random.Random(f"{seed}:{round}")``, so that slow drift of the machine (thermal,
 background load, page cache) is spread over all scenarios instead of biasing the ones measured last.
-A resumed study continues with round numbers after the number of runs already stored.
+A resumed study continues with round numbers after the number of runs already stored.  Every run stores its
+round (``runs.round``), so that the analysis can compare two scenarios run by run within rounds.
+
+Calibration (``repetition.calibrate``, on by default): every round starts with the calibration probe
+(:mod:`e2ebench.calibration`), stored per round; the host's drift it measures (:mod:`e2ebench.drift`) goes into
+the interval the stopping rule uses (:func:`e2ebench.stats.drift_aware_interval`).  A probe that fails is
+reported once and the study goes on without it.
 """
 
 from __future__ import annotations
@@ -29,21 +35,22 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from e2ebench.result import RunResult
-from e2ebench.runner import Workload, default_data, execute, housekeeping, platform_workdir
-from e2ebench.stats import (StopDecision, confidence_interval, outlier_mask, predicted_runs_needed,
-                            stopping_decision)
-from e2ebench.store import ADHOC_STUDY, Store
+from e2ebench.runner import Workload, default_data, execute, housekeeping, platform_workdir, say_on_stderr
+from e2ebench.stats import (StopDecision, drift_aware_interval, outlier_mask,
+                            predicted_runs_needed, stopping_decision)
+from e2ebench.store import ADHOC_STUDY, Store, StoreError
 from e2ebench.study import Plan, PlannedScenario, RepetitionPolicy, Study
 
 PHASE_WARMUP, PHASE_MEASURE = "warmup", "measure"
 
 # Scenario states
-PENDING, ACTIVE, TARGET, MAX_RUNS, ABANDONED, INFEASIBLE, ADHOC = (
-    "pending", "active", "target", "max-runs", "abandoned", "infeasible", "ad-hoc")
-ANSWERED = (TARGET, MAX_RUNS)
+PENDING, ACTIVE, TARGET, MAX_RUNS, ABANDONED, INFEASIBLE, ADHOC, DRIFT = (
+    "pending", "active", "target", "max-runs", "abandoned", "infeasible", "ad-hoc", "drift")
+ANSWERED = (TARGET, MAX_RUNS, DRIFT)
 STATUS_TITLES = {
     PENDING: "not started", ACTIVE: "running", TARGET: "CI target reached", MAX_RUNS: "max runs reached",
     ABANDONED: "abandoned", INFEASIBLE: "infeasible", ADHOC: "ad-hoc runs (e2ebench run)",
+    DRIFT: "as narrow as the host's drift allows",
 }
 
 # Study states (studies.status in the store)
@@ -79,6 +86,7 @@ class ScenarioState:
     warmup_next_seq: int = 0
     measure_next_seq: int = 0
     measured: list[tuple[int, float]] = dataclasses.field(default_factory=list)   # (run id, e2e_s) of ok runs
+    rounds: dict[int, int] = dataclasses.field(default_factory=dict)             # run id -> round
     outliers: dict[int, bool] = dataclasses.field(default_factory=dict)          # run id -> flagged
     failures: int = 0
     consecutive_failures: int = 0
@@ -86,6 +94,7 @@ class ScenarioState:
     run_wall_s: list[float] = dataclasses.field(default_factory=list)
     status: str = PENDING
     data: Path | None = None
+    drift_pct: float = 0.0                   # the host's drift, set by the runner after every probe
     _remaining_cache: tuple | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -102,7 +111,13 @@ class ScenarioState:
 
     def decision(self, policy: RepetitionPolicy, keep_outliers: bool) -> StopDecision:
         return stopping_decision(self.values(keep_outliers), policy.min_runs, policy.max_runs,
-                                 policy.target_ci_halfwidth_pct, policy.confidence, runs_done=len(self.measured))
+                                 policy.target_ci_halfwidth_pct, policy.confidence, runs_done=len(self.measured),
+                                 drift_pct=self.drift_pct)
+
+    def round_values(self, keep_outliers: bool) -> dict[int, float]:
+        """{round: E2E} of the counted runs whose round is known."""
+        return {self.rounds[run_id]: v for run_id, v in self.measured
+                if run_id in self.rounds and (keep_outliers or not self.outliers.get(run_id, False))}
 
     @property
     def abandon_reason(self) -> str | None:
@@ -118,7 +133,7 @@ class ScenarioState:
         else:
             decision = self.decision(policy, keep_outliers)
             if decision.stop:
-                self.status = TARGET if decision.target_reached else MAX_RUNS
+                self.status = {"target": TARGET, "drift": DRIFT}.get(decision.reason, MAX_RUNS)
             else:
                 self.status = ACTIVE if (self.warmup_next_seq or self.measured or self.failures) else PENDING
         return self.status
@@ -137,7 +152,8 @@ class ScenarioState:
 
         Cached until the scenario's runs change (the live display asks for it on every refresh).
         """
-        version = (self.warmup_next_seq, self.measure_next_seq, len(self.measured), self.status, keep_outliers)
+        version = (self.warmup_next_seq, self.measure_next_seq, len(self.measured), self.status, keep_outliers,
+                   self.drift_pct)
         if self._remaining_cache is not None and self._remaining_cache[0] == version:
             return self._remaining_cache[1]
         remaining = self._remaining_runs(policy, keep_outliers)
@@ -150,7 +166,7 @@ class ScenarioState:
         warmups = max(0, policy.warmup_runs - self.warmup_next_seq)
         values = self.values(keep_outliers)
         needed = predicted_runs_needed(values, policy.min_runs, policy.max_runs, policy.target_ci_halfwidth_pct,
-                                       policy.confidence)
+                                       policy.confidence, drift_pct=self.drift_pct)
         return warmups + max(1, min(needed - len(values), policy.max_runs - len(self.measured)))
 
 
@@ -275,6 +291,9 @@ class StudyRunner:
         self.started_monotonic = time.monotonic()
         self.current: tuple[ScenarioState, str, int] | None = None
         self._round = 0
+        self.drifts: list = []                   # e2ebench.drift.HostDrift per host, after each probe
+        self.probe_error: str | None = None
+        self._probe_cpus: list[int] | None = None
         self._load()
 
     # -- state from the store ---------------------------------------------------------
@@ -295,18 +314,56 @@ class StudyRunner:
                 if row["phase"] == PHASE_MEASURE and row["e2e_s"] is not None:
                     state.measured.append((row["id"], float(row["e2e_s"])))
                     state.outliers[row["id"]] = bool(row["outlier"])
+                    if row.get("round") is not None:
+                        state.rounds[row["id"]] = int(row["round"])
             else:
                 state.failures += 1
                 state.consecutive_failures += 1
                 state.last_error = row["error"]
             if row["finished_at"] and row["started_at"]:
                 state.run_wall_s.append(max(0.0, float(row["finished_at"]) - float(row["started_at"])))
-        self._round = len(rows)
+        stored_rounds = [int(r["round"]) for r in rows if r.get("round") is not None]
+        self._round = max(len(rows), max(stored_rounds, default=-1) + 1)
+        self._update_drift()
         for state in self.states:
             self._update_outliers(state)
             if self.retry_abandoned:
                 state.consecutive_failures = 0
             state.refresh_status(self.policy, self.keep_outliers)
+
+    # -- calibration and drift ----------------------------------------------------------
+    def _calibrate(self) -> None:
+        """Probe the host at the start of the round (see the module docstring), then update every scenario's drift."""
+        if not self.policy.calibrate:
+            return
+        from e2ebench.calibration import ProbeError, probe_cpus, run_probe
+
+        if self._probe_cpus is None:
+            self._probe_cpus = probe_cpus(max((s.planned.scenario.deployment.cores for s in self.states), default=1))
+        try:
+            probe = run_probe(self._probe_cpus)
+        except ProbeError as exc:
+            if self.probe_error is None:
+                (self.notice or say_on_stderr)(f"{exc}; the study goes on without calibrating this round")
+            self.probe_error = str(exc)
+            return
+        try:
+            self.store.add_calibration(self.study_id, self._round, probe)
+        except StoreError as exc:    # the run that follows meets the same fault and keeps its result in a spill file
+            (self.notice or say_on_stderr)(f"round {self._round}'s calibration probe was not stored: {exc}")
+            return
+        self._update_drift()
+
+    def _update_drift(self) -> None:
+        from e2ebench.drift import drift_pct_of, study_drift
+
+        if not self.policy.calibrate:
+            return
+        by_scenario = {s.key: s.round_values(self.keep_outliers) for s in self.states}
+        self.drifts = study_drift(self.store, self.study_id, by_scenario)
+        drift = drift_pct_of(self.drifts)
+        for state in self.states:
+            state.drift_pct = drift
 
     def _update_outliers(self, state: ScenarioState) -> dict[int, bool]:
         ids = [run_id for run_id, _ in state.measured]
@@ -342,7 +399,7 @@ class StudyRunner:
 
     def summary_of(self, state: ScenarioState) -> tuple[float | None, float | None, int]:
         values = state.values(self.keep_outliers)
-        ci = confidence_interval(values, self.policy.confidence)
+        ci = drift_aware_interval(values, state.drift_pct, self.policy.confidence)
         return (finite_or_none(ci.mean) if values else None), finite_or_none(ci.half_width_pct), ci.n
 
     # -- running ----------------------------------------------------------------------
@@ -363,6 +420,7 @@ class StudyRunner:
                     if not active:
                         break
                     by_key = {s.key: s for s in active}
+                    self._calibrate()
                     for key in round_order(list(by_key), self.study.seed, self._round):
                         state = by_key[key]
                         if state.needs_run:
@@ -395,6 +453,7 @@ class StudyRunner:
         wall_s = time.perf_counter() - t0
         result.run_wall_s = wall_s
         result.study_id = self.study_id
+        result.round = self._round
         run_id = self.store.add_run(result, study_id=self.study_id, phase=phase, seq=seq)
         self.current = None
         self.runs_this_session += 1
@@ -408,6 +467,7 @@ class StudyRunner:
             state.consecutive_failures = 0
             if phase == PHASE_MEASURE:
                 state.measured.append((run_id, float(result.e2e_s)))
+                state.rounds[run_id] = self._round
                 state.outliers[run_id] = False
                 self._update_outliers(state)
         else:
@@ -556,6 +616,15 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
         by_scenario.setdefault(run["scenario"], []).append(run)
     order = [p["scenario"] for p in plan] + [k for k in by_scenario if k not in {p["scenario"] for p in plan}]
     infeasible = {p["scenario"]: p.get("reason") for p in plan if not p.get("feasible", True)}
+    drift = 0.0
+    if not adhoc and policy.calibrate:
+        from e2ebench.drift import drift_pct_of, study_drift
+
+        rounds = {key: {int(r["round"]): float(r["e2e_s"]) for r in rows
+                        if r["phase"] == PHASE_MEASURE and r["status"] == "ok" and r["e2e_s"] is not None
+                        and r.get("round") is not None and (keep or not r["outlier"])}
+                  for key, rows in by_scenario.items()}
+        drift = drift_pct_of(study_drift(store, study_id, rounds))
     out = []
     for key in order:
         try:
@@ -571,7 +640,7 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
         measured_ok = [r for r in rows if r["phase"] == PHASE_MEASURE and r["status"] == "ok" and r["e2e_s"] is not None]
         counted = [r for r in measured_ok if keep or not r["outlier"]]
         values = [float(r["e2e_s"]) for r in counted]
-        ci = confidence_interval(values, policy.confidence)
+        ci = drift_aware_interval(values, drift, policy.confidence)
         trailing_failures, last_error = 0, None
         for r in rows:
             if r["status"] == "ok":
@@ -587,8 +656,9 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
             status = ACTIVE if rows else PENDING
         else:
             decision = stopping_decision(values, policy.min_runs, policy.max_runs, policy.target_ci_halfwidth_pct,
-                                         policy.confidence, runs_done=len(measured_ok))
-            status = (TARGET if decision.target_reached else MAX_RUNS) if decision.stop else (ACTIVE if rows else PENDING)
+                                         policy.confidence, runs_done=len(measured_ok), drift_pct=drift)
+            status = ({"target": TARGET, "drift": DRIFT}.get(decision.reason, MAX_RUNS) if decision.stop
+                      else (ACTIVE if rows else PENDING))
         phases = {p: _mean_or_none([(r["result"].get("phases_s") or {}).get(p) for r in counted]) for p in PHASES}
         out.append(ScenarioSummary(
             scenario=key, app=scenario.app, deployment=str(scenario.deployment), mode=scenario.mode, status=status,

@@ -326,7 +326,7 @@ def overhead_vs_bm(overheads: Sequence[OverheadFinding], app: str, emulated: boo
     ax.set_xlabel("platform (vs BM at the same cores, CPU mode, device and cache state)")
     handles = [Patch(facecolor=PHASE_COLORS[p], label=PHASE_TITLES[p]) for p in series if p != "e2e"]
     handles.append(Patch(facecolor="black", label="E2E total"))
-    handles.append(Line2D([], [], color="black", marker="$*$", linestyle="none", label="significant (Welch, p<0.05)"))
+    handles.append(Line2D([], [], color="black", marker="$*$", linestyle="none", label="significant (paired or Welch, p<0.05)"))
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)

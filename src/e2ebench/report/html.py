@@ -450,8 +450,8 @@ def _threads(f: Findings, figures: Sequence[figs.FigureFile], out_dir: Path) -> 
     out = [_p("sized: every library's thread pool sized to the deployment's cores (e2ebench's default); "
               "framework-default: e2ebench sets no thread count and no OMP_NUM_THREADS, so each library chooses as it "
               "would in the user's own program (often the host's core count); a number: every pool that size. "
-              "Penalty = mean E2E with the policy / mean E2E sized − 1, with the ratio's 95% CI (delta method) and "
-              "Welch's test; verdict penalty or faster when p < 0.05 and the CI excludes 0. Counters are means per run "
+              "Penalty = mean E2E with the policy / mean E2E sized − 1, with the ratio's 95% CI and test paired by study "
+              "round where both ran in the same rounds (else the delta method and Welch's test); verdict penalty or faster when p < 0.05 and the CI excludes 0. Counters are means per run "
               "over the timed window (cgroup cpu.stat and getrusage), sized → policy.", muted=True)]
     rows = []
     for t in f.thread_policies:
@@ -460,12 +460,13 @@ def _threads(f: Findings, figures: Sequence[figs.FigureFile], out_dir: Path) -> 
             t.other.pools.get("os_cpu_count") or t.sized.pools.get("os_cpu_count"),
             _pools_cell(t.sized), _pools_cell(t.other),
             fmt_s(t.sized.e2e_s), fmt_s(t.other.e2e_s), fmt_pct(t.penalty_pct, t.penalty_ci_pct),
-            f"{t.comparison.p_value:.3g}" if t.comparison.p_value is not None else "not tested (n < 2)",
+            (f"{t.comparison.p_value:.3g} ({'paired' if t.comparison.method == 'paired' else 'Welch'})"
+             if t.comparison.p_value is not None else "not tested (n < 2)"),
             _counter_pair(t, "throttled_time_s"), _counter_pair(t, "nr_throttled"),
             _counter_pair(t, "involuntary_ctx_switches"), badge(t.verdict),
         ))
     out.append(table(["scenario", "thread policy", "cores", "CPUs the libraries see", "pools, sized", "pools, policy",
-                      "E2E sized", "E2E policy", "penalty ± 95% CI", "Welch p", "throttled s/run",
+                      "E2E sized", "E2E policy", "penalty ± 95% CI", "p (test)", "throttled s/run",
                       "nr_throttled/run", "involuntary switches/run", "verdict"], rows))
     if not f.thread_policies:
         out.append(_p(f"Thread policies measured: {', '.join(f.policies)}; no scenario has sized pools next to "
