@@ -36,9 +36,10 @@ def main() -> None:
             for cores in args.cores:
                 deployment = Deployment("BM", cores, args.mode, "CPU")
                 workload = Workload(requests=args.requests or DEFAULT_REQUESTS.get(app))
-                e2e = run_single(Scenario(app, deployment, "e2e"), workload, store=store, results_dir=Path(tmp))
+                e2e = run_single(Scenario(app, deployment, "e2e"), workload, store=store,
+                                 results_dir=Path(tmp)).as_dict()
                 only = run_single(Scenario(app, deployment, "inference-only"), workload, store=store,
-                                  results_dir=Path(tmp))
+                                  results_dir=Path(tmp)).as_dict()
                 row = {"app": app, "deployment": str(deployment), "requests": workload.requests,
                        "error": e2e.get("error") or only.get("error")}
                 if not row["error"]:

@@ -1,6 +1,6 @@
 """Findings from constructed RunResults written into a real SQLite store (no stand-ins).
 
-``make_result`` builds a dict shaped like docs/measurement.md's RunResult; ``fill_store`` writes runs with
+``make_result`` builds a RunResult with the constructor the worker uses; ``fill_store`` writes runs with
 ``Store.add_run`` into a real file.  The other report tests import these two builders.
 """
 
@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import make_result as make_run_result
 from e2ebench import analysis
 from e2ebench.analysis import ScenarioKey
+from e2ebench.result import RunResult
 from e2ebench.store import Store
 
 PHASE_ORDER = ("io", "pre", "infer", "post", "other")
@@ -23,8 +25,8 @@ PHASE_ORDER = ("io", "pre", "infer", "post", "other")
 
 def make_result(app: str, deployment: str, phases_s: dict[str, float], mode: str = "e2e", requests: int = 64,
                 host_cpus: int = 2, emulated: bool = False, cold_start_s: float = 3.0, started_at: float | None = None,
-                hostname: str = "testhost", cache: str = "warm") -> dict:
-    """A RunResult as the worker and runner write it (schema e2ebench.run/1)."""
+                hostname: str = "testhost", cache: str = "warm") -> RunResult:
+    """A RunResult from ``RunResult.success`` (through conftest's builder) whose phases are ``phases_s``."""
     platform, cores, cpu_mode, device = deployment.split("/")
     cores_n = int(cores)
     phases = {k: float(phases_s.get(k, 0.0)) for k in PHASE_ORDER}
@@ -34,47 +36,22 @@ def make_result(app: str, deployment: str, phases_s: dict[str, float], mode: str
     cold = {"provision_s": 0.1 * cold_start_s, "process_start_s": 0.05 * cold_start_s,
             "import_s": 0.5 * cold_start_s, "model_load_s": 0.25 * cold_start_s,
             "first_inference_s": 0.1 * cold_start_s}
-    return {
-        "schema": "e2ebench.run/1",
-        "scenario": scenario,
-        "app": app,
-        "mode": mode,
-        "cache": cache,
-        "deployment": {"platform": platform, "cores": cores_n, "cpu_mode": cpu_mode, "device": device},
-        "requests": requests,
-        "completed": requests,
-        "batch_size": 8,
-        "loadgen_scenario": "offline",
-        "backend": "torch",
-        "variant": "full",
-        "e2e_s": e2e,
-        "phases_s": phases,
-        "latency_ms": {"p50": 500 * e2e / requests, "p90": 800 * e2e / requests, "p99": 1000 * e2e / requests,
-                       "mean": 500 * e2e / requests, "max": 1100 * e2e / requests},
+    latency = {"p50": 500 * e2e / requests, "p90": 800 * e2e / requests, "p99": 1000 * e2e / requests,
+               "mean": 500 * e2e / requests, "max": 1100 * e2e / requests}
+    return make_run_result(
+        scenario, e2e, phases_s=phases, requests=requests, started_at=started, host_cpus=host_cpus,
+        batch_size=8, latency_ms=latency, service_time_ms=dict(latency),
         # Offline: every request issued at once, so LoadGen's latency runs up to the whole window
-        "loadgen_latency_ms": {"p50": 500 * e2e, "p90": 900 * e2e, "p99": 990 * e2e, "mean": 500 * e2e, "max": 1000 * e2e},
-        "throughput_sps": requests / e2e,
-        "effective_cpus": list(range(cores_n)) if cpu_mode == "PIN" else list(range(host_cpus)),
-        "cpu_quota_cores": None if cpu_mode == "PIN" else float(cores_n),
-        "threads": {"torch_intra_op": cores_n, "process_threads": cores_n + 3},
-        "counters": {"voluntary_ctx_switches": 100, "involuntary_ctx_switches": 10, "cpu_migrations": 3,
-                     "nr_throttled": 0, "throttled_time_s": 0.0, "steal_s": 0.0, "user_cpu_s": e2e,
-                     "system_cpu_s": 0.01, "peak_rss_bytes": 10 ** 9},
-        "cold_start_s": cold_start_s,
-        "cold_start": cold,
-        "emulated": emulated,
-        "errors": {"count": 0, "fraction": 0.0, "limit_fraction": 0.01, "samples": []},
-        "error": None,
-        "quality": {},
-        "environment": {"cpu_model": "Test CPU", "host_cpus": host_cpus, "kernel": "6.1.0-test", "machine": "x86_64",
-                        "hostname": hostname, "python": "3.11.7",
-                        "libraries": {"torch": "2.13.0", "numpy": "2.4.6"}, "cgroup_version": 1,
-                        "in_container": platform in ("CN", "VMCN")},
-        "loadgen": {"result_valid": True, "log_dir": "/tmp/loadgen"},
-        "platform_info": {"platform": platform, "pinned_cpus": list(range(cores_n)) if cpu_mode == "PIN" else None},
-        "started_at": started,
-        "finished_at": started + e2e + cold_start_s,
-    }
+        loadgen_latency_ms={"p50": 500 * e2e, "p90": 900 * e2e, "p99": 990 * e2e, "mean": 500 * e2e, "max": 1000 * e2e},
+        cold_start_s=cold_start_s, cold_start=cold, emulated=emulated,
+        environment={"cpu_model": "Test CPU", "host_cpus": host_cpus, "kernel": "6.1.0-test", "machine": "x86_64",
+                     "hostname": hostname, "python": "3.11.7",
+                     "libraries": {"torch": "2.13.0", "numpy": "2.4.6"}, "cgroup_version": 1,
+                     "in_container": platform in ("CN", "VMCN")},
+        loadgen={"result_valid": True, "log_dir": "/tmp/loadgen"},
+        platform_info={"platform": platform, "pinned_cpus": list(range(cores_n)) if cpu_mode == "PIN" else None},
+        finished_at=started + e2e + cold_start_s,
+    )
 
 
 def fill_store(store: Store, study_id: str, spec: dict[str, dict], runs: int = 5, seed: int = 0,
@@ -89,9 +66,9 @@ def fill_store(store: Store, study_id: str, spec: dict[str, dict], runs: int = 5
             noisy = {k: max(0.0, v * (1.0 + noise * rng.standard_normal())) for k, v in phases.items()}
             result = make_result(app, deployment, noisy, mode=mode, host_cpus=host_cpus, emulated=emulated,
                                  started_at=t0 + 100 * i, cache=cache)
-            s = seq.get(result["scenario"], 0)
+            s = seq.get(result.scenario, 0)
             store.add_run(result, study_id=study_id, seq=s)
-            seq[result["scenario"]] = s + 1
+            seq[result.scenario] = s + 1
 
 
 def phases(io=0.02, pre=0.6, infer=0.35, post=0.01, other=0.02) -> dict[str, float]:
@@ -118,7 +95,7 @@ def test_grouping_excludes_failed_warmup_and_outliers(store):
     warm = make_result("ic", "BM/2/PIN/CPU", phases())
     store.add_run(warm, study_id=sid, phase="warmup", seq=0)
     failed = make_result("ic", "BM/2/PIN/CPU", phases())
-    failed["error"] = "worker failed: <boom>"
+    failed.error = "worker failed: <boom>"
     store.add_run(failed, study_id=sid, seq=10)
     outlier = make_result("ic", "BM/2/PIN/CPU", scale(phases(), 3.0))
     outlier_id = store.add_run(outlier, study_id=sid, seq=11)

@@ -72,7 +72,7 @@ def run_in_session(platform: cn.Container, deployment: str, workdir: Path, data:
     scenario = Scenario.parse(f"ic@{deployment}")
     workload = runner.Workload(requests=requests, batch_size=2, variant="tiny", timeout_s=timeout_s).resolved("ic")
     with platform.session(scenario.deployment, workdir) as session:
-        result = runner.execute(session, scenario, workload, data, workdir / "logs")
+        result = runner.execute(session, scenario, workload, data, workdir / "logs").as_dict()
         info = dict(session.info)
     return result, info
 

@@ -358,9 +358,9 @@ def test_firecracker_run(ic_data, tmp_path):
     workload = Workload(timeout_s=900.0, requests=2, batch_size=1, variant="tiny").resolved("ic")
     t0 = time.perf_counter()
     with platform.session(scenario.deployment, tmp_path) as session:
-        result = execute(session, scenario, workload, ic_data, tmp_path / "logs")
+        result = execute(session, scenario, workload, ic_data, tmp_path / "logs").as_dict()
     print(f"\nfirecracker: {time.perf_counter() - t0:.1f} s, cold start {result.get('cold_start')}")
-    assert result["error"] is None, (result["error"], result.get("output_tail", "")[-3000:])
+    assert result["error"] is None, (result["error"], (result.get("output_tail") or "")[-3000:])
     assert result["completed"] == 2 and result["emulated"] is False
     info = result["platform_info"]
     assert info["engine"] == "firecracker" and info["host_limits"]["as_planned"] is True

@@ -98,7 +98,7 @@ def run_tiny(deployment: str, ic_data: Path, workdir: Path, **options) -> tuple[
     platform = get_platform(scenario.deployment.platform, **options)
     t0 = time.perf_counter()
     with platform.session(scenario.deployment, workdir) as session:
-        result = execute(session, scenario, workload, ic_data, workdir / "logs")
+        result = execute(session, scenario, workload, ic_data, workdir / "logs").as_dict()
     wall_s = time.perf_counter() - t0
     info = result.get("platform_info") or {}
     print(f"\n{deployment}: session {wall_s:.1f} s (setup {info.get('setup_s')} s: kernel, initramfs, KVM verdict), "
@@ -109,7 +109,7 @@ def run_tiny(deployment: str, ic_data: Path, workdir: Path, **options) -> tuple[
 
 
 def check_common(result: dict, deployment: str, workdir: Path) -> dict:
-    assert result["error"] is None, (result["error"], result.get("output_tail", "")[-3000:])
+    assert result["error"] is None, (result["error"], (result.get("output_tail") or "")[-3000:])
     assert result["scenario"] == f"ic@{deployment}"
     assert result["emulated"] is True or cached_kvm_verdict_is_usable()
     assert result["completed"] == TINY["requests"] and result["errors"]["count"] == 0
@@ -478,7 +478,7 @@ def test_a_guest_that_does_not_answer_is_killed_at_its_timeout(guest_kernel, ic_
     scenario = Scenario.parse("ic@VM/1/VNL/CPU")
     workload = Workload(timeout_s=4.0, data=str(ic_data), **TINY)
     t0 = time.perf_counter()
-    result = run_single(scenario, workload, store=None, results_dir=tmp_path / "results")
+    result = run_single(scenario, workload, store=None, results_dir=tmp_path / "results").as_dict()
     assert time.perf_counter() - t0 < 120
     assert "timed out" in result["error"] and result["emulated"] is True
     assert result.get("cold_start_s") is None

@@ -42,8 +42,8 @@ def acceptance_store(tmp_path_factory):
         sid = store.create_study(f"acceptance {EVIL}", config={"host": {"cores": 2}, "note": EVIL})
         fill_store(store, sid, ACCEPTANCE, runs=4, noise=0.02)
         failed = make_result("ic", "CN/2/VNL/CPU", phases(), hostname=f"host{EVIL}")
-        failed["error"] = f"worker failed: {EVIL}"
-        failed["platform_info"]["engine"] = EVIL
+        failed.error = f"worker failed: {EVIL}"
+        failed.platform_info["engine"] = EVIL
         store.add_run(failed, study_id=sid, seq=99)
         fill_store(store, sid, {"VM/2/VNL/CPU": scale(phases(), 230.0)}, runs=2, emulated=True)
     return path, sid
@@ -307,9 +307,9 @@ def test_hostile_study_name_scenario_and_app_option_are_escaped(tmp_path):
                                                              "apps": {"ic": {"options": {"resize": HOSTILE}}}})
         fill_store(store, sid, {"BM/2/PIN/CPU": phases(), "CN/2/PIN/CPU": scale(phases(), 1.05)}, runs=2)
         odd = make_result("ic", "BM/2/PIN/CPU", phases())
-        odd["scenario"] = f"ic@BM/2/PIN/CPU{HOSTILE}"
-        odd["parameters"] = {"app_options": {"resize": HOSTILE}}
-        odd["platform_info"]["option"] = HOSTILE
+        odd.scenario = f"ic@BM/2/PIN/CPU{HOSTILE}"
+        odd.parameters = {"app_options": {"resize": HOSTILE}}
+        odd.platform_info["option"] = HOSTILE
         store.add_run(odd, study_id=sid, seq=9)
         out = build_report(store, sid, tmp_path / "report")
     page = out.html_path.read_text()

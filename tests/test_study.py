@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_result
 from e2ebench.platforms import get_platform_class
+from e2ebench.result import RunResult
 from e2ebench.scenario import PLATFORMS, Deployment, HostFacts, Scenario
 from e2ebench.store import Store
 from e2ebench.study import (PRESETS, StudyError, load_study, parse_study, preset_path, resolve_study_path)
@@ -324,13 +326,9 @@ def test_round_order_is_seeded_and_varies_between_rounds():
 # -- the runner's view of a store ----------------------------------------------------------------------
 
 
-def stored_result(scenario: str, e2e_s: float | None, error: str | None = None) -> dict:
-    """A RunResult as the store keeps it (only the keys the store and the summaries read)."""
-    parsed = Scenario.parse(scenario)
-    phases = None if e2e_s is None else {"io": 0.1 * e2e_s, "pre": 0.2 * e2e_s, "infer": 0.6 * e2e_s,
-                                         "post": 0.05 * e2e_s, "other": 0.05 * e2e_s}
-    return {"scenario": scenario, "app": parsed.app, "mode": parsed.mode, "deployment": parsed.deployment.as_dict(),
-            "e2e_s": e2e_s, "phases_s": phases, "error": error, "started_at": 1.0, "finished_at": 3.0}
+def stored_result(scenario: str, e2e_s: float | None, error: str | None = None) -> RunResult:
+    """A RunResult as the runner stores it (conftest's builder on RunResult's constructors), 2 s of wall time."""
+    return make_result(scenario, e2e_s, error=error, started_at=1.0, finished_at=3.0)
 
 
 def test_runner_reads_the_store_flags_outliers_and_has_nothing_left_to_do(tmp_path):
@@ -518,7 +516,7 @@ def test_resume_keeps_cold_and_warm_runs_apart(tmp_path):
         study_id, _ = open_study(store, study, plan)
         for seq in range(2):
             store.add_run(stored_result(warm, 1.0 + seq / 100), study_id, seq=seq)
-        store.add_run(dict(stored_result(cold, 1.5), cache="cold"), study_id, seq=0)
+        store.add_run(stored_result(cold, 1.5), study_id, seq=0)
         by_key = {s.key: s for s in StudyRunner(plan, store, study_id).states}
         assert by_key[warm].status == "target" or by_key[warm].status == "max-runs"
         assert by_key[cold].status == "active" and by_key[cold].measure_next_seq == 1

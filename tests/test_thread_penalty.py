@@ -15,6 +15,7 @@ from scipy import stats as scipy_stats
 
 from e2ebench import analysis, recommend
 from e2ebench.report.html import build_report
+from e2ebench.result import RunResult
 from e2ebench.store import Store
 from test_analysis import make_result
 
@@ -28,17 +29,17 @@ def store(tmp_path: Path):
 
 
 def _result(deployment: str, e2e: float, policy: str, throttled_s: float = 0.0, nr_throttled: int = 0,
-            involuntary: int = 10, start: float = 1_700_000_000.0) -> dict:
+            involuntary: int = 10, start: float = 1_700_000_000.0) -> RunResult:
     """A RunResult of ``deployment`` whose E2E is exactly ``e2e`` s, made with thread policy ``policy``."""
     cores = int(deployment.split("/")[1])
     r = make_result("ic", deployment, {"pre": 0.6 * e2e, "infer": 0.4 * e2e}, host_cpus=HOST, started_at=start)
-    r["e2e_s"] = e2e
+    r.e2e_s = e2e
     torch_threads = HOST if policy == "framework-default" else (int(policy) if policy.isdigit() else cores)
-    r["thread_policy"] = policy
-    r["thread_pools"] = {"torch_intra_op": torch_threads, "torch_inter_op": torch_threads, "opencv": torch_threads,
+    r.thread_policy = policy
+    r.thread_pools = {"torch_intra_op": torch_threads, "torch_inter_op": torch_threads, "opencv": torch_threads,
                          "onnxruntime_intra_op": None, "openmp": torch_threads, "process_threads": torch_threads + 3,
                          "os_cpu_count": HOST, "effective_cpus": HOST, "cpu_quota_cores": float(cores)}
-    r["counters"].update(throttled_time_s=throttled_s, nr_throttled=nr_throttled,
+    r.counters.update(throttled_time_s=throttled_s, nr_throttled=nr_throttled,
                          involuntary_ctx_switches=involuntary)
     return r
 
@@ -145,8 +146,8 @@ def test_numeric_policy_and_rows_per_deployment(store):
 
 def test_runs_without_a_policy_are_sized(store):
     sid = store.create_study("old")
-    r = make_result("ic", "CN/1/VNL/CPU", {"pre": 0.6, "infer": 0.4})
-    assert "thread_policy" not in r
+    r = make_result("ic", "CN/1/VNL/CPU", {"pre": 0.6, "infer": 0.4}).as_dict()
+    del r["thread_policy"]                   # a result written before thread policies existed
     store.add_run(r, study_id=sid)
     f = _findings(store, sid)
     assert [k.thread_policy for k in f.scenarios] == ["sized"]

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_cli, run_json
+from conftest import make_result, run_cli, run_json
 from e2ebench import store as store_module
 from e2ebench.runner import verify_limits
 from e2ebench.scenario import HostFacts, NotationError, Scenario, check_thread_policy, scenario_string
@@ -180,11 +180,10 @@ def test_explicit_scenarios_keep_their_policy():
 
 
 def _result(scenario: str = "ic@BM/1/VNL/CPU", policy: str | None = None, e2e: float = 1.5) -> dict:
-    app, dep = scenario.split("#")[0].split("@")
-    platform, cores, mode, device = dep.split("/")
-    out = {"schema": "e2ebench.run/1", "scenario": scenario, "app": app, "mode": "e2e",
-           "deployment": {"platform": platform, "cores": int(cores), "cpu_mode": mode, "device": device},
-           "e2e_s": e2e, "error": None, "started_at": 100.0, "finished_at": 101.5, "emulated": False}
+    """A stored run's JSON (conftest's builder); without ``thread_policy`` unless ``policy`` is given, as results
+    written before thread policies existed, so that the store reads the policy from the scenario's suffix."""
+    out = make_result(scenario, e2e, started_at=100.0, finished_at=101.5).as_dict()
+    del out["thread_policy"]
     if policy is not None:
         out["thread_policy"] = policy
     return out
