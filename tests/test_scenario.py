@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from e2ebench.scenario import Deployment, HostFacts, NotationError, Scenario, infeasibility
@@ -67,7 +69,7 @@ def test_feasibility_rules():
     assert "host has 8" in infeasibility(Deployment.parse("BM/16/PIN/CPU"), host)
     assert "MVM supports only VNL/CPU" in infeasibility(Deployment.parse("MVM/4/PIN/CPU"), host)
     assert "MVM supports only VNL/CPU" in infeasibility(Deployment.parse("MVM/4/VNL/GPU"), host)
-    assert "no GPU" in infeasibility(Deployment.parse("CN/4/PIN/GPU"), host)
+    assert infeasibility(Deployment.parse("CN/4/PIN/GPU"), host).startswith("CN ")     # CN's own GPU reason
     assert "no qemu" in infeasibility(Deployment.parse("VM/4/PIN/CPU"), host)
     gpu_host = HostFacts(cores=8, gpus=1, available_platforms=frozenset({"BM"}))
     assert infeasibility(Deployment.parse("BM/4/PIN/GPU"), gpu_host) is None
@@ -162,10 +164,13 @@ def test_infeasibility_is_the_platforms_own_rule():
         for text in (f"{name}/4/PIN/GPU", f"{name}/4/VNL/CPU", f"{name}/16/PIN/CPU"):
             d = Deployment.parse(text)
             assert infeasibility(d, host) == cls.supports(d, host)
-    # GPU: every GPU platform gives its own reason, carrying the host's gpu_reason
-    for name in ("BM", "CN", "VM", "VMCN"):
+    # GPU: every GPU platform gives its own reason (BM's carries the host's gpu_reason; CN, VM and VMCN also look
+    # at their own GPU path: device nodes for the engine, VFIO)
+    assert infeasibility(Deployment.parse("BM/4/PIN/GPU"), host) == (
+        "BM has no usable GPU here: torch 2.13.0+cpu is a CPU build (torch.version.cuda is None)")
+    for name in ("CN", "VM", "VMCN"):
         reason = infeasibility(Deployment.parse(f"{name}/4/PIN/GPU"), host)
-        assert reason.startswith(f"{name} ") and "CPU build" in reason
+        assert reason.startswith(f"{name} ") and "GPU" in reason
     # MVM: a design limit, whatever the host (the paper's reason)
     gpu_host = HostFacts(cores=8, gpus=1, available_platforms=host.available_platforms, gpu_names=("H200",))
     for text in ("MVM/4/VNL/GPU", "MVM/4/PIN/CPU"):
@@ -203,3 +208,12 @@ def test_gpu_facts_name_every_missing_part():
             assert "is a CPU build (torch.version.cuda is None)" in facts.reason
         if not facts.device_nodes:
             assert "no NVIDIA device node" in facts.reason
+
+
+def test_a_gpu_scenario_says_its_gpu_reason_before_the_core_shortfall():
+    host = HostFacts(cores=2, gpus=0, available_platforms=frozenset({"BM"}), gpu_reason="no NVIDIA device node")
+    assert infeasibility(Deployment.parse("BM/16/PIN/GPU"), host) == (
+        "BM has no usable GPU here: no NVIDIA device node; also 16 cores requested but the host has 2")
+    assert infeasibility(Deployment.parse("BM/16/PIN/CPU"), host) == "16 cores requested but the host has 2"
+    gpu_host = dataclasses.replace(host, gpus=1, gpu_reason="")
+    assert infeasibility(Deployment.parse("BM/16/PIN/GPU"), gpu_host) == "16 cores requested but the host has 2"

@@ -128,7 +128,9 @@ class Platform(abc.ABC):
 
         The base rule: the CPU mode and device must be ones the platform provides at all (:meth:`design_problem`),
         the host must have the cores, and the platform must be available there (``host.available_platforms``, with
-        the probe's reason from ``host.platform_reasons``).  A platform with a device path overrides this, calls
+        the probe's reason from ``host.platform_reasons``).  For a deployment on another device than CPU that asks
+        for more cores than the host has, the platform's device path is asked first (at the host's size), so that a
+        GPU scenario says why no GPU can be used here before it says that the host is too small.  A platform with a device path overrides this, calls
         ``super().supports`` first and then checks that path on ``host`` (e.g. ``host.gpus``), returning its own
         reason.
         """
@@ -136,7 +138,14 @@ class Platform(abc.ABC):
         if problem:
             return problem
         if deployment.cores > host.cores:
-            return f"{deployment.cores} cores requested but the host has {host.cores}"
+            shortfall = f"{deployment.cores} cores requested but the host has {host.cores}"
+            if deployment.device != "CPU" and host.cores >= 1:
+                # The device path speaks first: a GPU deployment on a host whose GPU path is missing is infeasible
+                # for that reason at any size, so ask the platform's own rule (the subclass's) at a size that fits.
+                device_problem = cls.supports(dataclasses.replace(deployment, cores=host.cores), host)
+                if device_problem:
+                    return f"{device_problem}; also {shortfall}"
+            return shortfall
         if deployment.platform not in host.available_platforms:
             reason = dict(host.platform_reasons).get(deployment.platform, "not available on this host")
             return f"platform {deployment.platform} unavailable: {reason}"
