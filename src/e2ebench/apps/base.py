@@ -5,7 +5,7 @@ An application is a DL program with three timed phases per request:
 * ``read(ref) -> bytes``        the **io** part of pre-processing: reading the input from storage;
 * ``preprocess(ref, raw)``      decode + transform one request (raises :class:`SampleError` on bad input);
 * ``collate(items) -> batch``   stacking pre-processed requests into one batch (counted as pre-processing);
-* ``infer(batch) -> output``    the DNN (moving the batch to the device is part of it);
+* ``infer(batch) -> output``    the DNN (moving the batch to the device and the output back are part of it);
 * ``postprocess(output, batch)``turning the DNN output into per-request answers.
 
 The worker (``e2ebench.worker``) drives these with MLPerf LoadGen and times every call with
@@ -138,7 +138,9 @@ class App(abc.ABC):
 
     @abc.abstractmethod
     def infer(self, batch: Any) -> Any:
-        """Run the DNN on a batch (device transfer included)."""
+        """Run the DNN on a batch (device transfer included).  On a GPU, return CPU data: the copy back waits for the
+        device, so the infer lap holds the GPU's work (the worker also calls ``torch.cuda.synchronize`` before it
+        ends the lap).  Keep pre-processing in ``preprocess``/``collate``, on the CPU, as the real program does."""
 
     @abc.abstractmethod
     def postprocess(self, output: Any, batch: Any) -> list[Any]:
