@@ -85,6 +85,40 @@ def gpu_status(facts=None) -> dict:
             "reason": f"{facts.reason}; GPU deployments are infeasible here", "fix": fix, "facts": facts.as_dict()}
 
 
+def gpu_passthrough_status() -> dict:
+    """The rows ``GPU in CN`` and ``GPU in VM, VMCN``: can the host's GPU be passed into a container (device nodes,
+    driver libraries, and per engine a CDI spec or docker's NVIDIA runtime) or through to a QEMU guest (VFIO: PCI
+    device, IOMMU, its group, vfio-pci, driver not in use)?  Each says exactly what is missing."""
+    from e2ebench.platforms.base import PlatformError
+    from e2ebench.platforms.container import Container
+    from e2ebench.platforms.vfio import IOMMU_FIX, vfio_status
+
+    rows = {}
+    try:
+        platform = Container()
+        problem = platform.gpu_problem()
+        engine = platform.engine
+    except PlatformError as exc:
+        problem, engine = str(exc), "?"
+    fixes = {"runc": "install the NVIDIA driver (device nodes /dev/nvidia*, libcuda.so in ldconfig -p)",
+             "podman": "nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml (NVIDIA container toolkit)",
+             "docker": "install the NVIDIA container toolkit, then nvidia-ctk runtime configure --runtime=docker"}
+    rows["GPU in CN"] = {"status": "unavailable" if problem else "usable", "usable": problem is None, "emulated": False,
+                         "reason": f"{engine}: {problem or 'the GPU device nodes and driver libraries can be passed in'}",
+                         "fix": fixes.get(engine, "") if problem else ""}
+    usable, reason = vfio_status()
+    fix = ""
+    if not usable:
+        fix = (IOMMU_FIX if "IOMMU is off" in reason else "modprobe vfio-pci" if "vfio-pci" in reason
+               else "stop the processes holding /dev/nvidia* (nvidia-persistenced, nvidia-smi, CUDA programs)"
+               if "in use" in reason else "run on a host with an NVIDIA GPU" if "no NVIDIA PCI device" in reason
+               else "move the GPU to a slot with its own IOMMU group" if "shared with" in reason else "")
+    rows["GPU in VM, VMCN"] = {"status": "usable" if usable else "unavailable", "usable": usable, "emulated": False,
+                               "reason": f"VFIO: {reason}; the guest also needs the NVIDIA driver for its kernel "
+                                         "(docs/platforms.md)", "fix": fix}
+    return rows
+
+
 def platform_entry(name: str, availability) -> dict:
     """One row of ``platforms``: the probe's verdict plus what the registered class says it supports in principle
     (title, CPU modes, devices, design limit, class); a third-party platform that does not load has only the verdict."""
@@ -109,7 +143,7 @@ def collect() -> dict:
     }
     platforms = {name: platform_entry(name, availability) for name, availability in probe_all().items()}
     devices = {"CPU": {"status": "usable", "usable": True, "emulated": False, "reason": f"{host['cpus']} CPUs", "fix": ""},
-               "GPU": gpu_status()}
+               "GPU": gpu_status(), **gpu_passthrough_status()}
     tools = {}
     for tool in ("runc", "podman", "docker", "qemu-system-x86_64", "busybox", "debootstrap", "espeak-ng", "firecracker"):
         path = shutil.which(tool)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import resource
@@ -865,6 +866,15 @@ def remove_stale_containers(engine: str | None = None, docker_host: str | None =
     return removed
 
 
+@functools.lru_cache(maxsize=16)
+def _engine_gpu_problem(engine: str, docker_host: str | None, gpus: str | None) -> str | None:
+    """:meth:`Container.gpu_problem` for ``supports()`` (asked once per engine and process: it may call docker)."""
+    try:
+        return Container(engine=engine, docker_host=docker_host, gpus=gpus).gpu_problem()
+    except PlatformError as exc:
+        return str(exc)
+
+
 class Container(Platform):
     name = "CN"
     title = "container"
@@ -877,10 +887,20 @@ class Container(Platform):
 
     @classmethod
     def supports(cls, deployment: Deployment, host: HostFacts) -> str | None:
-        """The base rules, and for GPU a GPU usable on the host (HostFacts.gpus) to pass into the container."""
+        """The base rules; for GPU, what the engine (``$E2EBENCH_CN_ENGINE``, default runc) needs to pass the GPU
+        in (device nodes and driver libraries; podman a CDI spec; docker the NVIDIA runtime), then a GPU that
+        torch sees here (HostFacts.gpus: the container runs this environment's torch)."""
         problem = super().supports(deployment, host)
-        if problem or deployment.device != "GPU" or host.gpus > 0:
+        if problem or deployment.device != "GPU":
             return problem
+        engine = (os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE).strip().lower()
+        if engine in ENGINES:
+            gpu = _engine_gpu_problem(engine, os.environ.get(DOCKER_HOST_ENV) or os.environ.get("DOCKER_HOST") or None,
+                                      os.environ.get(GPUS_ENV))
+            if gpu:
+                return f"{cls.name} ({engine}) cannot pass a GPU into the container: {gpu}"
+        if host.gpus > 0:
+            return None
         return f"{cls.name} has no GPU to pass into the container: {host.gpu_reason or 'torch.cuda sees no GPU'}"
 
     def __init__(self, engine: str | None = None, rootfs: str | None = None, network: bool | None = None,

@@ -52,6 +52,7 @@ DROPPED_ENV_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "GOMP_CPU_AFFINITY", 
 NVIDIA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 NVIDIA_GPU_NODE = re.compile(r"^/dev/nvidia(\d+)$")
 CDI_GPU_KIND = "nvidia.com/gpu"
+NVIDIA_MAJOR = 195          # the driver's fixed character major: nvidia0.., nvidiactl (minor 255), nvidia-modeset (254)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +125,18 @@ def select_gpu_nodes(nodes: list[DeviceNode] | tuple[DeviceNode, ...],
         if node.path in NVIDIA_CONTROL_NODES or (index is not None and (selection is None or index in selection)):
             kept.append(node)
     return tuple(sorted(kept, key=lambda d: d.path))
+
+
+def nvidia_nodes(gpu_count: int, uvm_major: int) -> tuple[DeviceNode, ...]:
+    """The nodes a machine with ``gpu_count`` NVIDIA GPUs has, built from the driver's fixed major and the
+    ``nvidia-uvm`` major (dynamic: read from /proc/devices where the driver runs).  For a container in a guest,
+    whose nodes exist only once the guest has booted."""
+    if gpu_count < 1:
+        raise ValueError(f"gpu_count must be at least 1, got {gpu_count}")
+    nodes = [DeviceNode(f"/dev/nvidia{i}", NVIDIA_MAJOR, i) for i in range(gpu_count)]
+    nodes += [DeviceNode("/dev/nvidiactl", NVIDIA_MAJOR, 255),
+              DeviceNode("/dev/nvidia-uvm", uvm_major, 0), DeviceNode("/dev/nvidia-uvm-tools", uvm_major, 1)]
+    return tuple(sorted(nodes, key=lambda d: d.path))
 
 
 def oci_gpu_devices(nodes: tuple[DeviceNode, ...] | list[DeviceNode]) -> list[dict]:
@@ -381,7 +394,8 @@ def docker_run_argv(base: list[str], run_args: list[str], argv: list[str], *, im
 
 __all__ = [
     "Bind", "DeviceNode", "GpuPassthrough", "HOSTNAME", "OCI_VERSION", "cap_rlimits", "docker_base_argv",
-    "docker_gpu_args", "docker_run_argv", "engine_limit_args", "engine_run_args", "oci_config", "oci_gpu_device_rules",
+    "docker_gpu_args", "docker_run_argv", "engine_limit_args", "engine_run_args", "nvidia_nodes", "oci_config",
+    "oci_gpu_device_rules",
     "oci_gpu_devices", "parse_gpu_selection", "plan_binds", "podman_base_argv", "podman_gpu_args", "podman_run_argv",
     "select_gpu_nodes",
 ]

@@ -42,7 +42,6 @@ import json
 import os
 import platform as _platform
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -60,83 +59,30 @@ from e2ebench.lifecycle import die_with_parent, owner_env
 from e2ebench.platforms.base import Availability, Platform, PlatformError, Session, worker_env
 from e2ebench.platforms.guest import guest_cache_dir, template
 from e2ebench.platforms.guest import disk as guest_disk
-from e2ebench.platforms.guest.initramfs import InitramfsError, build_initramfs, find_busybox
+from e2ebench.platforms import vfio
+from e2ebench.platforms.guest.initramfs import GUEST_MODULES, InitramfsError, build_initramfs, find_busybox
 from e2ebench.platforms.guest.kernel import META_PACKAGE, GuestKernel, KernelError, ensure_kernel, find_kernel
 from e2ebench.platforms.guest.qmp import QmpClient, QmpError
 from e2ebench.platforms.rootfs import python_environment_dirs
+# the pure builders, re-exported here where callers have always found them
+from e2ebench.platforms.vm_config import (ACCEL_ENV, GUEST_DATA_MOUNT, GUEST_ENV_KEYS, GUEST_ENV_PREFIXES,
+                                          GUEST_JOB_DIR, GUEST_PRIVATE_DIRS, GUEST_TMPFS_DIRS, HOST_ONLY_ENV, MARK_ERROR,
+                                          MARK_GUEST_EXIT, MARK_PROBE, MARK_READY, MARK_WORKER_EXIT, MARKERS, MEMORY_ENV,
+                                          QEMU_BINARY, GuestLaunch, VmOptions, _marker_fields, accel_args,
+                                          bounded_memory_mib, host_memory_mib, host_tsc_khz, kernel_cmdline,
+                                          marker_fields, paths_hidden_by_guest_tmpfs, qemu_argv, shell_assignments,
+                                          shell_script, vfio_args)
 from e2ebench.scenario import Deployment, HostFacts
 from e2ebench.spec import WorkerFailure, WorkerSpec, extract_result
 
-QEMU_BINARY = "qemu-system-x86_64"
-MARK_READY = "@@E2EBENCH_GUEST_READY@@"
-MARK_ERROR = "@@E2EBENCH_GUEST_ERROR@@"
-MARK_GUEST_EXIT = "@@E2EBENCH_GUEST_EXIT@@"
-MARK_WORKER_EXIT = "@@E2EBENCH_WORKER_EXIT@@"
-MARK_PROBE = "@@E2EBENCH_PROBE_OK@@"
-MARKERS = (MARK_READY, MARK_ERROR, MARK_GUEST_EXIT, MARK_WORKER_EXIT, MARK_PROBE)
-GUEST_DATA_MOUNT = "/run/e2ebench/data"
-GUEST_JOB_DIR = "/run/e2ebench/job"   # where the guest mounts the job directory (a tmpfs under /run)
-# directories the guest mounts its own file systems on: host paths below them are hidden in the guest
-GUEST_PRIVATE_DIRS = ("/tmp", "/run", "/dev", "/proc", "/sys")
 TCG_REASON = "no usable KVM (/dev/kvm is PVM / missing); TCG emulation ~100-200x slower"
 PACKAGES_FIX = "apt-get install qemu-system-x86 busybox-static e2fsprogs"
-ACCEL_ENV = "E2EBENCH_VM_ACCEL"
-MEMORY_ENV = "E2EBENCH_VM_MEMORY_MIB"
-
-
-# ---------------------------------------------------------------------------
-# Options
-
-
-@dataclasses.dataclass
-class VmOptions:
-    """Settings of the QEMU platforms (``get_platform("VM", memory_mib=2048, ...)``)."""
-
-    memory_mib: int = 4096              # guest RAM; capped at 75% of the host's memory
-    kernel: str | None = None           # bzImage to boot; default $E2EBENCH_GUEST_KERNEL, the cache, or Debian's
-    modules_dir: str | None = None      # its lib/modules/<version>; default $E2EBENCH_GUEST_MODULES or a guess
-    accel: str = "auto"                 # auto | kvm | tcg ($E2EBENCH_VM_ACCEL)
-    machine: str = "q35"                # q35 | pc (MVM always uses microvm)
-    p9_msize: int = 524288              # 9p message size of both shares
-    p9_cache: str = "loose"             # 9p cache mode of the read-only host root (loose: ~2x faster imports)
-    boot_timeout_s: float = 600.0       # QEMU start -> guest ready, at most
-    kvm_probe_timeout_s: float = 20.0   # a KVM probe guest must print its marker within this
-    cache_disk_images: bool = True      # keep data-set disk images in <cache>/guest/disks
-    fetch_kernel: bool = True           # apt-get download Debian's kernel when none is configured or cached
-    qemu_binary: str = QEMU_BINARY
-
-    def __post_init__(self) -> None:
-        if self.accel == "auto" and os.environ.get(ACCEL_ENV):
-            self.accel = os.environ[ACCEL_ENV].strip().lower()
-        if os.environ.get(MEMORY_ENV) and self.memory_mib == 4096:
-            self.memory_mib = int(os.environ[MEMORY_ENV])
-        if self.accel not in ("auto", "kvm", "tcg"):
-            raise ValueError(f"accel must be auto, kvm or tcg, not {self.accel!r}")
-        if self.machine not in ("q35", "pc", "microvm"):
-            raise ValueError(f"machine must be q35, pc or microvm, not {self.machine!r}")
-        if int(self.memory_mib) < 256:
-            raise ValueError(f"memory_mib must be at least 256, not {self.memory_mib}")
-        if self.p9_cache not in ("none", "loose", "fscache", "mmap"):
-            raise ValueError(f"p9_cache must be none, loose, fscache or mmap, not {self.p9_cache!r}")
-        self.memory_mib = int(self.memory_mib)
-
-
-def host_memory_mib() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    return 0
-
-
-def bounded_memory_mib(requested_mib: int, host_mib: int | None = None) -> int:
-    """Guest RAM: the request, at most 75% of the host's memory (never below 256 MiB)."""
-    host_mib = host_memory_mib() if host_mib is None else host_mib
-    if host_mib <= 0:
-        return requested_mib
-    return max(256, min(requested_mib, int(host_mib * 0.75)))
+# the guest kernel's modules a GPU deployment loads: the NVIDIA driver built for that kernel
+GPU_GUEST_MODULES = ("nvidia", "nvidia_uvm")
+GPU_KERNEL_FIX = ("a GPU guest loads the NVIDIA driver's modules built for the guest kernel: point E2EBENCH_GUEST_KERNEL "
+                  "and E2EBENCH_GUEST_MODULES at a kernel whose modules include nvidia.ko and nvidia-uvm.ko (for "
+                  "example the host's own kernel with its DKMS-built driver, whose user-space libraries the guest "
+                  "then sees through the shared root)")
 
 
 @functools.lru_cache(maxsize=8)
@@ -162,124 +108,6 @@ def qemu_machines(binary: str = QEMU_BINARY) -> frozenset[str]:
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()
     return frozenset(line.split()[0] for line in out.splitlines()[1:] if line.strip())
-
-
-# ---------------------------------------------------------------------------
-# The QEMU command line (pure)
-
-
-@dataclasses.dataclass(frozen=True)
-class GuestLaunch:
-    """Everything that decides one QEMU command line."""
-
-    kernel_image: Path
-    initramfs: Path
-    vcpus: int
-    memory_mib: int
-    accel: str                          # kvm | tcg
-    machine: str                        # q35 | pc | microvm
-    qmp_socket: Path
-    job_dir: Path | None = None         # host directory shared writable over 9p; None in probe mode
-    data_image: Path | None = None      # read-only virtio-blk disk
-    data_mount: str | None = None       # where the guest mounts it
-    p9_msize: int = 524288
-    p9_cache: str = "loose"
-    mode: str = "run"                   # run | probe | hold
-    name: str = "e2ebench"
-    tsc_khz: int | None = None          # TCG: the guest's TSC frequency (= the host's), skips calibration
-    keep_paths: tuple[str, ...] = ()    # host paths under /tmp or /run that must stay visible over the guest's tmpfs
-
-    @property
-    def is_microvm(self) -> bool:
-        return self.machine == "microvm"
-
-
-def kernel_cmdline(launch: GuestLaunch) -> str:
-    parts = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "rdinit=/init", f"e2ebench.mode={launch.mode}"]
-    if launch.tsc_khz:
-        # Under TCG the guest's TSC ticks at the host's TSC rate; calibrating it against the emulated PIT
-        # fails now and then on a busy host, and a microvm (no HPET, no PM timer) then hangs at boot.
-        parts.append(f"tsc_early_khz={launch.tsc_khz}")
-    if launch.mode == "run":
-        if launch.job_dir is None:
-            raise ValueError("a run needs a job directory")
-        parts += [f"e2ebench.job={GUEST_JOB_DIR}", f"e2ebench.msize={launch.p9_msize}", f"e2ebench.cache={launch.p9_cache}"]
-        if launch.data_image is not None and launch.data_mount:
-            parts.append(f"e2ebench.data={launch.data_mount}")
-        if launch.keep_paths:
-            parts.append("e2ebench.keep=" + ",".join(launch.keep_paths))
-    for part in parts:
-        if any(c.isspace() for c in part):
-            raise ValueError(f"kernel command line argument {part!r} contains whitespace")
-    return " ".join(parts)
-
-
-GUEST_TMPFS_DIRS = ("/tmp", "/run")
-
-
-def paths_hidden_by_guest_tmpfs(paths: list[str]) -> tuple[str, ...]:
-    """The paths the guest's own tmpfs on /tmp and /run would hide (the Python environment or the project
-    living under /tmp, as in a CI checkout); init.sh binds them back from the host root.  Paths with
-    whitespace or commas cannot travel on the kernel command line and are refused."""
-    kept = []
-    for path in paths:
-        norm = os.path.normpath(path)
-        if any(norm == d or norm.startswith(d + "/") for d in GUEST_TMPFS_DIRS):
-            if any(c.isspace() or c == "," for c in norm):
-                raise ValueError(f"{norm!r} is under /tmp or /run and contains whitespace or a comma: a VM guest "
-                                 "cannot see it; move the Python environment or project elsewhere")
-            kept.append(norm)
-    return tuple(sorted(set(kept)))
-
-
-def host_tsc_khz(cpuinfo: str | None = None) -> int | None:
-    """The host's constant TSC frequency in kHz (``cpu MHz`` when the CPU has ``constant_tsc``), or None."""
-    try:
-        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    flags = re.search(r"^flags\s*:(.*)$", text, re.M)
-    mhz = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.M)
-    if not flags or not mhz or "constant_tsc" not in flags.group(1).split():
-        return None
-    return int(round(float(mhz.group(1)) * 1000))
-
-
-def accel_args(accel: str) -> list[str]:
-    if accel == "kvm":
-        return ["-accel", "kvm", "-cpu", "host,-arch-capabilities"]
-    if accel == "tcg":
-        return ["-accel", "tcg,thread=multi", "-cpu", "max"]
-    raise ValueError(f"unknown accelerator {accel!r}")
-
-
-def qemu_argv(launch: GuestLaunch, binary: str = QEMU_BINARY) -> list[str]:
-    """The QEMU argument list: paused at start (``-S``), QMP on a unix socket, console on stdio."""
-    suffix = "device" if launch.is_microvm else "pci"
-    machine = "microvm,x-option-roms=off,rtc=off" if launch.is_microvm else launch.machine
-    argv = [
-        binary, "-name", f"{launch.name},debug-threads=on", "-machine", machine, *accel_args(launch.accel),
-        "-smp", f"cpus={launch.vcpus},sockets=1,cores={launch.vcpus},threads=1", "-m", str(launch.memory_mib),
-        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio", "-monitor", "none",
-        "-kernel", str(launch.kernel_image), "-initrd", str(launch.initramfs), "-append", kernel_cmdline(launch),
-        "-qmp", f"unix:{launch.qmp_socket},server=on,wait=off", "-S",
-    ]
-    if launch.mode == "run":
-        argv += [
-            "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
-            "-device", f"virtio-9p-{suffix},fsdev=hostroot,mount_tag=hostroot",
-            "-fsdev", f"local,id=job,path={launch.job_dir},security_model=none",
-            "-device", f"virtio-9p-{suffix},fsdev=job,mount_tag=job",
-        ]
-        if launch.data_image is not None:
-            argv += [
-                "-drive", f"file={launch.data_image},if=none,id=data,format=raw,readonly=on",
-                "-device", f"virtio-blk-{suffix},drive=data,serial=e2ebench-data",
-            ]
-    for value in (str(launch.job_dir or ""), str(launch.data_image or "")):
-        if "," in value:
-            raise ValueError(f"QEMU option values cannot contain ',': {value}")
-    return argv
 
 
 # ---------------------------------------------------------------------------
@@ -589,11 +417,6 @@ def _short_dir(preferred: Path) -> Path:
 # The session
 
 
-GUEST_ENV_PREFIXES = ("E2EBENCH_", "HF_", "TRANSFORMERS_", "TORCH_", "PYTHON", "LC_", "KMP_", "ONNX")
-GUEST_ENV_KEYS = ("LANG", "TZ", "VIRTUAL_ENV", "PATH")
-HOST_ONLY_ENV = ("E2EBENCH_GUEST_KERNEL", "E2EBENCH_GUEST_MODULES", ACCEL_ENV, MEMORY_ENV)
-
-
 def guest_worker_env() -> dict[str, str]:
     """The worker's environment in the guest: the host worker's, restricted to what matters in there."""
     host = worker_env()
@@ -613,19 +436,6 @@ def guest_sees(host_path: str) -> bool:
         return True
     kept = paths_hidden_by_guest_tmpfs(python_environment_dirs())
     return any(host_path == k or host_path.startswith(k + "/") for k in kept)
-
-
-def shell_script(argv: list[str], env: dict[str, str] | None = None) -> str:
-    """``exec env -i K=V ... argv`` with every word quoted (shlex): the guest runs it with /bin/sh."""
-    words = ["exec"]
-    if env is not None:
-        words += ["env", "-i"] + [f"{k}={v}" for k, v in sorted(env.items())]
-    words += argv
-    return "#!/bin/sh\n" + " ".join(shlex.quote(w) for w in words) + "\n"
-
-
-def shell_assignments(values: dict[str, str]) -> str:
-    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 
 
 class VirtualMachineSession(Session):
@@ -650,6 +460,8 @@ class VirtualMachineSession(Session):
         self.job_dirs: list[Path] = []
         self._data_host: Path | None = None
         self.guest: QemuGuest | None = None      # the running guest, while a run is in progress
+        self.vfio_devices: tuple[str, ...] = ()   # GPU deployments: PCI addresses passed through (bound to vfio-pci)
+        self.passed_gpus = 0                       # how many of them are GPUs (the rest: their audio/USB functions)
         self.info = {
             "platform": platform.NAME,
             "engine": "qemu",
@@ -675,6 +487,10 @@ class VirtualMachineSession(Session):
         }
 
     # -- what the worker must see ---------------------------------------------------------
+    def gpu_count(self) -> int:
+        """GPUs passed through to the guest (0: a CPU deployment)."""
+        return self.passed_gpus
+
     def guest_cpus(self) -> list[int]:
         return list(range(self.deployment.cores))
 
@@ -822,7 +638,7 @@ class VirtualMachineSession(Session):
             job_dir=job, data_image=image.image if image else None, data_mount=GUEST_DATA_MOUNT if image else None,
             p9_msize=self.options.p9_msize, p9_cache=self.options.p9_cache, name=f"e2ebench-{self.platform.NAME.lower()}",
             tsc_khz=host_tsc_khz() if self.accel == "tcg" else None,
-            keep_paths=paths_hidden_by_guest_tmpfs(python_environment_dirs()),
+            keep_paths=paths_hidden_by_guest_tmpfs(python_environment_dirs()), vfio_devices=self.vfio_devices,
         )
         argv = qemu_argv(launch, self.options.qemu_binary)
         self.info["qemu_argv"] = argv
@@ -934,18 +750,6 @@ class VirtualMachineSession(Session):
         return record
 
 
-def _marker_fields(line: str) -> dict:
-    out: dict = {}
-    for key, value in re.findall(r"(\w+)=(\S+)", line):
-        if key == "uptime":
-            out["guest_uptime_at_ready_s"] = float(value)
-        elif key == "cpus":
-            out["guest_cpus"] = int(value)
-        elif key == "data":
-            out["guest_data_source"] = value
-    return out
-
-
 def _copy_tree(source: Path, target: Path) -> None:
     for item in source.rglob("*"):
         dest = target / item.relative_to(source)
@@ -974,11 +778,14 @@ class VirtualMachine(Platform):
 
     @classmethod
     def supports(cls, deployment: Deployment, host: HostFacts) -> str | None:
-        """The base rules, and for GPU a GPU on the host (HostFacts.gpus) to pass through to the guest."""
+        """The base rules; for GPU, a whole NVIDIA GPU that VFIO can pass through to the guest (:func:`vfio.vfio_status`:
+        PCI device, IOMMU, group, vfio-pci, driver not in use).  HostFacts.gpus is not asked: a GPU bound to
+        vfio-pci is invisible to the host's CUDA by design."""
         problem = super().supports(deployment, host)
-        if problem or deployment.device != "GPU" or host.gpus > 0:
+        if problem or deployment.device != "GPU":
             return problem
-        return f"{cls.name} has no GPU to pass through to the guest: {host.gpu_reason or 'torch.cuda sees no GPU'}"
+        usable, reason = vfio.vfio_status()
+        return None if usable else f"{cls.name} cannot pass a GPU through to the guest: {reason}"
 
     def machine_type(self) -> str:
         return self.options.machine
@@ -1039,10 +846,18 @@ class VirtualMachine(Platform):
 
     # -- session ------------------------------------------------------------------------------
     def check_deployment(self, deployment: Deployment) -> None:
-        if deployment.device != "CPU":
-            raise PlatformError(f"{self.NAME} supports CPU deployments only here (no GPU passthrough)")
+        """What to refuse before anything is prepared (MVM refuses its design limits); a GPU deployment's path is
+        checked by :meth:`gpu_devices` at the start of :meth:`session`."""
 
-    def prepare_guest(self, workdir: Path) -> tuple[GuestKernel, Path, str, str, float]:
+    def gpu_devices(self) -> list[vfio.PciDevice]:
+        """The PCI functions to pass through for a GPU deployment (the GPU and its other functions); raises
+        PlatformError with :func:`vfio.choose_gpu`'s reason when there are none."""
+        devices, reason = vfio.choose_gpu(address=self.options.gpu_address)
+        if not devices:
+            raise PlatformError(f"{self.name} cannot pass a GPU through to the guest: {reason}")
+        return devices
+
+    def prepare_guest(self, workdir: Path, gpu: bool = False) -> tuple[GuestKernel, Path, str, str, float]:
         missing = self.missing_tools()
         if missing:
             raise PlatformError("missing: " + ", ".join(w for w, _ in missing) + "; "
@@ -1050,34 +865,61 @@ class VirtualMachine(Platform):
         t0 = time.perf_counter()
         try:
             kernel = ensure_kernel(self.options.kernel, self.options.modules_dir, fetch=self.options.fetch_kernel)
-            initramfs = build_initramfs(kernel)
-        except (KernelError, InitramfsError) as exc:
+        except KernelError as exc:
             raise PlatformError(str(exc)) from None
+        try:
+            initramfs = build_initramfs(kernel, wanted=GUEST_MODULES + (GPU_GUEST_MODULES if gpu else ()))
+        except (KernelError, InitramfsError) as exc:
+            raise PlatformError(f"{exc}; {GPU_KERNEL_FIX}" if gpu else str(exc)) from None
         accel, reason = choose_accel(self.options, kernel, initramfs, workdir)
         return kernel, initramfs, accel, reason, time.perf_counter() - t0
 
     @contextlib.contextmanager
     def session(self, deployment: Deployment, workdir: Path) -> Iterator[VirtualMachineSession]:
         self.check_deployment(deployment)
+        gpu = deployment.device == "GPU"
+        gpu_devices = self.gpu_devices() if gpu else []
         host_cpus = sorted(os.sched_getaffinity(0))
         plan = cgroups.plan_limits(deployment.cores, deployment.cpu_mode, host_cpus, cgroups.numa_nodes())
-        kernel, initramfs, accel, reason, setup_s = self.prepare_guest(workdir)
+        kernel, initramfs, accel, reason, setup_s = self.prepare_guest(workdir, gpu=gpu)
         can_write, why = cgroups.writable()
         cgroups.remove_stale()
-        if not can_write:
-            if plan.quota_us is not None:
-                raise PlatformError(f"{deployment} needs a CFS quota on QEMU but cgroups are not writable: {why}")
-            group = None
-            stack: contextlib.AbstractContextManager = contextlib.nullcontext()
-        else:
-            group = cgroups.CpuCgroup(plan, name=cgroups.cgroup_name("vm"))
-            stack = group
+        if not can_write and plan.quota_us is not None:
+            raise PlatformError(f"{deployment} needs a CFS quota on QEMU but cgroups are not writable: {why}")
+        group = cgroups.CpuCgroup(plan, name=cgroups.cgroup_name("vm")) if can_write else None
         memory_mib = bounded_memory_mib(self.options.memory_mib)
-        with stack:
+        with contextlib.ExitStack() as stack:
+            if group is not None:
+                stack.enter_context(group)
+            # the GPU goes to vfio-pci for the session and back to its driver afterwards (errors, Ctrl-C included)
+            try:
+                passed = stack.enter_context(vfio.bound_to_vfio(gpu_devices)) if gpu_devices else []
+            except (vfio.VfioError, OSError) as exc:
+                raise PlatformError(f"{self.name} cannot pass the GPU through: {exc}") from None
             session = self.session_class(self, deployment, workdir, kernel, initramfs, accel, reason, plan, group,
                                          memory_mib)
             session.info["setup_s"] = round(setup_s, 3)
+            if passed:
+                session.vfio_devices = tuple(passed)
+                session.passed_gpus = sum(1 for d in gpu_devices if d.is_nvidia_gpu)
+                session.info["gpu_passthrough"] = {
+                    "mechanism": "VFIO PCI passthrough (vfio-pci)", "devices": list(passed),
+                    "original_drivers": {d.address: d.driver for d in gpu_devices},
+                    "guest_modules": list(GPU_GUEST_MODULES)}
             try:
                 yield session
             finally:
                 session.teardown()
+
+
+__all__ = [
+    "Console", "GPU_GUEST_MODULES", "QemuGuest", "VcpuThread", "VirtualMachine", "VirtualMachineSession", "VmmProcess",
+    "boot_probe", "cached_kvm_verdict", "choose_accel", "guest_sees", "guest_worker_env", "is_pvm_host",
+    "kvm_device_usable", "qemu_machines", "qemu_version", "start_vmm", "thread_affinity",
+    # the builders of vm_config, kept importable from here
+    "ACCEL_ENV", "GUEST_DATA_MOUNT", "GUEST_ENV_KEYS", "GUEST_ENV_PREFIXES", "GUEST_JOB_DIR", "GUEST_PRIVATE_DIRS",
+    "GUEST_TMPFS_DIRS", "HOST_ONLY_ENV", "MARKERS", "MARK_ERROR", "MARK_GUEST_EXIT", "MARK_PROBE", "MARK_READY",
+    "MARK_WORKER_EXIT", "MEMORY_ENV", "QEMU_BINARY", "GuestLaunch", "VmOptions", "accel_args", "bounded_memory_mib",
+    "host_memory_mib", "host_tsc_khz", "kernel_cmdline", "marker_fields", "paths_hidden_by_guest_tmpfs", "qemu_argv",
+    "shell_assignments", "shell_script", "vfio_args",
+]

@@ -26,12 +26,15 @@ So the worker must report effective CPUs 0..N-1 and a quota of N cores (VNL) or 
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from pathlib import Path
 from typing import ClassVar
 
 from e2ebench.platforms import rootfs as rootfs_lib
+from e2ebench.platforms.container_config import GpuPassthrough, nvidia_nodes
+from e2ebench.platforms.nvidia import host_driver_libraries
 from e2ebench.platforms.base import Availability, PlatformError
 from e2ebench.platforms.vm import (GUEST_DATA_MOUNT, GUEST_JOB_DIR, VirtualMachine, VirtualMachineSession, guest_sees,
                                    shell_script)
@@ -39,6 +42,21 @@ from e2ebench.spec import WorkerSpec
 
 GUEST_CGROUP_SUBTREE = "+cpu +cpuset"
 CONTAINER_ID = "e2ebench-vmcn"
+# GPU: the bundle is written on the host before the guest boots, when the guest's nvidia-uvm major (dynamic) is not
+# known yet; the bundle carries this stand-in number (the largest major) and the guest replaces it before runc runs
+UVM_MAJOR_PLACEHOLDER = 4095
+
+
+def gpu_worker_script(runc_argv: list[str], config_path: str, placeholder: int = UVM_MAJOR_PLACEHOLDER,
+                      devices_file: str = "/proc/devices") -> str:
+    """The guest-side script of a VMCN GPU run: read the nvidia-uvm major from ``devices_file``, put it into the
+    bundle's config.json in place of ``placeholder``, then exec runc (``runc_argv``)."""
+    quoted_config = shlex.quote(config_path)
+    return ("#!/bin/sh\n"
+            f"UVM=$(awk '$2 == \"nvidia-uvm\" {{ print $1; exit }}' {shlex.quote(devices_file)})\n"
+            '[ -n "$UVM" ] || { echo "no nvidia-uvm device major in the guest (nvidia_uvm not loaded)" >&2; exit 70; }\n'
+            f'sed -i "s/\\"major\\": {placeholder},/\\"major\\": $UVM,/" {quoted_config} || exit 70\n'
+            + shell_script(runc_argv).split("\n", 1)[1])
 
 
 def _container_module():
@@ -91,12 +109,17 @@ class ContainerInVMSession(VirtualMachineSession):
             writable.append(spec.output_dir)
         argv = [sys.executable, "-m", "e2ebench.worker", "--spec", f"{GUEST_JOB_DIR}/spec/spec.json",
                 "--out", f"{GUEST_JOB_DIR}/result/result.json"]
-        env = container.container_env({"HOME": "/tmp"})
+        gpu_count = self.gpu_count()
+        env = container.container_env({"HOME": "/tmp"}, gpu=gpu_count > 0)
+        gpu = None
+        if gpu_count:
+            # the guest's root is the host's: the host's driver libraries are at the same paths in there
+            gpu = GpuPassthrough(nvidia_nodes(gpu_count, UVM_MAJOR_PLACEHOLDER), host_driver_libraries())
         bundle = job / "bundle"
         container.make_oci_bundle(bundle, argv, env, root=bundle / "rootfs", readonly_binds=readonly,
                                   writable_binds=writable, quota_cores=self.container_quota_cores(),
                                   cpuset=self.container_cpus(), cgroups_path=f"/e2ebench/{CONTAINER_ID}",
-                                  network=False, symlinks=symlinks)
+                                  network=False, symlinks=symlinks, gpu=gpu)
         self.info["container"] = {
             "runtime": "runc (the host's binary, run inside the guest)",
             "cgroups_path": f"/e2ebench/{CONTAINER_ID}",
@@ -105,7 +128,11 @@ class ContainerInVMSession(VirtualMachineSession):
             "guest_cgroup_subtree": GUEST_CGROUP_SUBTREE,
         }
         runc = shutil.which("runc") or "/usr/sbin/runc"
-        return shell_script([runc, "--root", "/run/runc", "run", "--bundle", f"{GUEST_JOB_DIR}/bundle", CONTAINER_ID])
+        runc_argv = [runc, "--root", "/run/runc", "run", "--bundle", f"{GUEST_JOB_DIR}/bundle", CONTAINER_ID]
+        if gpu is not None:
+            self.info["container"]["gpu_devices"] = [d.path for d in gpu.devices]
+            return gpu_worker_script(runc_argv, f"{GUEST_JOB_DIR}/bundle/config.json")
+        return shell_script(runc_argv)
 
 
 class ContainerInVM(VirtualMachine):

@@ -17,6 +17,8 @@
 #                             over the guest's own tmpfs on /tmp and /run: bound back from the host root
 #   e2ebench.halt=poweroff|reboot  how to stop the machine (default poweroff; Firecracker has no ACPI power-off and
 #                             exits on the guest's reboot, with reboot=k on the command line)
+#   e2ebench.gpu=1            a GPU is passed through (VFIO): after the nvidia modules are loaded, create the device
+#                             nodes CUDA opens (/dev/nvidiactl, /dev/nvidia0.., /dev/nvidia-uvm, /dev/nvidia-uvm-tools)
 #   virtio_mmio.device=...    added by QEMU's microvm machine; handed to the virtio_mmio module
 # Markers on the console: @@E2EBENCH_PROBE_OK@@, @@E2EBENCH_GUEST_ERROR@@ <why>, @@E2EBENCH_GUEST_EXIT@@.
 B=/bin/busybox
@@ -25,6 +27,7 @@ $B mount -t sysfs sysfs /sys
 $B mount -t devtmpfs devtmpfs /dev
 
 MODE=run; JOB=; KEEP=; ROOT=9p; MSIZE=524288; CACHE=loose; DATA=; DATADEV=/dev/vda; JOBDEV=; HALT=poweroff; OVERLAY=; MMIO=
+GPU=
 for arg in $($B cat /proc/cmdline); do
     case "$arg" in
         e2ebench.mode=*) MODE=${arg#*=} ;;
@@ -38,6 +41,7 @@ for arg in $($B cat /proc/cmdline); do
         e2ebench.jobdev=*) JOBDEV=${arg#*=} ;;
         e2ebench.halt=*) HALT=${arg#*=} ;;
         e2ebench.overlay=*) OVERLAY=${arg#*=} ;;
+        e2ebench.gpu=*) GPU=${arg#*=} ;;
         virtio_mmio.device=*) MMIO="$MMIO device=${arg#virtio_mmio.device=}" ;;
     esac
 done
@@ -62,6 +66,21 @@ for m in $($B cat /modules.load); do
         $B insmod /lib/modules/$m.ko || die "insmod $m failed"
     fi
 done
+
+# The nvidia modules register character majors but create no nodes (udev or nvidia-modprobe would): make them from
+# /proc/devices, one /dev/nvidiaN per GPU the driver found.  devtmpfs is one instance: the new root sees them.
+if [ -n "$GPU" ]; then
+    NV=$($B awk '$2 == "nvidia-frontend" || $2 == "nvidia" { print $1; exit }' /proc/devices)
+    UVM=$($B awk '$2 == "nvidia-uvm" { print $1; exit }' /proc/devices)
+    [ -n "$NV" ] && [ -n "$UVM" ] || die "GPU passthrough: the nvidia modules registered no devices"
+    NGPU=$($B ls /proc/driver/nvidia/gpus 2>/dev/null | $B wc -l)
+    [ "$NGPU" -gt 0 ] || die "GPU passthrough: the nvidia driver sees no GPU in the guest"
+    $B mknod -m 666 /dev/nvidiactl c "$NV" 255
+    i=0
+    while [ "$i" -lt "$NGPU" ]; do $B mknod -m 666 "/dev/nvidia$i" c "$NV" "$i"; i=$((i + 1)); done
+    $B mknod -m 666 /dev/nvidia-uvm c "$UVM" 0
+    $B mknod -m 666 /dev/nvidia-uvm-tools c "$UVM" 1
+fi
 
 if [ "$MODE" = probe ] || [ "$MODE" = hold ]; then
     echo "@@E2EBENCH_PROBE_OK@@ uptime=$($B cut -d' ' -f1 /proc/uptime) cpus=$($B nproc)"

@@ -1,17 +1,24 @@
-"""A minimal synchronous QMP client: JSON lines over QEMU's unix socket (standard library only).
+"""QMP (the QEMU Monitor Protocol) for the VM platforms: a small adapter over ``qemu.qmp``'s synchronous client.
 
-Only what e2ebench needs: the capabilities handshake, ``execute`` (events are skipped), and a
-timeout on every read.  (``qemu.qmp`` offers the same asynchronously; a synchronous client keeps
-the platform code free of an event loop.)
+``qemu.qmp.legacy.QEMUMonitorProtocol`` does the protocol (greeting, capabilities negotiation, command ids,
+events, error replies) and runs its own event loop per thread, so the platform code stays synchronous.  This
+module adds only what e2ebench's life cycle needs around it: connecting while QEMU is still creating its socket
+(giving up early when QEMU has exited), a timeout on every command, one exception type (:class:`QmpError`) for
+every failure, and a ``close()`` that never raises (QEMU closes the connection itself after ``quit``).
 """
 
 from __future__ import annotations
 
-import json
-import socket
+import asyncio
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from qemu.qmp import ConnectError, ExecuteError, QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+# what qemu.qmp raises besides its own errors when the peer goes away or a command times out
+_TRANSPORT_ERRORS = (QMPError, EOFError, OSError, asyncio.TimeoutError, TimeoutError)
 
 
 class QmpError(RuntimeError):
@@ -22,65 +29,52 @@ class QmpClient:
     def __init__(self, socket_path: Path, timeout_s: float = 10.0):
         self.socket_path = Path(socket_path)
         self.timeout_s = timeout_s
-        self._sock: socket.socket | None = None
-        self._file = None
+        self._client: QEMUMonitorProtocol | None = None
         self.greeting: dict = {}
 
     def connect(self, deadline_s: float = 30.0, alive: Callable[[], bool] | None = None) -> "QmpClient":
         """Connect once the socket accepts (QEMU creates it at start-up), then negotiate capabilities."""
         deadline = time.monotonic() + deadline_s
+        client = QEMUMonitorProtocol(str(self.socket_path))
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if alive is not None and not alive():
                 raise QmpError("QEMU exited before its QMP socket accepted a connection")
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout_s)
             try:
-                sock.connect(str(self.socket_path))
-            except OSError as exc:
-                sock.close()
+                greeting = client.connect(negotiate=True)
+            except (ConnectError, OSError) as exc:      # no socket yet, or refused: QEMU is still starting
                 last_error = exc
                 time.sleep(0.02)
                 continue
-            self._sock = sock
-            self._file = sock.makefile("rb")
-            self.greeting = self._read()
+            except _TRANSPORT_ERRORS as exc:
+                raise QmpError(f"QMP handshake failed: {type(exc).__name__}: {exc}") from None
+            client.settimeout(self.timeout_s)
+            self._client = client
+            self.greeting = dict(greeting or {})
             if "QMP" not in self.greeting:
                 raise QmpError(f"unexpected QMP greeting: {self.greeting}")
-            self.execute("qmp_capabilities")
             return self
         raise QmpError(f"no QMP socket at {self.socket_path} after {deadline_s:.0f} s: {last_error}")
 
-    def _read(self) -> dict:
-        assert self._file is not None
-        line = self._file.readline()
-        if not line:
-            raise QmpError("QMP connection closed")
-        return json.loads(line)
-
     def execute(self, command: str, arguments: dict | None = None) -> Any:
-        if self._sock is None:
+        """Run one command and return its ``return`` value; QmpError for an error reply, a timeout or a lost connection."""
+        if self._client is None:
             raise QmpError("not connected")
-        message: dict = {"execute": command}
-        if arguments:
-            message["arguments"] = arguments
-        self._sock.sendall(json.dumps(message).encode() + b"\n")
-        while True:
-            reply = self._read()
-            if "event" in reply:
-                continue
-            if "error" in reply:
-                raise QmpError(f"{command}: {reply['error'].get('class')}: {reply['error'].get('desc')}")
-            return reply.get("return")
+        try:
+            return self._client.cmd(command, **(arguments or {}))
+        except ExecuteError as exc:
+            raise QmpError(f"{command}: {exc.error_class}: {exc}") from None
+        except _TRANSPORT_ERRORS as exc:
+            raise QmpError(f"{command}: {type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
-        for closable in (self._file, self._sock):
-            try:
-                if closable is not None:
-                    closable.close()
-            except OSError:
-                pass
-        self._file = self._sock = None
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.close()
+        except _TRANSPORT_ERRORS:
+            pass          # QEMU already closed its end (after quit, or it died): nothing left to release
 
     def __enter__(self) -> "QmpClient":
         return self
