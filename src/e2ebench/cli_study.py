@@ -489,6 +489,48 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
                 console.print(f"[dim]  {escape(reason)}: {escape(shown)}[/]")
     if any(s.emulated for s in summaries):
         console.print("[yellow](emulated)[/]: ran under QEMU TCG; not comparable with native results.")
+    if study_id != ADHOC_STUDY:
+        _print_drift_and_comparisons(store, study_id, keep_outliers)
+
+
+def drift_and_comparisons(store, study_id: str, keep_outliers: bool | None) -> tuple[list, list[dict]]:
+    """The study's host drift (:class:`e2ebench.drift.HostDrift` per host) and its PIN-vs-VNL and platform-vs-BM
+    comparisons (paired by round where both scenarios ran in the same rounds), as ``show`` prints them."""
+    from e2ebench.analysis import load_study, overhead_vs_bm, pinning_gains, primary_scenarios
+
+    data = load_study(store, study_id, include_outliers=keep_outliers)
+    scenarios = primary_scenarios(data.select(None))
+    out = []
+    for pin in pinning_gains(scenarios):
+        out.append({"kind": "pinning", "subject": pin.pinned.label, "baseline": pin.vanilla.label,
+                    "verdict": pin.verdict, **pin.comparison.to_dict()})
+    for over in overhead_vs_bm(scenarios):
+        out.append({"kind": "platform", "subject": over.subject.label, "baseline": over.baseline.label,
+                    "verdict": ("slower" if (over.e2e.ratio or 1) > 1 else "faster") if over.e2e.significant
+                    else "no significant difference", **over.e2e.to_dict()})
+    return data.drifts, out
+
+
+def _print_drift_and_comparisons(store, study_id: str, keep_outliers: bool | None) -> None:
+    from e2ebench.analysis import fmt_pct
+
+    drifts, comparisons = drift_and_comparisons(store, study_id, keep_outliers)
+    for drift in drifts:
+        style = "yellow" if drift.unstable else "dim"
+        console.print(f"[{style}]{escape(drift.line())}[/]", highlight=False, soft_wrap=True)
+    if drifts and max(d.drift_pct for d in drifts) > 0:
+        console.print(f"[dim]±CI: the runs' own 95% interval and the host's drift "
+                      f"({max(d.drift_pct for d in drifts):.1f}%, 1 sd) added in quadrature — what a re-run of the "
+                      "study can be expected to land in (docs/measurement.md)[/]", highlight=False, soft_wrap=True)
+    if comparisons:
+        console.print("[bold]comparisons[/] (subject vs baseline, E2E; paired by study round where both ran in the "
+                      "same rounds)")
+    for c in comparisons:
+        test = (f"paired over {c['pairs']} rounds" if c["method"] == "paired" else "Welch") + (
+            f", p={c['p_value']:.3g}" if c["p_value"] is not None else ", not tested")
+        console.print(f"  {escape(c['subject'])} vs {escape(c['baseline'].split('@', 1)[1])}: "
+                      f"{fmt_pct(c['relative_pct'], c['relative_ci_pct'])} ({test}) — {escape(c['verdict'])}",
+                      highlight=False, soft_wrap=True)
 
 
 SUMMARY_CSV_COLUMNS = ("scenario", "app", "deployment", "mode", "cache", "status", "n", "runs_ok", "outliers", "failed",
@@ -514,8 +556,9 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print the table as one JSON object on stdout."),
     runs: bool = typer.Option(False, "--runs", help="With --csv/--json: export every run instead of the per-scenario table."),
 ) -> None:
-    """Per application, every scenario of a study: mean E2E ± CI, phase means, runs, outliers, failures."""
-    from e2ebench.store import Store
+    """Per application, every scenario of a study: mean E2E ± CI, phase means, runs, outliers, failures; the host's
+    drift over the study and the PIN-vs-VNL and platform-vs-BM comparisons, paired by round."""
+    from e2ebench.store import ADHOC_STUDY, Store
     from e2ebench.study_runner import summarize_study
 
     if as_csv and as_json:
@@ -534,8 +577,11 @@ def show(
             raise typer.Exit(EXIT_OK)
         summaries = summarize_study(store, record["id"], keep_outliers)
         if as_json:
+            drifts, comparisons = ([], []) if record["id"] == ADHOC_STUDY else \
+                drift_and_comparisons(store, record["id"], keep_outliers)
             emit_json({"study": {k: record[k] for k in ("id", "name", "source", "status", "created_at")},
-                       "scenarios": [s.as_dict() for s in summaries]})
+                       "scenarios": [s.as_dict() for s in summaries], "drift": [d.to_dict() for d in drifts],
+                       "comparisons": comparisons})
         elif as_csv:
             _write_csv([_summary_row(s) for s in summaries], list(SUMMARY_CSV_COLUMNS))
         else:

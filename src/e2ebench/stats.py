@@ -233,8 +233,9 @@ def paired_log_ratio(subject: Sequence[float], baseline: Sequence[float],
     positive = all(x > 0 for x in a) and all(y > 0 for y in b)
     tested = [math.log(x) - math.log(y) for x, y in zip(a, b)] if positive else diffs
     sd = stdev(tested)
-    if sd == 0.0:
-        p = 1.0 if all(v == 0 for v in tested) else 0.0
+    centre = mean(tested)
+    if sd <= 1e-12 * max(1.0, abs(centre)):          # identical differences (to rounding): no spread to test
+        p = 1.0 if abs(centre) <= 1e-12 else 0.0
     else:
         p = float(scipy_stats.ttest_1samp(tested, 0.0).pvalue)
     if not positive:

@@ -580,6 +580,8 @@ class ScenarioSummary:
     reason: str | None                # why infeasible / last error of an abandoned scenario
     cache: str = "warm"               # page cache at the start of the timed window: warm | cold
     thread_policy: str = "sized"      # sized | framework-default | N
+    drift_pct: float = 0.0            # the host drift included in ci_halfwidth_* (percent, 1 sd; 0 without probes)
+    runs_ci_halfwidth_pct: float | None = None   # the runs' own part of the interval (the interval without drift)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -674,5 +676,6 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
             reason=(f"failed {trailing_failures} runs in a row; last error: {last_error}" if status == ABANDONED
                     else None),
             cache=scenario.cache, thread_policy=scenario.threads,
+            drift_pct=ci.drift_pct, runs_ci_halfwidth_pct=finite_or_none(ci.runs_half_width_pct),
         ))
     return out

@@ -307,6 +307,8 @@ def _overview(data: StudyData, store_path: Path, native: Findings, include_emula
         ("scale-up knee", f"fewest cores within {tolerance:g}% of the best mean E2E"),
         ("significance", analysis.SIGNIFICANCE_METHOD),
     ]
+    for drift in data.drifts:
+        rows.append((f"host drift ({drift.host})", drift.line()))
     config = s.get("config") or {}
     if config:
         rows.append(("study configuration", _details("show", json.dumps(config, indent=1, sort_keys=True))))
@@ -314,6 +316,11 @@ def _overview(data: StudyData, store_path: Path, native: Findings, include_emula
     if data.infeasible:
         blocks += [_h3("Planned but not feasible on this host"),
                    table(["scenario", "why"], [(p.get("scenario"), p.get("reason")) for p in data.infeasible])]
+    for drift in data.drifts:
+        if drift.unstable:
+            blocks.append(_notice(f"Host {drift.host} was UNSTABLE during this study: " + "; ".join(drift.reasons)
+                                  + f". Every mean's 95% interval includes the measured drift ({drift.drift_pct:.1f}%, "
+                                  "1 sd); comparisons paired by round cancel most of it."))
     n_emu = sum(1 for k in data.scenarios if k.emulated)
     if n_emu:
         where = "shown in their own sections below, never beside native results" if include_emulated else \
@@ -357,6 +364,8 @@ def _scenarios(f: Findings) -> list[Block]:
     for key, s in f.scenarios.items():
         shares = ", ".join(f"{p} {100 * (s.phase_share(p) or 0):.1f}%" for p in PHASES if p in s.phases_s)
         rel = f"{s.e2e_s.half_width_pct:.1f}%" if analysis.has_ci(s.e2e_s) and s.e2e_s.mean else "—"
+        if rel != "—" and s.e2e_s.drift_pct:
+            rel += f" (runs alone {s.e2e_s.runs_half_width_pct:.1f}%, drift {s.e2e_s.drift_pct:.1f}%)"
         rows.append((
             _scenario_cell(key.scenario, key.emulated), s.n, fmt_s(s.e2e_s), rel, shares,
             fmt_s(s.latency_p99_ms).replace(" s", " ms") if s.latency_p99_ms else None,
