@@ -72,8 +72,8 @@ def test_worker_device_helpers_leave_a_cpu_run_alone():
     assert worker._cuda_index("cuda") == 0 and worker._cuda_index("cuda:3") == 3
     with pytest.raises(ValueError, match="cuda:N"):
         worker._cuda_index("cuda:x")
-    assert worker.open_gpu("cpu") == {"effective_gpus": 0, "gpu_model": None, "cuda_version": None,
-                                      "gpu_driver_version": None}
+    assert worker.open_gpu("cpu") == {"effective_gpus": 0, "gpu_model": None, "cuda_version": None}
+    assert worker.gpu_driver_version("cpu") is None
     assert worker.device_synchronize("cpu")() is None
     assert worker.gpu_memory_peak_bytes("cpu") == 0
 

@@ -216,18 +216,19 @@ def _cuda_index(device: str) -> int | None:
 
 def open_gpu(device: str) -> dict:
     """The GPU facts a run records, checked before the model is loaded: ``effective_gpus`` (the CUDA devices this
-    process sees: what the platform passed in), ``gpu_model``, ``cuda_version``, ``gpu_driver_version``.
+    process sees: what the platform passed in), ``gpu_model``, ``cuda_version``.  Fast (no nvidia-smi): it runs
+    inside the cold start; the driver's version is read after the timed window (:func:`gpu_driver_version`).
 
     A CPU run gets 0 and None without touching CUDA.  A GPU run where torch cannot use a GPU (a CPU build of torch,
     no device node or driver inside the platform) fails here with every missing part named, instead of later in
     the app's ``.to("cuda")``."""
     index = _cuda_index(device)
     if index is None:
-        return {"effective_gpus": 0, "gpu_model": None, "cuda_version": None, "gpu_driver_version": None}
+        return {"effective_gpus": 0, "gpu_model": None, "cuda_version": None}
     import torch
 
     from e2ebench.apps.base import AppError
-    from e2ebench.gpu import driver_version, gpu_facts
+    from e2ebench.gpu import gpu_facts
 
     if not torch.cuda.is_available():
         raise AppError(f"device {device} asked for, but torch cannot use a GPU in this platform: "
@@ -236,7 +237,16 @@ def open_gpu(device: str) -> dict:
     if index >= count:
         raise AppError(f"device {device} asked for, but this platform shows torch {count} GPU(s)")
     return {"effective_gpus": count, "gpu_model": torch.cuda.get_device_name(index),
-            "cuda_version": torch.version.cuda, "gpu_driver_version": driver_version()}
+            "cuda_version": torch.version.cuda}
+
+
+def gpu_driver_version(device: str) -> str | None:
+    """The NVIDIA driver's version on a GPU run (``/proc/driver/nvidia/version``, else nvidia-smi); None on a CPU run."""
+    if _cuda_index(device) is None:
+        return None
+    from e2ebench.gpu import driver_version
+
+    return driver_version()
 
 
 def device_synchronize(device: str):
@@ -397,7 +407,7 @@ class Worker:
         result["bind_cpus"] = spec.bind_cpus
         result["loadgen"] = _loadgen_summary(spec.output_dir) if spec.mode != "inference-only" else {"result_valid": None}
         result["environment"] = {**measure.environment(_library_versions()), "cuda_version": gpu["cuda_version"],
-                                 "gpu_driver_version": gpu["gpu_driver_version"]}
+                                 "gpu_driver_version": gpu_driver_version(spec.device)}
         result["platform_info"] = spec.platform_info
         try:
             result["quality"] = app.quality([answer for _, answer in self.answers],
