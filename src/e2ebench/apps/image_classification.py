@@ -315,9 +315,22 @@ class ImageClassification(App):
                 )
             device_id = int(device.partition(":")[2] or 0)
             providers: list = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+            preload = getattr(onnxruntime, "preload_dlls", None)     # ORT >= 1.21: CUDA/cuDNN from the nvidia-* wheels
+            if preload is not None:
+                with contextlib.suppress(Exception):
+                    preload()
         else:
             providers = ["CPUExecutionProvider"]
-        return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers)
+        # ONNX Runtime falls back to the CPU, with only a logged warning, when the CUDA provider cannot load (its CUDA
+        # or cuDNN libraries missing or of another major version): a GPU run must not quietly measure the CPU.
+        if device.startswith("cuda") and session.get_providers()[0] != "CUDAExecutionProvider":
+            raise AppError(
+                "ic: device cuda asked for, but ONNX Runtime's CUDAExecutionProvider did not load (it runs on "
+                f"{', '.join(session.get_providers())}): the CUDA/cuDNN libraries onnxruntime-gpu "
+                f"{onnxruntime.__version__} was built for are not there; see ONNX Runtime's CUDA requirements"
+            )
+        return session
 
     def samples(self, data: Path) -> Sequence[SampleRef]:
         """Images of a folder (or listed in a val_map.txt); class names from ``classes.txt`` beside them if present."""
