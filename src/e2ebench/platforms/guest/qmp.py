@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from qemu.qmp import ConnectError, ExecuteError, QMPError
+from qemu.qmp import ConnectError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 # what qemu.qmp raises besides its own errors when the peer goes away or a command times out
@@ -60,12 +60,18 @@ class QmpClient:
         """Run one command and return its ``return`` value; QmpError for an error reply, a timeout or a lost connection."""
         if self._client is None:
             raise QmpError("not connected")
+        message: dict = {"execute": command}
+        if arguments:
+            message["arguments"] = arguments
+        # cmd_obj (the raw reply) means the same in every qemu.qmp release; cmd() changed meaning in 0.0.4
         try:
-            return self._client.cmd(command, **(arguments or {}))
-        except ExecuteError as exc:
-            raise QmpError(f"{command}: {exc.error_class}: {exc}") from None
+            reply = self._client.cmd_obj(message)
         except _TRANSPORT_ERRORS as exc:
             raise QmpError(f"{command}: {type(exc).__name__}: {exc}") from None
+        if "error" in reply:
+            error = reply["error"] or {}
+            raise QmpError(f"{command}: {error.get('class')}: {error.get('desc')}")
+        return reply.get("return")
 
     def close(self) -> None:
         client, self._client = self._client, None
