@@ -661,6 +661,9 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
                                          policy.confidence, runs_done=len(measured_ok), drift_pct=drift)
             status = ({"target": TARGET, "drift": DRIFT}.get(decision.reason, MAX_RUNS) if decision.stop
                       else (ACTIVE if rows else PENDING))
+            if status == ACTIVE and record["status"] in (STUDY_COMPLETE, STUDY_INCOMPLETE) and drift:
+                # the runner stopped it under the drift it knew then; probes since have moved the drift
+                status = DRIFT
         phases = {p: _mean_or_none([(r["result"].get("phases_s") or {}).get(p) for r in counted]) for p in PHASES}
         out.append(ScenarioSummary(
             scenario=key, app=scenario.app, deployment=str(scenario.deployment), mode=scenario.mode, status=status,
