@@ -9,9 +9,11 @@ Two measurements of one thing, from independent sources:
 * **round effect** — the standard deviation of the round in a random-effects model of the study's own runs
   (:func:`e2ebench.stats.round_effect_pct`): how much every scenario of a round moved together.
 
-The study's ``drift_pct`` is the larger of the two (either can miss what the other sees: the probe does dense
-arithmetic in cache, the applications also stream memory and files), and goes into every scenario's interval
-(:func:`e2ebench.stats.drift_aware_interval`) and the stopping rule.
+The study's ``drift_pct`` is the largest of the probe's sd over the study's own rounds, its sd over the host's recent
+history, and the round effect (either source can miss what the other sees: the probe does dense arithmetic in cache,
+the applications also stream memory and files; and the history, by adding calmer hours, must not dilute a drift the
+study itself measured), and goes into every scenario's interval (:func:`e2ebench.stats.drift_aware_interval`) and the
+stopping rule.
 
 **Unstable host** (the warning ``show`` and the report print, in the spirit of pyperf's): any of
 
@@ -50,7 +52,8 @@ class HostDrift:
     trend_pct: float | None                  # last third's median probe vs the first third's, percent
     noise_pct: float | None                  # median relative spread of the repeats inside one probe
     round_effect_pct: float | None
-    drift_pct: float                         # what the intervals use: max(history_sd_pct, round_effect_pct), 0 if none
+    drift_pct: float                         # what the intervals use: max(probe_sd_pct, history_sd_pct,
+                                             # round_effect_pct), 0 if none
     unstable: bool
     reasons: list[str]
 
@@ -59,7 +62,8 @@ class HostDrift:
         """Which measurement set ``drift_pct``."""
         if not self.drift_pct:
             return "none"
-        if self.round_effect_pct is not None and self.round_effect_pct >= (self.history_sd_pct or 0.0):
+        if self.round_effect_pct is not None and self.round_effect_pct >= max(self.history_sd_pct or 0.0,
+                                                                                self.probe_sd_pct or 0.0):
             return "round effect"
         return "calibration probe"
 
@@ -125,7 +129,7 @@ def host_drift(host: str, study_probes: Sequence[dict], history: Sequence[dict],
     probe_sd = robust_rel_sd_pct(times)
     history_sd = robust_rel_sd_pct(window)
     rounds_sd = round_effect_pct(by_scenario_rounds or {})
-    drift = max([v for v in (history_sd, rounds_sd) if v is not None and math.isfinite(v)], default=0.0)
+    drift = max([v for v in (probe_sd, history_sd, rounds_sd) if v is not None and math.isfinite(v)], default=0.0)
     reasons = []
     if drift > UNSTABLE_DRIFT_PCT:
         reasons.append(f"the host's speed moved by {drift:.1f}% (1 sd) between rounds, above {UNSTABLE_DRIFT_PCT:g}%")
