@@ -148,7 +148,7 @@ def test_a_version_1_store_is_migrated_and_still_reads(tmp_path):
     path = tmp_path / "v1.sqlite"
     _v1_store(path)
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         runs = store.runs(study_id="old", phase=None)
         assert [(r["status"], r["cache"], r["seq"]) for r in runs] == [("ok", "warm", 0), ("failed", "warm", 1)]
         assert runs[0]["result"] == make_result().as_dict() and runs[0]["e2e_s"] == 1.5
@@ -161,6 +161,113 @@ def test_a_version_1_store_is_migrated_and_still_reads(tmp_path):
     assert columns["cache"][2] == "TEXT" and columns["cache"][3] == 1 and columns["cache"][4] == "'warm'"
     db.close()
     with Store(path) as store:                       # opening again: nothing left to migrate
-        assert store.schema_version == 5 and len(store.runs(phase=None)) == 3
+        assert store.schema_version == 6 and len(store.runs(phase=None)) == 3
         assert [r["round"] for r in store.runs(phase=None)] == [None, None, None]   # 4 -> 5: rounds unknown before
 
+
+
+# -- schema 6: the columns the analysis reads -----------------------------------------------------------------------
+
+def _varied_results() -> list[dict]:
+    """Results whose metric keys take every shape the columns must copy faithfully: pools from ``thread_pools`` and
+    from ``threads`` (older results), a boolean and a string where a number belongs, NaN (which SQLite's JSON
+    functions cannot read), a failed run, a fleet host."""
+    base = make_result("ic@BM/2/PIN/CPU", 1.5, counters={"throttled_time_s": 0.25, "nr_throttled": 3,
+                                                         "involuntary_ctx_switches": 40},
+                       thread_pools={"torch_intra_op": 2, "openmp": [{"num_threads": 2}], "os_cpu_count": 2},
+                       platform_info={"host_cpus": 64}, host="node-1", host_type="c5.4xlarge").as_dict()
+    older = {**make_result("ic@BM/2/PIN/CPU", 1.6).as_dict(), "thread_pools": {}, "threads": {"torch_intra_op": 2}}
+    odd = {**make_result("ic@BM/2/PIN/CPU", 1.7).as_dict(), "throughput_sps": True, "completed": "8",
+           "cold_start": None, "environment": {"host_cpus": 4}}
+    nan = {**make_result("ic@BM/2/PIN/CPU", 1.8).as_dict(), "cold_start_s": float("nan")}
+    failed = make_result(e2e_s=None, error="boom").as_dict()
+    return [base, older, odd, nan, failed]
+
+
+def _as_version_5(path) -> None:
+    """Make a store look as schema 5 left it: the schema-6 columns dropped, the version set back."""
+    from e2ebench.store import METRIC_COLUMNS
+
+    db = sqlite3.connect(path)
+    for column in ("metrics_version", *dict.fromkeys(c for c, _, _ in METRIC_COLUMNS)):
+        db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    db.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
+    db.execute("DELETE FROM meta WHERE key='metrics_filled'")
+    db.commit()
+    db.close()
+
+
+def _no_nan(metrics: dict) -> dict:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
+
+
+def _metrics(runs: list[dict]) -> list[dict]:
+    from e2ebench.store import METRIC_KEYS
+
+    return [{k: r[k] for k in (*METRIC_KEYS, "host", "host_type")} for r in runs]
+
+
+def test_schema_6_columns_hold_what_the_json_holds(tmp_path):
+    from e2ebench.store import METRIC_KEYS, metric_columns, metrics_from_columns
+
+    path = tmp_path / "s6.sqlite"
+    results = _varied_results()
+    with Store(path) as store:
+        for r in results:
+            store.add_run(r)
+        runs = store.runs(phase=None, metrics=True)
+    first = runs[0]
+    assert first["host"] == "node-1" and first["host_type"] == "c5.4xlarge"
+    assert first["thread_pools"] == {"torch_intra_op": 2, "os_cpu_count": 2}          # openmp's list is no size
+    assert first["throttled_time_s"] == 0.25 and first["nr_throttled"] == 3 and first["platform_host_cpus"] == 64
+    assert first["cold_start"] == results[0]["cold_start"] and first["infer_s"] == results[0]["phases_s"]["infer"]
+    assert runs[1]["thread_pools"] == {"torch_intra_op": 2}                           # from ``threads``
+    assert runs[2]["throughput_sps"] is None and runs[2]["completed"] is None and runs[2]["env_host_cpus"] == 4
+    assert runs[3]["cold_start_s"] is None                                            # NaN is stored as NULL
+    assert runs[4]["io_s"] is None and runs[4]["host"] is None
+    for run, result in zip(runs, results):
+        expected = _no_nan(metrics_from_columns(metric_columns(json.loads(json.dumps(result, sort_keys=True)))))
+        assert {k: run[k] for k in METRIC_KEYS} == expected
+
+
+def test_a_version_5_store_is_migrated_in_sql_and_read_as_it_is_read_only(tmp_path):
+    path = tmp_path / "v5.sqlite"
+    with Store(path) as store:
+        for r in _varied_results():
+            store.add_run(r)
+        expected = _metrics(store.runs(phase=None, metrics=True))
+    _as_version_5(path)
+    reader = Store.__new__(Store)                       # the read-only opening (root would write a chmod'ed file)
+    reader.path, reader.imported = path, []
+    reader._open_read_only()
+    with reader:                                        # no columns: the metrics come from the JSON
+        assert not reader.writable and reader.schema_version == 5
+        assert _metrics(reader.runs(phase=None, metrics=True)) == expected
+    with Store(path) as store:                          # migrated: the columns filled in SQL (NaN's row in Python)
+        assert store.schema_version == SCHEMA_VERSION == 6
+        assert _metrics(store.runs(phase=None, metrics=True)) == expected
+        assert [r["metrics_version"] for r in store.db.execute("SELECT metrics_version FROM runs")] == [1] * 5
+
+
+def test_a_half_migrated_store_heals(tmp_path):
+    """Columns added but not filled (an interrupted migration, or a row an older writer added): a reader reads those
+    runs' JSON meanwhile, and the next writable opening fills them."""
+    path = tmp_path / "half.sqlite"
+    with Store(path) as store:
+        for r in _varied_results():
+            store.add_run(r)
+        expected = _metrics(store.runs(phase=None, metrics=True))
+    db = sqlite3.connect(path)
+    db.execute("UPDATE runs SET metrics_version=NULL, io_s=NULL, cold_start_json=NULL, pool_torch_intra_op=NULL, "
+               "host=NULL WHERE id % 2 = 0")
+    db.execute("DELETE FROM meta WHERE key='metrics_filled'")       # what an interrupted migration leaves
+    db.commit()
+    db.close()
+    reader = Store.__new__(Store)
+    reader.path, reader.imported = path, []
+    reader._open_read_only()
+    with reader:
+        assert _metrics(reader.runs(phase=None, metrics=True)) == expected
+    with Store(path) as store:
+        assert store.db.execute("SELECT COUNT(*) AS n FROM runs WHERE metrics_version IS NULL").fetchone()["n"] == 0
+        assert _metrics(store.runs(phase=None, metrics=True)) == expected

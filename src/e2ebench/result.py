@@ -101,6 +101,8 @@ class RunResult:
     run_wall_s: float | None = None
     study_id: str | None = None
     round: int | None = None                 # the study round the run belongs to (issue 11); None for ad-hoc runs
+    host: str | None = None                  # the host that ran it (a fleet's node); None: the store's own host
+    host_type: str | None = None             # the host's machine type (a fleet's); None: unknown / the local host
     run_id: int | None = None
     # -- keys this version does not know (a newer writer's), written back unchanged -----------------------------
     extra: dict = dataclasses.field(default_factory=dict)

@@ -3,13 +3,14 @@
 One row per run with the full RunResult JSON plus indexed columns for queries.  Every run is
 committed in its own transaction, so a run that finished is never lost when a later one dies.
 
-Schema (version 4)::
+Schema (version 6)::
 
     meta(key PRIMARY KEY, value)                         -- schema_version
     studies(id PRIMARY KEY, name, source, config_json, created_at, status)
     runs(id PRIMARY KEY AUTOINCREMENT, study_id, scenario, app, platform, cores, cpu_mode,
          device, mode, cache, thread_policy, phase, seq, status, outlier, started_at, finished_at, e2e_s,
-         emulated, error, result_json, uuid)
+         emulated, error, result_json, uuid, round, host, host_type, metrics_version, <METRIC_COLUMNS>)
+    calibrations(id, study_id, round, host, started_at, probe_s, probe_version, cpus, threads, repeats_json)
 
 ``phase`` is ``warmup`` or ``measure``; ``status`` is ``ok`` or ``failed``; ``seq`` numbers the
 runs of one scenario in one study (0-based, per phase) and is unique with (study, scenario,
@@ -25,9 +26,12 @@ adds ``runs.uuid`` (random for the runs already stored) and its unique index; ve
 ``runs.thread_policy`` (default ``sized``: every run before it sized its thread pools to the deployment); version 4 -> 5
 adds ``runs.round`` (the study round the run belongs to; ``NULL`` for runs made before rounds were stored, which the
 analysis compares unpaired) and the ``calibrations`` table (one calibration probe per study round and host, see
-:mod:`e2ebench.calibration`).  A store is
+:mod:`e2ebench.calibration`); version 5 -> 6 adds ``runs.host`` and ``runs.host_type`` (a fleet's host and machine
+type) and the columns the analysis reads (:data:`METRIC_COLUMNS`: phase times, throughput, cold start, counters,
+pool sizes, host cores), filled from each stored result in SQL, a batch per transaction (see :meth:`Store._fill_metrics`),
+so that ``show``, ``report`` and ``recommend`` never parse every run's JSON.  A store is
 migrated when it is opened; a store newer than this code is refused.  A read-only store of an older version is read
-as it is (a missing ``thread_policy`` reads ``sized``).
+as it is (a missing ``thread_policy`` reads ``sized``; missing analysis columns are read from each run's JSON).
 
 Faults (see docs/store.md): every SQLite error that means the file cannot be used is raised as a
 :class:`StoreFault` (a :class:`StoreError`) whose message is one sentence naming the file and what to do:
@@ -49,12 +53,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
 from e2ebench.result import RunResult
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_STORE = Path("results") / "e2ebench.sqlite"
 ADHOC_STUDY = "adhoc"
 BUSY_TIMEOUT_S = 30.0
@@ -94,6 +98,16 @@ CREATE TABLE IF NOT EXISTS runs (
     emulated INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     result_json TEXT NOT NULL,
+    host TEXT,
+    host_type TEXT,
+    metrics_version INTEGER,
+    io_s REAL, pre_s REAL, infer_s REAL, post_s REAL, other_s REAL,
+    throughput_sps REAL, completed REAL, requests REAL, loadgen_p99_ms REAL,
+    cold_start_s REAL, cold_start_json TEXT,
+    throttled_time_s REAL, nr_throttled REAL, involuntary_ctx_switches REAL,
+    pool_torch_intra_op REAL, pool_torch_inter_op REAL, pool_onnxruntime_intra_op REAL, pool_opencv REAL,
+    pool_openmp REAL, pool_process_threads REAL, pool_os_cpu_count REAL,
+    platform_host_cpus REAL, env_host_cpus REAL,
     uuid TEXT,
     round INTEGER
 );
@@ -117,16 +131,45 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
 CREATE INDEX IF NOT EXISTS runs_e2e ON runs(e2e_s);
 CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(study_id, scenario, phase, seq) WHERE seq IS NOT NULL;
 """
-# Created by _migrate, after the column exists (a version 2 store has the table without it).
+# Created by _migrate, after the column exists (a version 2 store has the table without it).  (The schema-6 columns
+# sit before ``uuid`` in a new store and come last in a migrated one; no query depends on the order.)
 _UUID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS runs_uuid ON runs(uuid)"
 STORE_TABLES = frozenset({"meta", "studies", "runs", "calibrations"})
 
 RUN_COLUMNS = (
     "id", "study_id", "scenario", "app", "platform", "cores", "cpu_mode", "device", "mode", "cache", "phase", "seq",
     "status", "outlier", "started_at", "finished_at", "e2e_s", "emulated", "error", "thread_policy", "round",
+    "host", "host_type",
 )
 # What a column added by a later schema version reads in an older store opened read-only (not migrated).
-RUN_COLUMN_DEFAULTS = {"thread_policy": "sized", "round": None}
+RUN_COLUMN_DEFAULTS = {"thread_policy": "sized", "round": None, "host": None, "host_type": None}
+
+# Schema 6: what the analysis reads of a run, copied from its result into columns, so that ``show``, ``report`` and
+# ``recommend`` read columns instead of parsing every run's JSON.  ``metrics_version`` says which copy a row holds
+# (NULL: not copied yet -- a row written by an older e2ebench, or a migration that was interrupted; such a row is
+# read from its JSON).  Each column: (name, JSON path in the result, kind); ``number`` keeps only JSON numbers
+# (not booleans), ``text`` only strings, ``object`` the JSON text of an object.
+METRICS_VERSION = 1
+PHASE_NAMES = ("io", "pre", "infer", "post", "other")
+POOL_NAMES = ("torch_intra_op", "torch_inter_op", "onnxruntime_intra_op", "opencv", "openmp", "process_threads",
+              "os_cpu_count")
+_POOLS = "$.pools"          # stands for the result's ``thread_pools``, else its ``threads`` (older results)
+METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("host", "$.host", "text"), ("host_type", "$.host_type", "text"),
+    *((f"{p}_s", f"$.phases_s.{p}", "number") for p in PHASE_NAMES),
+    ("throughput_sps", "$.throughput_sps", "number"), ("completed", "$.completed", "number"),
+    ("requests", "$.requests", "number"), ("loadgen_p99_ms", "$.loadgen_latency_ms.p99", "number"),
+    ("cold_start_s", "$.cold_start_s", "number"), ("cold_start_json", "$.cold_start", "object"),
+    *((name, f"$.counters.{name}", "number") for name in ("throttled_time_s", "nr_throttled",
+                                                            "involuntary_ctx_switches")),
+    *((f"pool_{name}", f"{_POOLS}.{name}", "number") for name in POOL_NAMES),
+    ("platform_host_cpus", "$.platform_info.host_cpus", "number"), ("env_host_cpus", "$.environment.host_cpus", "number"),
+)
+_METRIC_TYPES = {"number": "REAL", "text": "TEXT", "object": "TEXT"}
+# The keys ``Store.runs(metrics=True)`` adds to each run (``cold_start`` and ``thread_pools`` as dicts).
+METRIC_KEYS = tuple([c for c, _, _ in METRIC_COLUMNS if c not in ("host", "host_type", "cold_start_json")
+                     and not c.startswith("pool_")] + ["cold_start", "thread_pools"])
+MIGRATION_BATCH = 5000
 
 
 class StoreError(RuntimeError):
@@ -483,9 +526,57 @@ class Store:
                 self.db.execute("ALTER TABLE runs ADD COLUMN thread_policy TEXT NOT NULL DEFAULT 'sized'")
             if "round" not in columns:                          # 4 -> 5: rounds (NULL before; the table came with
                 self.db.execute("ALTER TABLE runs ADD COLUMN round INTEGER")  # _SCHEMA above)
+            for column, _, kind in (("metrics_version", "", "INTEGER"), *METRIC_COLUMNS):   # 5 -> 6: the columns
+                if column not in columns:                                                  # the analysis reads
+                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {_METRIC_TYPES.get(kind, kind)}")
+                    self.db.execute("DELETE FROM meta WHERE key='metrics_filled'")      # to be filled below
             self.db.execute(_UUID_INDEX)
             if row is not None and int(row["value"]) < SCHEMA_VERSION:
                 self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            if self.db.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is None:      # nothing to fill (a new store)
+                self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('metrics_filled', ?)",
+                                (str(METRICS_VERSION),))
+        self._fill_metrics()
+
+    def _fill_metrics(self) -> None:
+        """Copy the schema-6 columns out of the stored JSON of every run that lacks them (``metrics_version`` NULL):
+        in SQL, :data:`MIGRATION_BATCH` runs per transaction, so that an interrupted migration keeps what it did and
+        the next opening goes on from there; a result SQLite's JSON functions cannot read (``NaN``) is read here."""
+        done = self.db.execute("SELECT value FROM meta WHERE key='metrics_filled'").fetchone()
+        if done is not None and int(done["value"]) >= METRICS_VERSION:
+            return                           # (no scan of the table: a damaged page stays unread until a query)
+        try:
+            self._fill_metrics_now()
+        except StoreDamagedError as exc:     # the runs it could not fill are read from their JSON meanwhile
+            log.warning("e2ebench: the analysis columns of %s could not be filled: %s", self.path, exc)
+            return
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('metrics_filled', ?)",
+                            (str(METRICS_VERSION),))
+
+    def _fill_metrics_now(self) -> None:
+        found = self.db.execute("SELECT MIN(id) AS lo, MAX(id) AS hi FROM runs WHERE metrics_version IS NULL "
+                                "OR metrics_version < ?", (METRICS_VERSION,)).fetchone()
+        if found["lo"] is None:
+            return
+        sql = (f"UPDATE runs SET {_metric_sql()} WHERE id BETWEEN ? AND ? AND (metrics_version IS NULL OR "
+               f"metrics_version < ?) AND json_valid(result_json)")
+        for lo in range(int(found["lo"]), int(found["hi"]) + 1, MIGRATION_BATCH):
+            with self.transaction():
+                self.db.execute(sql, (lo, lo + MIGRATION_BATCH - 1, METRICS_VERSION))
+        left = self.db.execute("SELECT id, result_json FROM runs WHERE metrics_version IS NULL OR metrics_version < ?",
+                               (METRICS_VERSION,)).fetchall()
+        updates = []
+        for row in left:
+            with contextlib.suppress(ValueError, TypeError):
+                result = json.loads(row["result_json"])
+                if isinstance(result, dict):
+                    updates.append({**metric_columns(result), "id": row["id"]})
+        if updates:
+            names = list(updates[0])[:-1]
+            with self.transaction():
+                self.db.executemany(f"UPDATE runs SET {', '.join(f'{n} = :{n}' for n in names)} WHERE id = :id",
+                                    updates)
 
     def _rollback(self) -> None:
         """Roll back what is open; SQLite has already rolled back after some errors (a full disk), and a failing
@@ -758,9 +849,25 @@ class Store:
 
     def runs(self, study_id: str | None = None, scenario: str | None = None, phase: str | None = "measure",
              status: str | None = None, app: str | None = None, cache: str | None = None,
-             with_result: bool = True) -> list[dict]:
+             with_result: bool = True, metrics: bool = False) -> list[dict]:
+        """The runs that match, oldest first, as dicts of :data:`RUN_COLUMNS` (plus ``result``, the parsed JSON, with
+        ``with_result``; plus :data:`METRIC_KEYS` with ``metrics``: read from the schema-6 columns, and from the JSON
+        only for a run whose columns are not filled -- a store of an older version read as it is)."""
         present = self._present_run_columns()
-        sql = f"SELECT {', '.join(present)}{', result_json' if with_result else ''} FROM runs WHERE 1=1"
+        has_metrics = metrics and self._has_metric_columns()
+        selected = list(present)
+        if with_result:
+            selected.append("result_json")
+        elif metrics and not has_metrics:
+            selected.append("result_json AS fallback_json")
+        if has_metrics:
+            selected += ["metrics_version", "cold_start_json",
+                         *(c for c in dict.fromkeys(c for c, _, _ in METRIC_COLUMNS)
+                           if c not in present and c != "cold_start_json")]
+            if not with_result:
+                selected.append("CASE WHEN metrics_version IS NULL OR metrics_version < "
+                                f"{METRICS_VERSION} THEN result_json END AS fallback_json")
+        sql = f"SELECT {', '.join(selected)} FROM runs WHERE 1=1"
         args: list[Any] = []
         for column, value in (("study_id", study_id), ("scenario", scenario), ("phase", phase), ("status", status),
                               ("app", app), ("cache", cache)):
@@ -774,13 +881,45 @@ class Store:
             d["outlier"] = bool(d["outlier"])
             d["emulated"] = bool(d["emulated"])
             if with_result:
-                try:
-                    d["result"] = json.loads(row["result_json"])
-                except ValueError as exc:
-                    raise StoreDamagedError(_damaged_sentence(self.path, f"run {d['id']}'s result cannot be read: {exc}"),
-                                            self.path) from exc
+                d["result"] = self._parse(d["id"], row["result_json"])
+            if metrics:
+                if has_metrics and row["metrics_version"] is not None and row["metrics_version"] >= METRICS_VERSION:
+                    d.update(metrics_from_columns(row))
+                else:                   # columns not filled: read the JSON (``fallback_json`` or the result)
+                    result = d["result"] if with_result else self._parse(d["id"], row["fallback_json"])
+                    filled = metric_columns(result if isinstance(result, dict) else {})
+                    d.update(metrics_from_columns(filled))
+                    for column in ("host", "host_type"):
+                        d[column] = d[column] if d[column] is not None else filled[column]
             out.append(d)
         return out
+
+    def _parse(self, run_id: int, text: str) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise StoreDamagedError(_damaged_sentence(self.path, f"run {run_id}'s result cannot be read: {exc}"),
+                                    self.path) from exc
+
+    def results(self, run_ids: Sequence[int], batch: int = 500) -> Iterator[tuple[int, dict]]:
+        """``(id, result)`` of the given runs, in the order given, reading and parsing :data:`batch` JSON texts at a
+        time -- for what shows a run's JSON (the report's provenance), without holding every result at once."""
+        ids = [int(i) for i in run_ids]
+        for start in range(0, len(ids), batch):
+            chunk = ids[start:start + batch]
+            rows = self.db.execute(f"SELECT id, result_json FROM runs WHERE id IN ({', '.join('?' * len(chunk))})",
+                                   chunk).fetchall()
+            texts = {int(r["id"]): r["result_json"] for r in rows}
+            for run_id in chunk:
+                if run_id in texts:
+                    yield run_id, self._parse(run_id, texts[run_id])
+
+    def _has_metric_columns(self) -> bool:
+        """Whether the ``runs`` table has the schema-6 columns (not when an older store is read read-only)."""
+        if getattr(self, "_metric_columns_present", None) is None:
+            have = {r["name"] for r in self.db.execute("PRAGMA table_info(runs)")}
+            self._metric_columns_present = {"metrics_version", *(c for c, _, _ in METRIC_COLUMNS)} <= have
+        return self._metric_columns_present
 
     def _present_run_columns(self) -> tuple[str, ...]:
         """:data:`RUN_COLUMNS` that the ``runs`` table has (all of them unless an older store is read read-only)."""
@@ -903,8 +1042,69 @@ def _run_columns(record: dict) -> dict:
         "status": status, "outlier": 0, "started_at": float(result.get("started_at", now)),
         "finished_at": float(result.get("finished_at", now)),
         "e2e_s": result.get("e2e_s") if status == "ok" else None, "emulated": int(bool(result.get("emulated"))),
-        "error": record["error"], "round": _round_of(result),
+        "error": record["error"], "round": _round_of(result), **metric_columns(result),
     }
+
+
+def _json_at(result: dict, path: str) -> Any:
+    """The value at a ``$.a.b`` path of a result (None where a step is missing or not an object)."""
+    node: Any = result
+    for part in path[2:].split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _pools_of(result: dict) -> dict | None:
+    """The pool sizes a result recorded: ``thread_pools``, else ``threads`` (results before issue 13)."""
+    pools = result.get("thread_pools")
+    if isinstance(pools, dict) and pools:
+        return pools
+    threads = result.get("threads")
+    return threads if isinstance(threads, dict) else None
+
+
+def metric_columns(result: dict) -> dict[str, Any]:
+    """The schema-6 columns of one result (see :data:`METRIC_COLUMNS`), as the migration's SQL computes them."""
+    out: dict[str, Any] = {"metrics_version": METRICS_VERSION}
+    pools = _pools_of(result)
+    for column, path, kind in METRIC_COLUMNS:
+        value = _json_at({"pools": pools}, path) if path.startswith(_POOLS + ".") else _json_at(result, path)
+        if kind == "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                value = None                                  # (NaN: SQLite stores it as NULL)
+            elif isinstance(value, int) and not -2 ** 63 <= value < 2 ** 63:
+                value = float(value)
+        elif kind == "text":
+            value = value if isinstance(value, str) else None
+        else:
+            value = json.dumps(value, sort_keys=True) if isinstance(value, dict) else None
+        out[column] = value
+    return out
+
+
+def _metric_sql() -> str:
+    """``SET`` assignments that fill the schema-6 columns from ``result_json`` (SQLite's JSON functions), the same
+    values as :func:`metric_columns`."""
+    pools = ("(CASE WHEN json_type(result_json, '$.thread_pools') = 'object' AND json_extract(result_json, "
+             "'$.thread_pools') <> '{}' THEN '$.thread_pools' ELSE '$.threads' END)")
+    sets = []
+    for column, path, kind in METRIC_COLUMNS:
+        where = f"{pools} || '{path[len(_POOLS):]}'" if path.startswith(_POOLS + ".") else f"'{path}'"
+        types = {"number": "'integer', 'real'", "text": "'text'", "object": "'object'"}[kind]
+        sets.append(f"{column} = CASE WHEN json_type(result_json, {where}) IN ({types}) "
+                    f"THEN json_extract(result_json, {where}) END")
+    return ", ".join(sets + [f"metrics_version = {METRICS_VERSION}"])
+
+
+def metrics_from_columns(row: Any) -> dict[str, Any]:
+    """The run keys of :data:`METRIC_KEYS` from a row that holds the schema-6 columns."""
+    out = {k: row[k] for k in METRIC_KEYS if k not in ("cold_start", "thread_pools")}
+    cold = row["cold_start_json"]
+    out["cold_start"] = json.loads(cold) if cold else None
+    out["thread_pools"] = {name: row[f"pool_{name}"] for name in POOL_NAMES if row[f"pool_{name}"] is not None}
+    return out
 
 
 def _round_of(result: dict) -> int | None:
