@@ -115,6 +115,8 @@ def main() -> int:
     parser.add_argument("--gap-s", type=float, default=0.0, help="pause between studies (default 0)")
     parser.add_argument("--store", type=Path, help="store to use (default: a temporary one)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--analyse-only", action="store_true",
+                        help="run nothing: analyse the coverage-before/-after studies already in --store")
     args = parser.parse_args()
     if args.replicates < 2:
         parser.error("--replicates must be at least 2")
@@ -126,7 +128,17 @@ def main() -> int:
     ids: dict[str, list[str]] = {"before": [], "after": []}
     walls: dict[str, list[float]] = {"before": [], "after": []}
     started = time.monotonic()
-    for k in range(args.replicates):
+    if args.analyse_only:
+        if not args.store:
+            parser.error("--analyse-only needs --store")
+        with Store(args.store) as st:
+            for record in sorted(st.studies(), key=lambda r: r["created_at"]):
+                if record["name"] in ("coverage-before", "coverage-after") and record["status"] == "complete":
+                    form = record["name"].split("-")[1]
+                    ids[form].append(record["id"])
+                    runs = st.runs(study_id=record["id"], phase=None, with_result=False)
+                    walls[form].append(max(r["finished_at"] for r in runs) - min(r["started_at"] for r in runs))
+    for k in range(0 if args.analyse_only else args.replicates):
         for form, path in (("before", before_file), ("after", after_file)):
             study_id, wall = run_study(path, store)
             ids[form].append(study_id)
