@@ -123,6 +123,7 @@ class ScenarioKey:
     emulated: bool = False
     cache: str = "warm"
     thread_policy: str = "sized"
+    host_type: str | None = None          # a fleet host's machine type (e2ebench.fleet); None: the local host
 
     @property
     def deployment(self) -> str:
@@ -142,14 +143,14 @@ class ScenarioKey:
 
     @property
     def label(self) -> str:
-        return self.scenario + (" [EMULATED]" if self.emulated else "")
+        return self.scenario + (f" on {self.host_type}" if self.host_type else "") + (" [EMULATED]" if self.emulated else "")
 
     def with_(self, **changes: Any) -> "ScenarioKey":
         return dataclasses.replace(self, **changes)
 
     def sort_key(self) -> tuple:
         return (self.emulated, self.app, self.mode, self.cache != "warm", self.device, platform_rank(self.platform),
-                self.cores, self.cpu_mode != "VNL")
+                self.cores, self.cpu_mode != "VNL", self.host_type or "")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -373,7 +374,7 @@ def load_study(store, study_id: str, include_outliers: bool | None = None) -> St
             continue
         key = ScenarioKey(run["app"], run["platform"], int(run["cores"]), run["cpu_mode"], run["device"],
                           run.get("mode") or "e2e", bool(run["emulated"]), run.get("cache") or "warm",
-                          thread_policy_of(run))
+                          thread_policy_of(run), run.get("host_type") or None)
         grouped[key].append(run)
 
     # The study's host: as the study runner recorded it, else the most frequent host core count reported by
@@ -734,6 +735,7 @@ class KneeFinding:
     knee_vs_best: Comparison | None            # knee's E2E vs the best's (None when they are the same)
     slower_beyond_best: list[int]              # core counts above the best whose E2E is significantly worse
     cache: str = "warm"
+    host_type: str | None = None               # a fleet's machine type: core counts are compared within one
 
     @property
     def best(self) -> Summary:
@@ -746,12 +748,13 @@ class KneeFinding:
     @property
     def key(self) -> ScenarioKey:
         return ScenarioKey(self.app, self.platform, self.knee_cores, self.cpu_mode, self.device, self.mode,
-                           self.emulated, self.cache)
+                           self.emulated, self.cache, host_type=self.host_type)
 
     def to_dict(self) -> dict:
         return {
             "app": self.app, "platform": self.platform, "cpu_mode": self.cpu_mode, "device": self.device,
-            "mode": self.mode, "cache": self.cache, "emulated": self.emulated, "tolerance_pct": self.tolerance_pct,
+            "mode": self.mode, "cache": self.cache, "emulated": self.emulated, "host_type": self.host_type,
+            "tolerance_pct": self.tolerance_pct,
             "points": [{"cores": c, "e2e_s": summary_dict(s)} for c, s in self.points],
             "best_cores": self.best_cores, "knee_cores": self.knee_cores,
             "knee_vs_best": self.knee_vs_best.to_dict() if self.knee_vs_best else None,
@@ -761,11 +764,12 @@ class KneeFinding:
 
 def scale_up_knees(scenarios: dict[ScenarioKey, ScenarioStats],
                    tolerance_pct: float = DEFAULT_KNEE_TOLERANCE_PCT) -> list[KneeFinding]:
-    """One finding per (app, platform, CPU mode, device, mode, emulated, cache) measured at two or more core
-    counts."""
+    """One finding per (app, platform, CPU mode, device, mode, emulated, cache, host type) measured at two or more
+    core counts."""
     groups: dict[tuple, dict[int, ScenarioStats]] = defaultdict(dict)
     for key, stats in scenarios.items():
-        groups[(key.app, key.platform, key.cpu_mode, key.device, key.mode, key.emulated, key.cache)][key.cores] = stats
+        groups[(key.app, key.platform, key.cpu_mode, key.device, key.mode, key.emulated, key.cache,
+                key.host_type)][key.cores] = stats
     out = []
     for group, by_cores in groups.items():
         if len(by_cores) < 2:
@@ -783,12 +787,12 @@ def scale_up_knees(scenarios: dict[ScenarioKey, ScenarioStats],
                 cmp = compare_stats("e2e_s", by_cores[c], by_cores[best])
                 if cmp.significant:
                     slower.append(c)
-        app, platform, cpu_mode, device, mode, emulated, cache = group
+        app, platform, cpu_mode, device, mode, emulated, cache, host_type = group
         out.append(KneeFinding(app, platform, cpu_mode, device, mode, emulated, tolerance_pct,
                                [(c, by_cores[c].e2e_s) for c in cores_sorted], best, knee, knee_vs_best, slower,
-                               cache))
+                               cache, host_type))
     out.sort(key=lambda k: (k.emulated, k.app, k.mode, k.cache != "warm", k.device, platform_rank(k.platform),
-                            k.cpu_mode))
+                            k.cpu_mode, k.host_type or ""))
     return out
 
 

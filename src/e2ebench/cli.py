@@ -519,7 +519,8 @@ def register_subcommands() -> None:
     """Sub-command modules (studies, reports) register themselves on ``app`` when imported."""
     import importlib
 
-    for module in ("e2ebench.cli_study", "e2ebench.cli_report", "e2ebench.cli_store", "e2ebench.cli_threads"):
+    for module in ("e2ebench.cli_study", "e2ebench.cli_report", "e2ebench.cli_store", "e2ebench.cli_threads",
+                   "e2ebench.cli_fleet"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -148,17 +148,24 @@ def recommend(
     with _open_store(store_path) as store:
         record = resolve_study(store, study_id)
         data = analysis.load_study(store, record["id"], include_outliers=keep_outliers)
+    from e2ebench.machine_types import machine_type_section
+
     sets = []
+    machines = None
     for emulated in (False, True):
         if emulated and not (include_emulated and data.has_emulated):
             continue
         findings = analysis.analyse(data, emulated=emulated, knee_tolerance_pct=knee_tolerance)
-        notes = cost_notes(cost_rows(findings.scenarios, price_table), price_table) if price_table else None
+        rows = cost_rows(findings.scenarios, price_table) if price_table else None
+        notes = cost_notes(rows, price_table) if price_table else None
         sets.append(advice.recommend(findings, notes))
+        if not emulated:
+            machines = machine_type_section(findings.scenarios, rows, price_table)
     if as_json:
         emit_json({"study": {k: record[k] for k in ("id", "name", "source", "status", "created_at")},
                    "native": sets[0].to_dict(), "emulated": sets[1].to_dict() if len(sets) > 1 else None,
-                   "emulated_scenarios_kept_apart": sum(1 for k in data.scenarios if k.emulated)})
+                   "emulated_scenarios_kept_apart": sum(1 for k in data.scenarios if k.emulated),
+                   "machine_types": machines})
         raise typer.Exit(EXIT_OK)
     console.print(f"[bold]{escape(study_title(record))}[/]: {len(data.used_run_ids)} runs in {len(data.scenarios)} "
                   "scenarios")
@@ -170,7 +177,32 @@ def recommend(
                       "see advice from them, kept apart.[/]")
     for rec_set in sets:
         _print_set(rec_set)
+    if machines:
+        print_machine_types(machines)
     raise typer.Exit(EXIT_OK)
+
+
+def print_machine_types(section: dict) -> None:
+    """E2E per deployment per host type side by side, and the cheapest host type + deployment with prices."""
+    from e2ebench.analysis import fmt_number
+
+    table = Table(title="E2E per deployment and machine type (mean ± 95% CI half-width, n)", header_style="bold")
+    table.add_column("scenario")
+    for host_type in section["host_types"]:
+        table.add_column(escape(host_type), justify="right")
+    for row in section["rows"]:
+        cells = []
+        for host_type in section["host_types"]:
+            s = row["by_host_type"].get(host_type)
+            if s is None or s["mean"] is None:
+                cells.append("—")
+            else:
+                half = f" ± {fmt_number(s['half_width'], 2)}" if s["half_width"] is not None else ""
+                cells.append(f"{fmt_number(s['mean'])} s{half} (n={s['n']})")
+        table.add_row(escape(row["scenario"]), *cells)
+    console.print(table)
+    for choice in section["cheapest"]:
+        console.print(f"[bold]{escape(choice['app'])}[/], cheapest machine type and deployment: {escape(choice['reason'])}")
 
 
 def _print_set(rec_set) -> None:

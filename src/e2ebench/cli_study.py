@@ -303,6 +303,11 @@ def study(
         1, "--replicate", min=1, max=50, metavar="K",
         help="Run the study K times (fresh study ids, same configuration) and print how often each replicate's means "
              "lie in the others' 95% intervals and whether each comparison's verdict agrees across replicates."),
+    cluster: Optional[str] = typer.Option(
+        None, "--cluster", metavar="ADDRESS",
+        help="Run on the e2ebench hosts of a Ray cluster (one run per host at a time; results in this host's store): "
+             "auto (the cluster this host belongs to), HOST:PORT or ray://HOST:10001. Needs e2ebench[fleet]; "
+             "see docs/fleet.md."),
 ) -> None:
     """Run a study: a matrix of scenarios, each repeated until its mean E2E time is known to the target precision.
 
@@ -316,14 +321,20 @@ def study(
         spec = load_study(path)
     except StudyError as exc:
         raise fail_usage(str(exc))
-    if not plan_only and not quiet and not as_json and err_console.is_terminal:
+    fleet = None
+    if cluster is not None:
+        fleet = _fleet_plan(spec, cluster, quiet or as_json)
+        plan = fleet.plan
+    elif not plan_only and not quiet and not as_json and err_console.is_terminal:
         with err_console.status("checking which platforms this host can run"):
             plan = spec.plan()
     else:
         plan = spec.plan()
     if plan_only:
         if as_json:
-            emit_json(plan.as_dict())
+            emit_json(fleet.as_dict() if fleet is not None else plan.as_dict())
+        elif fleet is not None:
+            _print_fleet_plan(fleet)
         else:
             _print_plan(plan)
         raise typer.Exit(EXIT_OK)
@@ -333,7 +344,8 @@ def study(
         if not quiet and not as_json:
             err_console.print(f"[dim]not run: {escape(p.key)} — {escape(p.reason or '')}[/]")
     if not plan.feasible:
-        err_console.print(f"[bold red]study {spec.name}: no scenario is feasible on this host[/] "
+        err_console.print(f"[bold red]study {spec.name}: no scenario is feasible on "
+                          f"{'any host of the cluster' if fleet is not None else 'this host'}[/] "
                           f"(see `e2ebench study {escape(str(path))} --plan`)")
         raise typer.Exit(EXIT_FAILED)
     try:
@@ -350,7 +362,7 @@ def study(
                     err_console.print(f"[bold]replicate {index + 1} of {replicate}[/]")
                 study_id, outcome = _run_study(store, store_file, spec, plan, fresh=fresh or replicate > 1,
                                                quiet=quiet, as_json=as_json, keep_outliers=keep_outliers,
-                                               retry_abandoned=retry_abandoned)
+                                               retry_abandoned=retry_abandoned, fleet=fleet)
                 finished.append(study_id)
                 if replicate == 1:
                     raise typer.Exit(outcome.exit_code)
@@ -367,8 +379,49 @@ def study(
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
+def _fleet_plan(spec, cluster: str, quiet: bool):
+    """Connect to the cluster and plan the study for each of its e2ebench hosts (exit 2 when that fails)."""
+    try:
+        from e2ebench import fleet
+    except ModuleNotFoundError as exc:
+        raise fail_usage(str(exc))
+    try:
+        fleet.connect(cluster)
+        if not quiet and err_console.is_terminal:
+            with err_console.status("gathering the facts of the cluster's hosts"):
+                hosts = fleet.discover_hosts(sorted(spec.used_platforms()))
+        else:
+            hosts = fleet.discover_hosts(sorted(spec.used_platforms()))
+        return fleet.fleet_plan(spec, hosts)
+    except fleet.FleetError as exc:
+        raise fail_usage(str(exc))
+
+
+def _print_fleet_plan(fleet) -> None:
+    """The plan over a cluster: which hosts can run each scenario, why the others cannot."""
+    plan = fleet.plan
+    study = plan.study
+    table = Table(title=escape(f"study {study.name} on {len(fleet.hosts)} hosts: {len(plan.scenarios)} scenarios, "
+                               f"{len(plan.feasible)} feasible on at least one host"), header_style="bold")
+    for column in ("scenario", "hosts that can run it", "why not (per host) / note"):
+        table.add_column(column)
+    for p in plan.scenarios:
+        where = fleet.where.get(p.key, ())
+        why = "; ".join(f"{h}: {r}" for h, r in fleet.reasons.get(p.key, ()))
+        table.add_row(escape(p.key), escape(", ".join(where)) if where else "[red]none[/]", escape(why or p.note or ""))
+    console.print(table)
+    for host in fleet.hosts:
+        f = host.facts
+        console.print(f"host {escape(host.name)} ({escape(host.host_type)}): {f['cores']} cores, {f['gpus']} GPU(s), "
+                      f"KVM {'yes' if f['kvm'] else 'no'}, platforms {', '.join(f['available_platforms'])}"
+                      + (f" (emulated: {', '.join(f['emulated_platforms'])})" if f["emulated_platforms"] else ""))
+    fewest, most = plan.run_estimate()
+    console.print(f"estimated runs: {fewest} to {most} ({len(plan.feasible)} feasible scenarios)")
+    console.print(f"study file: {study.source}  (config sha256 {study.config_sha256[:16]})")
+
+
 def _run_study(store, store_file, spec, plan, *, fresh: bool, quiet: bool, as_json: bool,
-               keep_outliers: bool | None, retry_abandoned: bool):
+               keep_outliers: bool | None, retry_abandoned: bool, fleet=None):
     """Open (or resume) the study in ``store`` and run it; ``(study id, outcome)``.  Exits 130 when interrupted."""
     from e2ebench.store import StoreError
     from e2ebench.study_runner import StudyLockedError, StudyRunner, open_study
@@ -384,8 +437,14 @@ def _run_study(store, store_file, spec, plan, *, fresh: bool, quiet: bool, as_js
     else:       # a live display on a terminal; in a file or a pipe, one plain line per finished run
         observer = LiveProgress() if err_console.is_terminal else PlainProgress()
     try:
-        runner = StudyRunner(plan, store, study_id, keep_outliers=keep_outliers, observer=observer,
-                             retry_abandoned=retry_abandoned, resumed=resumed)
+        if fleet is not None:
+            from e2ebench.fleet import FleetStudyRunner
+
+            runner = FleetStudyRunner(fleet, store, study_id, keep_outliers=keep_outliers, observer=observer,
+                                      retry_abandoned=retry_abandoned, resumed=resumed)
+        else:
+            runner = StudyRunner(plan, store, study_id, keep_outliers=keep_outliers, observer=observer,
+                                 retry_abandoned=retry_abandoned, resumed=resumed)
         outcome = runner.run()
     except StudyLockedError as exc:
         raise fail_usage(str(exc))

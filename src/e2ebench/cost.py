@@ -9,6 +9,10 @@ A price table is TOML::
     "CN/*/PIN/CPU" = { per_core_hour = 0.048 }               # x cores
     "VM/16/*/GPU" = { per_hour = 0.90, per_core_hour = 0.04 } # fixed part + per core
 
+    [host_types]                    # optional, for a fleet (docs/fleet.md): machine type pattern -> price per hour
+    "amd-epyc-64c-*" = 2.40         # of the whole machine; a run on that host type costs this, whatever deployment
+    "*-nvidia-*" = { per_hour = 3.10 }
+
     [targets]                       # optional: what "meets the target" means
     p99_ms = 800                    # 99th-percentile LoadGen latency (issue -> answer), milliseconds
     throughput_sps = 20             # samples per second
@@ -16,6 +20,8 @@ A price table is TOML::
 Patterns are ``fnmatch``-style over ``PLATFORM/CORES/CPUMODE/DEVICE`` (``*`` any text, ``?`` one character,
 ``[...]`` a set; matched case-sensitively against the canonical upper-case deployment).  When several match,
 the most specific wins — the one with the fewest wildcard characters; ties go to the first in the file.
+``[host_types]`` patterns match a fleet host type (:func:`e2ebench.fleet.host_type_of`, lower case) the same way; a
+scenario measured on a host type that has a price is priced by its machine, else by its deployment.
 
 Numbers: ``cost per 1,000 inferences = price_per_hour / 3600 * (e2e_s / completed) * 1000``, computed per run
 and summarised with a 95% CI.  A deployment *meets* a latency target when the upper end of its p99's 95% CI
@@ -79,6 +85,7 @@ class PriceTable:
     currency: str = "USD"
     targets: Targets = dataclasses.field(default_factory=Targets)
     source: str = ""
+    host_types: list[PriceRule] = dataclasses.field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path | str) -> "PriceTable":
@@ -115,6 +122,21 @@ class PriceTable:
             if per_hour < 0 or per_core < 0 or (per_hour == 0 and per_core == 0):
                 raise PriceError(f"price of {pattern!r} must be positive")
             rules.append(PriceRule(pattern.upper(), per_hour, per_core, order))
+        host_types = data.get("host_types") or {}
+        if not isinstance(host_types, dict):
+            raise PriceError("[host_types] must be a table of 'HOST-TYPE-PATTERN = price per hour'")
+        machine_rules = []
+        for order, (pattern, value) in enumerate(host_types.items()):
+            if isinstance(value, dict):
+                unknown = set(value) - {"per_hour"}
+                if unknown:
+                    raise PriceError(f"price of host type {pattern!r} has unknown key(s) {sorted(unknown)}; "
+                                     "accepted: per_hour")
+                value = value.get("per_hour", 0.0)
+            per_hour = _number(value, f"host_types.{pattern}")
+            if per_hour <= 0:
+                raise PriceError(f"price of host type {pattern!r} must be positive")
+            machine_rules.append(PriceRule(pattern.lower(), per_hour, 0.0, order))
         targets = data.get("targets") or {}
         if not isinstance(targets, dict):
             raise PriceError("[targets] must be a table with p99_ms and/or throughput_sps")
@@ -125,10 +147,16 @@ class PriceTable:
             p99_ms=_number(targets["p99_ms"], "targets.p99_ms") if "p99_ms" in targets else None,
             throughput_sps=_number(targets["throughput_sps"], "targets.throughput_sps") if "throughput_sps" in targets else None,
         )
-        return cls(rules, str(data.get("currency", "USD")), t, source)
+        return cls(rules, str(data.get("currency", "USD")), t, source, machine_rules)
 
     def match(self, deployment: str) -> PriceRule | None:
         hits = [r for r in self.rules if fnmatch.fnmatchcase(deployment, r.pattern)]
+        return min(hits, key=lambda r: r.specificity) if hits else None
+
+    def match_host_type(self, host_type: str | None) -> PriceRule | None:
+        if not host_type:
+            return None
+        hits = [r for r in self.host_types if fnmatch.fnmatchcase(host_type.lower(), r.pattern)]
         return min(hits, key=lambda r: r.specificity) if hits else None
 
 
@@ -167,7 +195,7 @@ def cost_rows(scenarios: dict[ScenarioKey, ScenarioStats], prices: PriceTable,
     for key, stats in scenarios.items():
         if key.mode != "e2e" or stats.cost_basis_s_per_sample is None:
             continue
-        rule = prices.match(key.deployment)
+        rule = prices.match_host_type(key.host_type) or prices.match(key.deployment)
         if rule is None:
             continue
         price = rule.price_per_hour(key.cores)
@@ -229,7 +257,8 @@ def cheapest(rows: list[CostRow], app: str, targets: Targets, currency: str = "U
                               f"none of the {len(mine)} priced deployments meets {targets.describe()}"
                               + _cold_words(cache), cache)
     best = min(ok, key=lambda r: r.cost_per_1000)
-    reason = (f"{best.key.deployment} at {currency} {best.cost_per_1000:.4g} per 1,000 inferences "
+    where = best.key.deployment + (f" on host type {best.key.host_type}" if best.key.host_type else "")
+    reason = (f"{where} at {currency} {best.cost_per_1000:.4g} per 1,000 inferences "
               f"({currency} {best.price_per_hour:.4g}/h) is the cheapest of {len(ok)} deployments meeting "
               f"{targets.describe()}" + _cold_words(cache))
     return CheapestChoice(app, targets, best, len(mine), reason, cache)

@@ -265,6 +265,29 @@ def open_study(store: Store, study: Study, plan: Plan, fresh: bool = False) -> t
 
 
 # ---------------------------------------------------------------------------
+# One run (here, or on a fleet host: e2ebench.fleet calls the same function there)
+
+
+def run_slug(scenario: str, phase: str, seq: int) -> str:
+    """The folder name of one run's logs."""
+    return scenario.replace("/", "_").replace("@", "_").replace("#", "_") + f"-{phase}-{seq}"
+
+
+def run_in_platform(scenario, workload: Workload, data: Path, platform_options: dict, logs_dir: Path) -> RunResult:
+    """Provision the scenario's deployment, run the worker once, tear down.  Never raises for a failed run."""
+    from e2ebench.platforms import get_platform
+
+    started = time.time()
+    with platform_workdir() as tmp:
+        try:
+            platform = get_platform(scenario.deployment.platform, **platform_options)
+            with platform.session(scenario.deployment, tmp) as session:
+                return execute(session, scenario, workload, data, logs_dir)
+        except Exception as exc:
+            return RunResult.failure(scenario, workload, f"provisioning failed: {type(exc).__name__}: {exc}", started)
+
+
+# ---------------------------------------------------------------------------
 # The runner
 
 
@@ -421,10 +444,7 @@ class StudyRunner:
                         break
                     by_key = {s.key: s for s in active}
                     self._calibrate()
-                    for key in round_order(list(by_key), self.study.seed, self._round):
-                        state = by_key[key]
-                        if state.needs_run:
-                            self._run_one(state)
+                    self._run_round([by_key[key] for key in round_order(list(by_key), self.study.seed, self._round)])
                     self._round += 1
                 status = STUDY_COMPLETE if all(s.status in ANSWERED for s in self.states) and self.states \
                     else STUDY_INCOMPLETE
@@ -442,15 +462,30 @@ class StudyRunner:
         self.observer.study_finished(outcome)
         return outcome
 
-    def _run_one(self, state: ScenarioState) -> None:
+    def _run_round(self, states: list[ScenarioState]) -> None:
+        """One run of every state that still needs one, in this order, one after the other on this host
+        (:class:`e2ebench.fleet.FleetStudyRunner` runs them on a cluster's hosts at once)."""
+        for state in states:
+            if state.needs_run:
+                self._run_one(state)
+
+    def _begin_run(self, state: ScenarioState) -> tuple[str, int]:
+        """The (phase, seq) of the state's next run, announced to the observer."""
         phase, seq = state.next_run(self.policy)
         self.current = (state, phase, seq)
         if state.status == PENDING:
             state.status = ACTIVE
         self.observer.run_started(state, phase, seq)
+        return phase, seq
+
+    def _run_one(self, state: ScenarioState) -> None:
+        phase, seq = self._begin_run(state)
         t0 = time.perf_counter()
         result = self.execute_run(state, phase, seq)           # KeyboardInterrupt: nothing stored
-        wall_s = time.perf_counter() - t0
+        self._finish_run(state, phase, seq, result, time.perf_counter() - t0)
+
+    def _finish_run(self, state: ScenarioState, phase: str, seq: int, result: RunResult, wall_s: float) -> None:
+        """Store a finished run (ok or failed), update the state's counts, outliers and status, tell the observer."""
         result.run_wall_s = wall_s
         result.study_id = self.study_id
         result.round = self._round
@@ -486,8 +521,6 @@ class StudyRunner:
 
     def execute_run(self, state: ScenarioState, phase: str, seq: int) -> RunResult:
         """One run: provision the deployment, run the worker, tear down.  Never raises for a failed run."""
-        from e2ebench.platforms import get_platform
-
         planned = state.planned
         scenario, workload = planned.scenario, planned.workload
         assert workload is not None
@@ -497,17 +530,9 @@ class StudyRunner:
         except Exception as exc:
             return RunResult.failure(scenario, workload, f"preparing the data set failed: {type(exc).__name__}: {exc}",
                                      started)
-        slug = str(scenario).replace("/", "_").replace("@", "_").replace("#", "_")
-        logs_dir = (self.results_dir / "logs" / self.study_id / f"{slug}-{phase}-{seq}").resolve()
-        with platform_workdir() as tmp:
-            try:
-                platform = get_platform(scenario.deployment.platform,
-                                        **self.plan.study.platform_options(scenario.deployment.platform))
-                with platform.session(scenario.deployment, tmp) as session:
-                    return execute(session, scenario, workload, data, logs_dir)
-            except Exception as exc:
-                return RunResult.failure(scenario, workload, f"provisioning failed: {type(exc).__name__}: {exc}",
-                                         started)
+        logs_dir = (self.results_dir / "logs" / self.study_id / run_slug(str(scenario), phase, seq)).resolve()
+        return run_in_platform(scenario, workload, data, self.plan.study.platform_options(scenario.deployment.platform),
+                               logs_dir)
 
     def _data_for(self, state: ScenarioState, workload: Workload) -> Path:
         if state.data is None:

@@ -27,6 +27,7 @@ from markupsafe import Markup
 from e2ebench import analysis, overhead_model, recommend
 from e2ebench.analysis import PHASE_TITLES, PHASES, Findings, StudyData, fmt_pct, fmt_ratio, fmt_s, significance_text
 from e2ebench.cost import PriceTable, cheapest, cost_notes, cost_rows, row_caches
+from e2ebench.machine_types import machine_type_section
 from e2ebench.report import figures as figs
 from e2ebench.scenario import scenario_string
 from e2ebench.store import ADHOC_STUDY
@@ -192,6 +193,9 @@ def build_report(store, study_id: str | None = None, out_dir: Path = Path("resul
         parts.append(_Part.make(emulated, data, prices, fig_dir))
 
     sections = [_overview(data, store.path, native, include_emulated, knee_tolerance_pct)]
+    machines = machine_type_section(native.scenarios, parts[0].costs if prices else None, prices)
+    if machines:
+        sections.append(_machine_types(machines))
     for part in parts:
         sections += part.sections(out_dir)
     sections.append(_provenance(data))
@@ -221,8 +225,28 @@ def build_report(store, study_id: str | None = None, out_dir: Path = Path("resul
         "native": parts[0].to_dict(),
         "emulated": parts[1].to_dict() if len(parts) > 1 else None,
         "emulated_scenarios_kept_apart": sum(1 for k in data.scenarios if k.emulated),
+        "machine_types": machines,
     }
     return ReportOutput(html_path, all_figures, summary)
+
+
+def _machine_types(section: dict) -> _Section:
+    """A fleet study's host types side by side (:mod:`e2ebench.machine_types`)."""
+    headers = ["scenario"] + [f"{t} E2E (s)" for t in section["host_types"]]
+    rows = []
+    for row in section["rows"]:
+        cells = [row["scenario"]]
+        for host_type in section["host_types"]:
+            s = row["by_host_type"].get(host_type)
+            cells.append("—" if not s or s["mean"] is None else
+                         f"{s['mean']:.4g}" + (f" ± {s['half_width']:.2g}" if s["half_width"] is not None else "")
+                         + f" (n={s['n']})")
+        rows.append(cells)
+    blocks = [_p("Runs of different machine types are separate scenarios (never pooled); mean E2E time with its 95% "
+                 "CI half-width and the number of runs."), table(headers, rows)]
+    for choice in section["cheapest"]:
+        blocks.append(Block("lead", lead=choice["app"], text=f"{choice['reason']}."))
+    return _Section("machine-types", "Machine types side by side", blocks)
 
 
 @dataclasses.dataclass
