@@ -5,7 +5,8 @@ its own process (the driver), like a user's.
 What is checked: ``fleet status`` lists three hosts with their facts; ``study --plan --cluster`` says which hosts can
 run each scenario; a study spread over the hosts never runs two runs on one host at once (start/finish times in the
 store); a host whose data set differs from the head's fails its runs naming the host; a node killed mid-run loses
-nothing and duplicates nothing; the study process killed (SIGKILL) leaves no run going on the hosts and resumes.
+nothing and duplicates nothing; Ctrl-C cancels the runs in flight; the study process killed (SIGKILL) leaves no run
+going on the hosts and resumes.
 Without ``--cluster`` nothing imports Ray.
 """
 
@@ -271,6 +272,27 @@ def test_study_process_killed_leaves_nothing_running_and_resumes(cluster, tmp_pa
     assert len(rows) == 8 and len(set(keys)) == 8, keys
     assert [r["id"] for r in rows[:len(before)]] == [r["id"] for r in before]     # the finished runs were kept
     _no_overlap_per_host(rows)
+
+
+def test_ctrl_c_cancels_the_runs_in_flight(cluster, tmp_path):
+    study = tiny_study(tmp_path, "interrupt", runs=3, cpu_modes=("VNL", "PIN"), cores=(1, 2))
+    driver = subprocess.Popen(CLI + ["study", str(study), "--json", "--cluster", cluster.address],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_running(), "no run started on the hosts"
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, err
+    assert "resume with" in err
+    free = wait_for(lambda: not marked_processes("e2ebench.worker") and
+                    ray.available_resources().get(fleet.HOST_RESOURCE, 0) == len(HOSTS), 30)
+    assert free, f"left running: {[p.pid for p in marked_processes('e2ebench.worker')]}"
+    rows = stored_runs(tmp_path / "interrupt.sqlite")
+    keys = [(r["scenario"], r["phase"], r["seq"]) for r in rows]
+    assert len(set(keys)) == len(keys) and all(r["status"] == "ok" for r in rows)     # cancelled runs not stored
 
 
 def test_node_killed_mid_run_loses_nothing_and_duplicates_nothing(cluster, tmp_path):
