@@ -218,6 +218,9 @@ def test_study_spreads_over_the_hosts_one_run_per_host_at_a_time(cluster, tmp_pa
     assert any(s2 < f1 for (s1, f1), (s2, f2) in zip(spans, spans[1:]))
     shown = cli("show", "--store", str(tmp_path / "spread.sqlite"))
     assert shown.returncode == 0, shown.stderr
+    assert "hosts of the fleet" in shown.stdout and all(h in shown.stdout for h in hosts)
+    as_json = json.loads(cli("show", "--store", str(tmp_path / "spread.sqlite"), "--json").stdout)
+    assert sum(h["runs"] for h in as_json["hosts"]) == 6 and {h["host"] for h in as_json["hosts"]} == hosts
 
 
 def test_a_host_whose_data_differs_fails_its_runs_naming_it(cluster, tmp_path):
@@ -242,17 +245,20 @@ def test_a_host_whose_data_differs_fails_its_runs_naming_it(cluster, tmp_path):
     assert all(r["status"] == "ok" for r in rows if host_of(r) != "node2"), proc.stderr
 
 
-def _wait_running(timeout_s: float = 120) -> dict:
-    return wait_for(lambda: fleet.running_now(), timeout_s)
+def _wait_running(timeout_s: float = 120, since: float = 0.0, hosts=HOSTS) -> dict:
+    """What the hosts run now: runs started after ``since`` on ``hosts`` (waits until there is one)."""
+    return wait_for(lambda: {h: e for h, e in fleet.running_now().items()
+                             if h in hosts and e["started_at"] >= since}, timeout_s)
 
 
 def test_study_process_killed_leaves_nothing_running_and_resumes(cluster, tmp_path):
     study = tiny_study(tmp_path, "headkill", runs=4, cpu_modes=("VNL", "PIN"))
     store = tmp_path / "headkill.sqlite"
+    started = time.time()
     driver = subprocess.Popen(CLI + ["study", str(study), "--json", "--cluster", cluster.address],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert _wait_running(), "no run started on the hosts"
+        assert _wait_running(since=started), "no run started on the hosts"
         time.sleep(1.0)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
@@ -276,10 +282,11 @@ def test_study_process_killed_leaves_nothing_running_and_resumes(cluster, tmp_pa
 
 def test_ctrl_c_cancels_the_runs_in_flight(cluster, tmp_path):
     study = tiny_study(tmp_path, "interrupt", runs=3, cpu_modes=("VNL", "PIN"), cores=(1, 2))
+    started = time.time()
     driver = subprocess.Popen(CLI + ["study", str(study), "--json", "--cluster", cluster.address],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert _wait_running(), "no run started on the hosts"
+        assert _wait_running(since=started), "no run started on the hosts"
         driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=60)
     finally:
@@ -298,10 +305,11 @@ def test_ctrl_c_cancels_the_runs_in_flight(cluster, tmp_path):
 def test_node_killed_mid_run_loses_nothing_and_duplicates_nothing(cluster, tmp_path):
     study = tiny_study(tmp_path, "nodekill", runs=2, cpu_modes=("VNL", "PIN"), cores=(1, 2))
     store = tmp_path / "nodekill.sqlite"
+    started = time.time()
     driver = subprocess.Popen(CLI + ["study", str(study), "--json", "--cluster", cluster.address],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        running = wait_for(lambda: {h: e for h, e in fleet.running_now().items() if h != "head"}, 120)
+        running = _wait_running(since=started, hosts=("node1", "node2"))
         assert running, "no run started on node1 or node2"
         victim = sorted(running)[0]
         cluster.kill(victim)

@@ -101,7 +101,7 @@ def status(
         platforms = ", ".join(p + ("*" if p in r["emulated_platforms"] else "") for p in r["available_platforms"])
         cpu = (f"{r['cpu_model']}, {r['cores']} cores, {r['sockets']} socket(s), {r['numa_nodes']} NUMA node(s)")
         table.add_row(f"{escape(r['name'])}\n[dim]{escape(r['host_type'])}[/]", escape(cpu), f"{r['memory_gib']:.1f} GiB",
-                      escape(r["kernel"]), "yes" if r["kvm"] else "no",
+                      escape(r["kernel"]), "yes" if r["kvm"] else ("device, guests emulated" if r.get("kvm_device") else "no"),
                       escape(", ".join(r["gpu_names"])) if r["gpus"] else "none", escape(platforms), escape(now))
     console.print(table)
     if any(r["emulated_platforms"] for r in rows):

@@ -548,8 +548,33 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
                 console.print(f"[dim]  {escape(reason)}: {escape(shown)}[/]")
     if any(s.emulated for s in summaries):
         console.print("[yellow](emulated)[/]: ran under QEMU TCG; not comparable with native results.")
+    hosts = fleet_hosts(store, study_id)
+    if hosts:
+        table = Table(title="hosts of the fleet (e2ebench study --cluster)", header_style="bold")
+        for column in ("host", "host type", "runs", "failed", "scenarios"):
+            table.add_column(column)
+        for h in hosts:
+            table.add_row(escape(h["host"]), escape(h["host_type"] or "?"), str(h["runs"]), str(h["failed"]),
+                          escape(", ".join(h["scenarios"])))
+        console.print(table)
     if study_id != ADHOC_STUDY:
         _print_drift_and_comparisons(store, study_id, keep_outliers)
+
+
+def fleet_hosts(store, study_id: str) -> list[dict]:
+    """Per host of a fleet study (runs with ``runs.host``): its type, runs, failed runs, scenarios; ``[]`` for a study
+    run on one host."""
+    by_host: dict[str, dict] = {}
+    for run in store.runs(study_id=study_id, phase=None, with_result=False):
+        if not run.get("host"):
+            continue
+        entry = by_host.setdefault(run["host"], {"host": run["host"], "host_type": run.get("host_type"), "runs": 0,
+                                                 "failed": 0, "scenarios": []})
+        entry["runs"] += 1
+        entry["failed"] += run["status"] != "ok"
+        if run["scenario"] not in entry["scenarios"]:
+            entry["scenarios"].append(run["scenario"])
+    return [by_host[h] for h in sorted(by_host)]
 
 
 def drift_and_comparisons(store, study_id: str, keep_outliers: bool | None) -> tuple[list, list[dict]]:
@@ -640,7 +665,7 @@ def show(
                 drift_and_comparisons(store, record["id"], keep_outliers)
             emit_json({"study": {k: record[k] for k in ("id", "name", "source", "status", "created_at")},
                        "scenarios": [s.as_dict() for s in summaries], "drift": [d.to_dict() for d in drifts],
-                       "comparisons": comparisons})
+                       "comparisons": comparisons, "hosts": fleet_hosts(store, record["id"])})
         elif as_csv:
             _write_csv([_summary_row(s) for s in summaries], list(SUMMARY_CSV_COLUMNS))
         else:

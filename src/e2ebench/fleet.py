@@ -144,11 +144,13 @@ def local_facts(platforms: list[str] | None = None) -> dict:
     from e2ebench.study import detect_host
 
     host, emulated = detect_host(platforms)
-    kvm = os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+    kvm_device = os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+    # KVM counts when guests run natively: a device under which the VM platforms still run emulated (TCG) does not
+    kvm = kvm_device and not (set(emulated) & {"VM", "MVM", "VMCN"})
     facts = {
         "hostname": socket.gethostname(), "cpu_model": measure.cpu_model(), "cores": host.cores,
         "sockets": doctor._sockets(), "numa_nodes": len(cgroups.numa_nodes()), "memory_gib": doctor._memory_gib(),
-        "kernel": _platform.release(), "kvm": kvm, "gpus": host.gpus, "gpu_names": list(host.gpu_names),
+        "kernel": _platform.release(), "kvm": kvm, "kvm_device": kvm_device, "gpus": host.gpus, "gpu_names": list(host.gpu_names),
         "gpu_reason": host.gpu_reason, "available_platforms": sorted(host.available_platforms),
         "platform_reasons": [list(r) for r in host.platform_reasons], "emulated_platforms": sorted(emulated),
         "python": _platform.python_version(), "e2ebench_cache": str(cache_dir()),
@@ -244,14 +246,28 @@ def running_now() -> dict[str, dict]:
     return out
 
 
+def _forget_running(host: str) -> None:
+    """Drop a host's 'running now' entry (a task killed by force never reaches its own ``finally``)."""
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_del(f"{_KV_RUNNING}{host}", namespace=NAMESPACE)
+    except Exception:           # the cluster is gone: nothing to keep tidy
+        pass
+
+
 def fleet_status(platforms: list[str] | None = None) -> list[dict]:
-    """``e2ebench fleet status``: every host with its facts and what it runs now (None: idle)."""
-    alive = {n["NodeID"]: n for n in host_nodes()}
+    """``e2ebench fleet status``: every host with its facts and what it runs now (None: idle).
+
+    A host runs something when its ``e2ebench_host`` unit is taken; the entry the run task keeps says what (an entry
+    left by a task killed with its driver is ignored once the unit is free)."""
+    from ray._private.state import available_resources_per_node
+
+    free = available_resources_per_node()
     running = running_now()
     rows = []
     for host in discover_hosts(platforms):
-        node = alive.get(host.node_id, {})
-        busy = (node.get("Resources") or {}).get(HOST_RESOURCE, 0) > 0 and host.name in running
+        busy = (free.get(host.node_id) or {}).get(HOST_RESOURCE, 0) < 1
         rows.append({**host.as_dict(), "running": running.get(host.name) if busy else None})
     return rows
 
@@ -544,6 +560,8 @@ class FleetStudyRunner(StudyRunner):
                 ray.cancel(ref, force=True)
             except Exception:           # already finished or its node is gone
                 pass
+        for flight in self.in_flight.values():
+            _forget_running(flight.host.name)
         self.in_flight.clear()
 
     def _collect(self, ref, flight: _InFlight):
@@ -553,6 +571,7 @@ class FleetStudyRunner(StudyRunner):
             result = RunResult.from_dict(ray.get(ref))
         except ray.exceptions.RayError as exc:
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            _forget_running(flight.host.name)
             self._refresh_hosts()
             if flight.host.name in self.hosts and flight.host.name not in self.lost_hosts:
                 # the node may still look alive (the cluster notices a dead node after a heartbeat timeout)
