@@ -274,12 +274,13 @@ def _num(value: Any) -> float | None:
 
 
 def _run_host_cores(run: dict) -> tuple[int | None, str]:
-    result = RunResult.from_dict(run.get("result") or {})
-    host = _num((result.platform_info or {}).get("host_cpus"))
+    """The host's core count a run recorded (``platform_info.host_cpus``, else for BM and CN the worker's
+    ``environment.host_cpus``), read from the store's columns (:meth:`e2ebench.store.Store.runs` with ``metrics``)."""
+    host = _num(run.get("platform_host_cpus"))
     if host:
         return int(host), "platform_info.host_cpus"
     if shares_host_kernel(run["platform"]):        # BM, CN: the worker's environment is the host's
-        host = _num((result.environment or {}).get("host_cpus"))
+        host = _num(run.get("env_host_cpus"))
         if host:
             return int(host), "environment.host_cpus"
     return None, "unknown"
@@ -352,7 +353,8 @@ def load_study(store, study_id: str, include_outliers: bool | None = None) -> St
         raise LookupError(f"no study {study_id!r} in {store.path}")
     if include_outliers is None:
         include_outliers = study_keeps_outliers(study)
-    all_runs = store.runs(study_id=study_id, phase=None)
+    # The numbers come from the store's columns; only ad-hoc runs need their JSON (their workloads are compared).
+    all_runs = store.runs(study_id=study_id, phase=None, with_result=study_id == ADHOC_STUDY, metrics=True)
     excluded: dict[str, int] = defaultdict(int)
     grouped: dict[ScenarioKey, list[dict]] = defaultdict(list)
     other_workload = adhoc_other_workloads(all_runs)[0] if study_id == ADHOC_STUDY else set()
@@ -432,23 +434,23 @@ def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None,
     e2e = [float(r["e2e_s"]) for r in runs]
     phase_values: dict[str, list[float]] = {}
     for phase in PHASES:
-        values = [_num(((r["result"].get("phases_s") or {}).get(phase))) for r in runs]
+        values = [_num(r[f"{phase}_s"]) for r in runs]
         if all(v is not None for v in values):
             phase_values[phase] = [float(v) for v in values]  # type: ignore[arg-type]
     # LoadGen's latency (issue -> answer, queueing included); runs stored before it existed have none
-    p99 = [v for v in (_num((r["result"].get("loadgen_latency_ms") or {}).get("p99")) for r in runs) if v is not None]
-    tput = [v for v in (_num(r["result"].get("throughput_sps")) for r in runs) if v is not None]
+    p99 = [v for v in (_num(r["loadgen_p99_ms"]) for r in runs) if v is not None]
+    tput = [v for v in (_num(r["throughput_sps"]) for r in runs) if v is not None]
     per_sample = []
     for r in runs:
-        completed = _num(r["result"].get("completed"))
+        completed = _num(r["completed"])
         if completed is None:
-            completed = _num(r["result"].get("requests"))
+            completed = _num(r["requests"])
         if completed:
             per_sample.append(float(r["e2e_s"]) / completed)
-    cold = [v for v in (_num(r["result"].get("cold_start_s")) for r in runs) if v is not None]
+    cold = [v for v in (_num(r["cold_start_s"]) for r in runs) if v is not None]
     parts: dict[str, list[float]] = defaultdict(list)
     for r in runs:
-        for name, value in (r["result"].get("cold_start") or {}).items():
+        for name, value in (r["cold_start"] or {}).items():
             if _num(value) is not None:
                 parts[name].append(float(value))
     host_cores, source = None, "unknown"
@@ -458,7 +460,7 @@ def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None,
             break
     if not host_cores and study_host:
         host_cores, source = study_host, "study host"
-    requests = _num(runs[-1]["result"].get("requests"))
+    requests = _num(runs[-1]["requests"])
     return ScenarioStats(
         key=key,
         run_ids=[int(r["id"]) for r in runs],
@@ -1077,13 +1079,12 @@ def cold_starts(data: StudyData, scenarios: dict[ScenarioKey, ScenarioStats]) ->
     for run in data.runs:
         if run["id"] not in wanted:
             continue
-        result = run["result"]
-        total = _num(result.get("cold_start_s"))
+        total = _num(run["cold_start_s"])
         if total is None:
             continue
         group = (run["app"], run["platform"], run["device"], bool(run["emulated"]))
         totals[group].append(total)
-        for name, value in (result.get("cold_start") or {}).items():
+        for name, value in (run["cold_start"] or {}).items():
             if _num(value) is not None:
                 parts[group][name].append(float(value))
     out = []
@@ -1175,18 +1176,17 @@ class PolicyStats:
 
 
 def _policy_stats(stats: ScenarioStats, runs_by_id: dict[int, dict]) -> PolicyStats:
-    results = [(runs_by_id.get(i) or {}).get("result") or {} for i in stats.run_ids]
+    runs = [runs_by_id.get(i) or {} for i in stats.run_ids]       # the store's columns (counters, pool sizes)
     counters = {}
     for name in THREAD_COUNTERS:
-        values = [v for v in (_num((r.get("counters") or {}).get(name)) for r in results) if v is not None]
+        values = [v for v in (_num(r.get(name)) for r in runs) if v is not None]
         if values:
             counters[name] = confidence_interval(values, CONFIDENCE)
     pools: dict[str, int] = {}
     for name in (*THREAD_POOLS, "process_threads", "os_cpu_count"):
         values = []
-        for r in results:
-            recorded = r.get("thread_pools") or r.get("threads") or {}
-            value = _num(recorded.get(name))
+        for r in runs:
+            value = _num((r.get("thread_pools") or {}).get(name))
             if value is not None:
                 values.append(int(value))
         common = _most_common(values)

@@ -48,6 +48,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -874,19 +875,33 @@ class Store:
             if value is not None:
                 sql += f" AND {column}=?"
                 args.append(value)
-        rows = self.db.execute(sql + " ORDER BY id", args).fetchall()
+        with self._guard():                   # plain tuples: a study can hold 10^5 runs
+            cursor = self.db.raw.cursor()
+            cursor.row_factory = None
+            rows = cursor.execute(sql + " ORDER BY id", args).fetchall()
+        names = [s.rsplit(" AS ", 1)[-1] for s in selected]
+        missing = [c for c in RUN_COLUMNS if c not in present]
+        pools = [(f"pool_{name}", name) for name in POOL_NAMES]
         out = []
-        for row in rows:
-            d = {c: (row[c] if c in present else RUN_COLUMN_DEFAULTS[c]) for c in RUN_COLUMNS}
+        for values in rows:
+            d = dict(zip(names, values))
+            if missing:                      # an older store read as it is: its defaults, in the columns' order
+                d = {c: (d[c] if c in present else RUN_COLUMN_DEFAULTS[c]) for c in RUN_COLUMNS} | {
+                    k: v for k, v in d.items() if k not in present}
             d["outlier"] = bool(d["outlier"])
             d["emulated"] = bool(d["emulated"])
             if with_result:
-                d["result"] = self._parse(d["id"], row["result_json"])
+                d["result"] = self._parse(d["id"], d.pop("result_json"))
             if metrics:
-                if has_metrics and row["metrics_version"] is not None and row["metrics_version"] >= METRICS_VERSION:
-                    d.update(metrics_from_columns(row))
-                else:                   # columns not filled: read the JSON (``fallback_json`` or the result)
-                    result = d["result"] if with_result else self._parse(d["id"], row["fallback_json"])
+                version = d.pop("metrics_version", None)
+                cold = d.pop("cold_start_json", None)
+                fallback = d.pop("fallback_json", None)
+                sizes = [(name, d.pop(column)) for column, name in pools] if has_metrics else []
+                if has_metrics and version is not None and version >= METRICS_VERSION:
+                    d["cold_start"] = json.loads(cold) if cold else None
+                    d["thread_pools"] = {name: v for name, v in sizes if v is not None}
+                else:                        # columns not filled: read the JSON (``fallback_json`` or the result)
+                    result = d["result"] if with_result else self._parse(d["id"], fallback)
                     filled = metric_columns(result if isinstance(result, dict) else {})
                     d.update(metrics_from_columns(filled))
                     for column in ("host", "host_type"):
@@ -901,18 +916,51 @@ class Store:
             raise StoreDamagedError(_damaged_sentence(self.path, f"run {run_id}'s result cannot be read: {exc}"),
                                     self.path) from exc
 
-    def results(self, run_ids: Sequence[int], batch: int = 500) -> Iterator[tuple[int, dict]]:
-        """``(id, result)`` of the given runs, in the order given, reading and parsing :data:`batch` JSON texts at a
-        time -- for what shows a run's JSON (the report's provenance), without holding every result at once."""
+    def results(self, run_ids: Sequence[int], keys: Sequence[str] | None = None,
+                batch: int = 500) -> Iterator[tuple[int, dict]]:
+        """``(id, result)`` of the given runs, in the order given, ``batch`` at a time (never every result at once):
+        for what shows a run's JSON, such as the report's provenance table.
+
+        ``keys``: only these top-level keys of each result, read by SQLite's ``json_extract`` instead of parsing the
+        whole JSON in Python (a result SQLite cannot read, such as one with ``NaN``, is parsed whole).  Equal values
+        of many runs (one host's ``environment``) are parsed once and shared: treat them as read-only."""
         ids = [int(i) for i in run_ids]
+        if keys is not None:
+            for key in keys:
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                    raise ValueError(f"not a result key: {key!r}")
+            parts = ", ".join(f"CASE WHEN ok THEN json_type(result_json, '$.{k}') END, "
+                              f"CASE WHEN ok THEN json_extract(result_json, '$.{k}') END" for k in keys)
+            select = f"SELECT id, CASE WHEN ok THEN NULL ELSE result_json END, {parts} FROM " \
+                     "(SELECT id, result_json, json_valid(result_json) AS ok FROM runs WHERE id IN ({}))"
+        else:
+            select = "SELECT id, result_json FROM runs WHERE id IN ({})"
+        shared: dict[str, Any] = {}
         for start in range(0, len(ids), batch):
             chunk = ids[start:start + batch]
-            rows = self.db.execute(f"SELECT id, result_json FROM runs WHERE id IN ({', '.join('?' * len(chunk))})",
-                                   chunk).fetchall()
-            texts = {int(r["id"]): r["result_json"] for r in rows}
+            rows = self.db.execute(select.format(", ".join("?" * len(chunk))), chunk).fetchall()
+            found = {int(r[0]): tuple(r) for r in rows}
             for run_id in chunk:
-                if run_id in texts:
-                    yield run_id, self._parse(run_id, texts[run_id])
+                row = found.get(run_id)
+                if row is None:
+                    continue
+                if keys is None or row[1] is not None:
+                    result = self._parse(run_id, row[1])
+                    yield run_id, result if keys is None else {k: result.get(k) for k in keys}
+                    continue
+                out = {}
+                for i, key in enumerate(keys):
+                    kind, value = row[2 + 2 * i], row[3 + 2 * i]
+                    if kind in ("true", "false"):
+                        value = kind == "true"
+                    elif kind in ("object", "array"):                # its JSON text
+                        if value not in shared:
+                            if len(shared) > 4096:
+                                shared.clear()
+                            shared[value] = json.loads(value)
+                        value = shared[value]
+                    out[key] = value
+                yield run_id, out
 
     def _has_metric_columns(self) -> bool:
         """Whether the ``runs`` table has the schema-6 columns (not when an older store is read read-only)."""

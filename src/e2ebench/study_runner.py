@@ -632,7 +632,8 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
                                  if k in {f.name for f in dataclasses.fields(RepetitionPolicy)}})
     keep = policy.keep_outliers if keep_outliers is None else keep_outliers
     plan = record["config"].get("plan") or []
-    runs = store.runs(study_id=study_id, phase=None)
+    # the numbers from the store's columns; only ad-hoc runs need their JSON (their workloads are compared)
+    runs = store.runs(study_id=study_id, phase=None, with_result=study_id == ADHOC_STUDY, metrics=True)
     if study_id == ADHOC_STUDY:                 # per app, the runs of one workload: its latest run's
         from e2ebench.analysis import adhoc_other_workloads
 
@@ -689,7 +690,7 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
             if status == ACTIVE and record["status"] in (STUDY_COMPLETE, STUDY_INCOMPLETE) and drift:
                 # the runner stopped it under the drift it knew then; probes since have moved the drift
                 status = DRIFT
-        phases = {p: _mean_or_none([(r["result"].get("phases_s") or {}).get(p) for r in counted]) for p in PHASES}
+        phases = {p: _mean_or_none([r[f"{p}_s"] for r in counted]) for p in PHASES}
         out.append(ScenarioSummary(
             scenario=key, app=scenario.app, deployment=str(scenario.deployment), mode=scenario.mode, status=status,
             n=ci.n, runs_ok=len(measured_ok), outliers=sum(1 for r in measured_ok if r["outlier"]),
@@ -698,8 +699,8 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
             mean_s=finite_or_none(ci.mean) if values else None, stdev_s=finite_or_none(ci.stdev),
             ci_halfwidth_s=finite_or_none(ci.half_width), ci_halfwidth_pct=finite_or_none(ci.half_width_pct),
             confidence=policy.confidence, phases_s=phases,
-            cold_start_s=_mean_or_none([r["result"].get("cold_start_s") for r in counted]),
-            throughput_sps=_mean_or_none([r["result"].get("throughput_sps") for r in counted]),
+            cold_start_s=_mean_or_none([r["cold_start_s"] for r in counted]),
+            throughput_sps=_mean_or_none([r["throughput_sps"] for r in counted]),
             emulated=any(r["emulated"] for r in rows),
             reason=(f"failed {trailing_failures} runs in a row; last error: {last_error}" if status == ABANDONED
                     else None),

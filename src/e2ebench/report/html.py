@@ -19,7 +19,7 @@ import json
 from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import jinja2
 from markupsafe import Markup
@@ -198,7 +198,7 @@ def build_report(store, study_id: str | None = None, out_dir: Path = Path("resul
         sections.append(_machine_types(machines))
     for part in parts:
         sections += part.sections(out_dir)
-    sections.append(_provenance(data))
+    sections.append(_provenance(data, store))
     study = data.study
     counts = f"{len(data.used_run_ids)} runs in {len(data.scenarios)} scenarios"
     page = environment().get_template("report.html").render(
@@ -557,19 +557,43 @@ def _cost(part: _Part) -> list[Block]:
     return out
 
 
-def _provenance(data: StudyData) -> _Section:
+def _with_results(runs: list[dict], store, batch: int = 500) -> Iterator[tuple[dict, dict]]:
+    """``(run, the environment and platform_info of its result)`` for each run, read from ``store`` ``batch`` runs at
+    a time (a run that carries its ``result`` already keeps it)."""
+    for start in range(0, len(runs), batch):
+        chunk = runs[start:start + batch]
+        wanted = [r["id"] for r in chunk if "result" not in r]
+        found = dict(store.results(wanted, keys=("environment", "platform_info"))) if wanted else {}
+        for run in chunk:
+            yield run, (run["result"] if "result" in run else found.get(run["id"])) or {}
+
+
+def _provenance(data: StudyData, store) -> _Section:
+    """Every run with where it ran; the one part of the report that reads the runs' JSON (``store``), a batch at a
+    time, since the analysis reads the store's columns."""
     rows, classes = [], []
-    for run in data.runs:
-        r = run.get("result") or {}
+    drawn: dict[int, tuple[Any, Any]] = {}      # id(value) -> (value, its cell): the runs of one host share values
+
+    def libraries_cell(libs: dict) -> Any:
+        headline = f"torch {libs['torch']}" if "torch" in libs else f"{len(libs)} libraries"
+        return _details(headline, "\n".join(f"{k} {v}" for k, v in sorted(libs.items())))
+
+    def platform_info_cell(info: dict) -> Any:
+        return _details(f"{len(info)} keys", json.dumps(info, indent=1, sort_keys=True, default=str))
+
+    def cell(value: dict, draw) -> Any:
+        hit = drawn.get(id(value))
+        if hit is None or hit[0] is not value:
+            hit = drawn[id(value)] = (value, draw(value))
+        return hit[1]
+
+    for run, r in _with_results(data.runs, store):
         env = r.get("environment") or {}
         libs = env.get("libraries") or {}
         info = r.get("platform_info") or {}
         used = run["id"] in data.used_run_ids
-        info_html = _details(f"{len(info)} keys", json.dumps(info, indent=1, sort_keys=True, default=str)) if info else None
-        libs_html = None
-        if libs:
-            headline = f"torch {libs['torch']}" if "torch" in libs else f"{len(libs)} libraries"
-            libs_html = _details(headline, "\n".join(f"{k} {v}" for k, v in sorted(libs.items())))
+        info_html = cell(info, platform_info_cell) if info else None
+        libs_html = cell(libs, libraries_cell) if libs else None
         rows.append((
             run["id"], _scenario_cell(run["scenario"], bool(run["emulated"]), no_wrap=True), run["phase"], run["seq"],
             run["status"], "yes" if run["outlier"] else "no", "yes" if used else "no",
