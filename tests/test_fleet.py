@@ -167,7 +167,8 @@ def test_status_lists_three_hosts_with_their_facts(cluster):
     assert set(hosts) == set(HOSTS)
     for name, host in hosts.items():
         assert host["cores"] >= 1 and host["memory_gib"] > 0 and host["kernel"] and host["cpu_model"]
-        assert "BM" in host["available_platforms"] and isinstance(host["kvm"], bool)
+        assert "BM" in host["available_platforms"] and isinstance(host["kvm"], bool)      # status probes all
+        assert host["kvm"] == (host["kvm_device"] and not set(host["emulated_platforms"]) & {"VM", "MVM", "VMCN"})
         assert host["e2ebench_cache"].endswith(f"cache-{name}")       # gathered on the host itself
         assert host["running"] is None
     assert len({h["host_type"] for h in hosts.values()}) == 1          # one machine: one host type

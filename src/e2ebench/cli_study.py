@@ -413,7 +413,7 @@ def _print_fleet_plan(fleet) -> None:
     for host in fleet.hosts:
         f = host.facts
         console.print(f"host {escape(host.name)} ({escape(host.host_type)}): {f['cores']} cores, {f['gpus']} GPU(s), "
-                      f"KVM {'yes' if f['kvm'] else 'no'}, platforms {', '.join(f['available_platforms'])}"
+                      f"KVM {'not probed' if f['kvm'] is None else 'yes' if f['kvm'] else 'no'}, platforms {', '.join(f['available_platforms'])}"
                       + (f" (emulated: {', '.join(f['emulated_platforms'])})" if f["emulated_platforms"] else ""))
     fewest, most = plan.run_estimate()
     console.print(f"estimated runs: {fewest} to {most} ({len(plan.feasible)} feasible scenarios)")

@@ -145,8 +145,11 @@ def local_facts(platforms: list[str] | None = None) -> dict:
 
     host, emulated = detect_host(platforms)
     kvm_device = os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
-    # KVM counts when guests run natively: a device under which the VM platforms still run emulated (TCG) does not
-    kvm = kvm_device and not (set(emulated) & {"VM", "MVM", "VMCN"})
+    # KVM counts when guests run natively: a device under which the VM platforms still run emulated (TCG) does not;
+    # unknown (None) when no guest platform was probed (a study without VMs probes none)
+    guests = {"VM", "MVM", "VMCN"}
+    probed = platforms is None or bool(guests & set(platforms))
+    kvm = (kvm_device and not (set(emulated) & guests)) if probed else None
     facts = {
         "hostname": socket.gethostname(), "cpu_model": measure.cpu_model(), "cores": host.cores,
         "sockets": doctor._sockets(), "numa_nodes": len(cgroups.numa_nodes()), "memory_gib": doctor._memory_gib(),
