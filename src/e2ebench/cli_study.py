@@ -306,7 +306,8 @@ def study(
     cluster: Optional[str] = typer.Option(
         None, "--cluster", metavar="ADDRESS",
         help="Run on the e2ebench hosts of a Ray cluster (one run per host at a time; results in this host's store): "
-             "auto (the cluster this host belongs to), HOST:PORT or ray://HOST:10001. Needs e2ebench[fleet]; "
+             "auto (the cluster this host belongs to), HOST:PORT, or ray://HOST:10001 with ray[client]. Needs "
+             "e2ebench[fleet]; "
              "see docs/fleet.md."),
 ) -> None:
     """Run a study: a matrix of scenarios, each repeated until its mean E2E time is known to the target precision.
