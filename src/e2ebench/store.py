@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS runs (
     e2e_s REAL,
     emulated INTEGER NOT NULL DEFAULT 0,
     error TEXT,
-    result_json TEXT NOT NULL,
+    round INTEGER,
     host TEXT,
     host_type TEXT,
     metrics_version INTEGER,
@@ -109,8 +109,8 @@ CREATE TABLE IF NOT EXISTS runs (
     pool_torch_intra_op REAL, pool_torch_inter_op REAL, pool_onnxruntime_intra_op REAL, pool_opencv REAL,
     pool_openmp REAL, pool_process_threads REAL, pool_os_cpu_count REAL,
     platform_host_cpus REAL, env_host_cpus REAL,
-    uuid TEXT,
-    round INTEGER
+    result_json TEXT NOT NULL,
+    uuid TEXT
 );
 CREATE TABLE IF NOT EXISTS calibrations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -132,8 +132,9 @@ CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
 CREATE INDEX IF NOT EXISTS runs_e2e ON runs(e2e_s);
 CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(study_id, scenario, phase, seq) WHERE seq IS NOT NULL;
 """
-# Created by _migrate, after the column exists (a version 2 store has the table without it).  (The schema-6 columns
-# sit before ``uuid`` in a new store and come last in a migrated one; no query depends on the order.)
+# Created by _migrate, after the column exists (a version 2 store has the table without it).  In a new store the
+# columns the analysis reads come before ``result_json``: SQLite then reads them without walking the result's overflow
+# pages (a migrated store has them last, which reads the same values, more slowly); no query depends on the order.
 _UUID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS runs_uuid ON runs(uuid)"
 STORE_TABLES = frozenset({"meta", "studies", "runs", "calibrations"})
 
