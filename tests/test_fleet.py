@@ -42,7 +42,8 @@ def cli(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
                           env=dict(os.environ, COLUMNS="200"))
 
 
-def tiny_study(tmp_path: Path, name: str, runs: int, cpu_modes=("PIN",), warmup: int = 0, cores=(1,)) -> Path:
+def tiny_study(tmp_path: Path, name: str, runs: int, cpu_modes=("PIN",), warmup: int = 0, cores=(1,),
+               calibrate: bool = False) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(textwrap.dedent(f"""
         name = "{name}"
@@ -57,7 +58,7 @@ def tiny_study(tmp_path: Path, name: str, runs: int, cpu_modes=("PIN",), warmup:
         min_runs = {runs}
         max_runs = {runs}
         max_consecutive_failures = 10
-        calibrate = false
+        calibrate = {'true' if calibrate else 'false'}
         [workload.ic]
         requests = 4
         variant = "tiny"
@@ -203,7 +204,7 @@ def _no_overlap_per_host(rows: list[dict]) -> None:
 
 
 def test_study_spreads_over_the_hosts_one_run_per_host_at_a_time(cluster, tmp_path):
-    study = tiny_study(tmp_path, "spread", runs=3, cpu_modes=("VNL", "PIN"))
+    study = tiny_study(tmp_path, "spread", runs=3, cpu_modes=("VNL", "PIN"), calibrate=True)
     proc = cli("study", str(study), "--json", "--cluster", cluster.address)
     assert proc.returncode == 0, proc.stderr
     rows = stored_runs(tmp_path / "spread.sqlite")
@@ -222,6 +223,16 @@ def test_study_spreads_over_the_hosts_one_run_per_host_at_a_time(cluster, tmp_pa
     assert "hosts of the fleet" in shown.stdout and all(h in shown.stdout for h in hosts)
     as_json = json.loads(cli("show", "--store", str(tmp_path / "spread.sqlite"), "--json").stdout)
     assert sum(h["runs"] for h in as_json["hosts"]) == 6 and {h["host"] for h in as_json["hosts"]} == hosts
+    # issue 11 in a fleet: a calibration probe on every host at the start of every round, under the host's fleet name,
+    # never while a run holds that host; show gives each host's drift
+    with sqlite3.connect(tmp_path / "spread.sqlite") as db:
+        probes = db.execute("SELECT host, round, started_at FROM calibrations").fetchall()
+    rounds = {r["round"] for r in rows}
+    assert {(h, r) for h, r, _ in probes} == {(h, r) for h in HOSTS for r in rounds}
+    for host, _, started in probes:
+        assert not any(host_of(r) == host and r["started_at"] < started < r["finished_at"] for r in rows)
+    assert {d["host"] for d in as_json["drift"]} == set(HOSTS) and all(d["probes"] == len(rounds)
+                                                                      for d in as_json["drift"])
 
 
 def test_a_host_whose_data_differs_fails_its_runs_naming_it(cluster, tmp_path):

@@ -52,6 +52,7 @@ except ModuleNotFoundError as _exc:         # pragma: no cover - the message is 
 from e2ebench.result import RunResult
 from e2ebench.runner import Workload, cache_dir, default_data
 from e2ebench.scenario import HostFacts
+from e2ebench.store import StoreError
 from e2ebench.study import Plan, PlannedScenario, Study
 from e2ebench.study_runner import (ScenarioState, StudyRunner, run_in_platform, run_slug,
                                    say_on_stderr)
@@ -61,6 +62,7 @@ HOST_LABEL = "e2ebench-host"             # node label: the host's name (e2ebench
 NAMESPACE = "e2ebench"
 RUN_ATTEMPTS = 2                         # dispatches of one (phase, seq) before it is stored as failed
 FACTS_TIMEOUT_S = 300.0
+PROBE_WAIT_S = 120.0                     # a round's calibration probes (issue 11), all hosts in parallel
 _KV_RUNNING = "e2ebench/running/"        # Ray's internal KV: what each host runs now (fleet status)
 _NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 
@@ -477,12 +479,47 @@ class FleetStudyRunner(StudyRunner):
         self._sha: dict[str, str] = {}
         self.in_flight: dict[Any, _InFlight] = {}
         self.dispatches = 0                                  # tasks submitted (a re-dispatch counts again)
-        if self.policy.calibrate:
-            self.probe_error = "calibration probes run on the host that starts the study, not on the fleet's hosts"
         self.notice = self.notice or say_on_stderr
 
     def _calibrate(self) -> None:
-        """No calibration probe on the head: its drift is not the hosts' (the interval is the runs' own)."""
+        """The calibration probe on every host at the start of the round (issue 11: the host's drift, per host), each
+        holding the host's ``e2ebench_host`` unit so it never overlaps a run; stored under the host's fleet name.  A
+        host whose probe fails or does not answer within :data:`PROBE_WAIT_S` is said once and skipped this round."""
+        if not self.policy.calibrate:
+            return
+        from e2ebench.calibration import ProbeError
+
+        refs = {}
+        for name, host in self.hosts.items():
+            if name in self.lost_hosts:
+                continue
+            cores = max((s.planned.scenario.deployment.cores for s in self.states
+                         if name in self.fleet.where.get(s.key, ())), default=1)
+            refs[_probe_task.options(scheduling_strategy=_on_node(host.node_id)).remote(cores)] = name
+        if not refs:
+            return
+        ready, not_ready = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_WAIT_S)
+        for ref in not_ready:
+            ray.cancel(ref, force=True)
+        stored = False
+        for ref in ready:
+            name = refs[ref]
+            try:
+                probe = ray.get(ref)
+            except (ray.exceptions.RayError, ProbeError) as exc:
+                if self.probe_error is None:
+                    self.notice(f"fleet: host {name}'s calibration probe failed ({type(exc).__name__}); the study goes "
+                                "on without it")
+                self.probe_error = str(exc)
+                continue
+            probe["host"] = name            # the fleet's name: nodes of one machine share a node name
+            try:
+                self.store.add_calibration(self.study_id, self._round, probe)
+                stored = True
+            except StoreError as exc:
+                self.notice(f"round {self._round}'s calibration probe of {name} was not stored: {exc}")
+        if stored:
+            self._update_drift()
 
     def _expected_sha256(self, state: ScenarioState) -> str:
         if state.key not in self._sha:
@@ -617,6 +654,13 @@ def _node_alive_for_work(node_id: str, timeout_s: float = 10.0) -> bool:
         return True
     except ray.exceptions.RayError:
         return False
+
+
+@ray.remote(num_cpus=0, max_retries=0, resources={HOST_RESOURCE: 1})
+def _probe_task(max_cores: int) -> dict:
+    from e2ebench.calibration import probe_cpus, run_probe
+
+    return run_probe(probe_cpus(max_cores))
 
 
 @ray.remote(num_cpus=0, max_retries=0)
