@@ -883,7 +883,6 @@ class Container(Platform):
     devices = ("CPU", "GPU")
     shares_host_kernel = True
     container = True
-    container = True
 
     @classmethod
     def supports(cls, deployment: Deployment, host: HostFacts) -> str | None:
