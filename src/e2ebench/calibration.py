@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -54,12 +55,6 @@ def probe_cpus(max_cores: int, host_cpus: Sequence[int] | None = None) -> list[i
         return sorted(choose_pinned_cpus(cores, cpus))
     except Exception:
         return cpus[:cores]
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
 
 
 def measure(repeats: int = REPEATS) -> list[float]:
@@ -132,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = measure(args.repeats)
     print(json.dumps({"version": PROBE_VERSION, "host": host_name(), "cpus": cpus,
                       "threads": int(os.environ.get("OPENBLAS_NUM_THREADS") or len(cpus)), "started_at": started,
-                      "repeats_s": repeats, "probe_s": _median(repeats)}))
+                      "repeats_s": repeats, "probe_s": statistics.median(repeats), "pid": os.getpid()}))
     return 0
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from statistics import median
 from typing import Sequence
 
 from e2ebench.stats import robust_rel_sd_pct, round_effect_pct, stdev
@@ -89,12 +90,6 @@ class HostDrift:
         return f"host {self.host}: drift {self.drift_pct:.1f}% ({self.source}) — {measured} — {verdict}"
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
-
-
 def _comparable(probe: dict, reference: dict) -> bool:
     return (probe.get("probe_version") == reference.get("probe_version") and probe.get("cpus") == reference.get("cpus")
             and probe.get("threads") == reference.get("threads"))
@@ -118,14 +113,14 @@ def host_drift(host: str, study_probes: Sequence[dict], history: Sequence[dict],
     trend = None
     if len(times) >= 6:
         third = len(times) // 3
-        first, last = _median(times[:third]), _median(times[-third:])
+        first, last = median(times[:third]), median(times[-third:])
         trend = 100.0 * (last / first - 1.0) if first > 0 else None
     noises = []
     for p in study_probes:
         repeats = [float(r) for r in p.get("repeats_s") or [] if r]
         if len(repeats) >= 2:
             noises.append(100.0 * stdev(repeats) / (sum(repeats) / len(repeats)))
-    noise = _median(noises) if noises else None
+    noise = median(noises) if noises else None
     probe_sd = robust_rel_sd_pct(times)
     history_sd = robust_rel_sd_pct(window)
     rounds_sd = round_effect_pct(by_scenario_rounds or {})
@@ -139,7 +134,7 @@ def host_drift(host: str, study_probes: Sequence[dict], history: Sequence[dict],
     if noise is not None and noise > UNSTABLE_NOISE_PCT:
         reasons.append(f"the probe's repeats spread by {noise:.1f}% (median), above {UNSTABLE_NOISE_PCT:g}%: "
                        "something else ran on the study's CPUs")
-    return HostDrift(host=host, probes=len(times), probe_median_s=_median(times) if times else None,
+    return HostDrift(host=host, probes=len(times), probe_median_s=median(times) if times else None,
                      probe_sd_pct=probe_sd, history_probes=len(window), history_sd_pct=history_sd, trend_pct=trend,
                      noise_pct=noise, round_effect_pct=rounds_sd, drift_pct=drift, unstable=bool(reasons),
                      reasons=reasons)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import statistics
 from typing import Sequence
 
 DEFAULT_CONFIDENCE = 0.95
@@ -163,14 +164,8 @@ def robust_rel_sd_pct(values: Sequence[float]) -> float | None:
     logs = [math.log(v) for v in values if v and v > 0 and math.isfinite(v)]
     if len(logs) < 3:
         return None
-    centre = _median(logs)
-    return 100.0 * 1.4826 * _median([abs(x - centre) for x in logs])
-
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2.0
+    centre = statistics.median(logs)
+    return 100.0 * 1.4826 * statistics.median([abs(x - centre) for x in logs])
 
 
 def round_effect_pct(by_scenario: dict[object, dict[int, float]]) -> float | None:
