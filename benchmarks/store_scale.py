@@ -223,11 +223,12 @@ def code_of(rev: str, work: Path) -> tuple[Path, int]:
 
 
 def store_for(path: Path, version: int) -> Path:
-    """``path`` itself for this code's schema, else a copy with the schema-6 columns dropped (for version 5)."""
+    """``path`` itself for this code's schema, else a copy as that schema left it: for version 6 without schema 7's
+    covering index, for version 5 also without the schema-6 columns."""
     if version >= SCHEMA_VERSION:
         return path
-    if version != 5:
-        raise SystemExit(f"only schema 5 can be compared (got {version})")
+    if version not in (5, 6):
+        raise SystemExit(f"only schemas 5 and 6 can be compared (got {version})")
     copy = path.with_name(path.stem + f"-v{version}.sqlite")
     if copy.exists() and copy.stat().st_mtime >= path.stat().st_mtime:
         return copy
@@ -236,10 +237,12 @@ def store_for(path: Path, version: int) -> Path:
     src.execute("VACUUM INTO ?", (str(copy),))
     src.close()
     db = sqlite3.connect(copy)
-    for column in ("metrics_version", *dict.fromkeys(c for c, _, _ in METRIC_COLUMNS)):
+    db.execute("DROP INDEX IF EXISTS runs_analysis")
+    for column in ("metrics_version", *dict.fromkeys(c for c, _, _ in METRIC_COLUMNS)) if version < 6 else ():
         db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(version),))
-    db.execute("DELETE FROM meta WHERE key='metrics_filled'")
+    if version < 6:
+        db.execute("DELETE FROM meta WHERE key='metrics_filled'")
     db.commit()
     db.execute("VACUUM")
     db.close()

@@ -148,7 +148,7 @@ def test_a_version_1_store_is_migrated_and_still_reads(tmp_path):
     path = tmp_path / "v1.sqlite"
     _v1_store(path)
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         runs = store.runs(study_id="old", phase=None)
         assert [(r["status"], r["cache"], r["seq"]) for r in runs] == [("ok", "warm", 0), ("failed", "warm", 1)]
         assert runs[0]["result"] == make_result().as_dict() and runs[0]["e2e_s"] == 1.5
@@ -161,7 +161,7 @@ def test_a_version_1_store_is_migrated_and_still_reads(tmp_path):
     assert columns["cache"][2] == "TEXT" and columns["cache"][3] == 1 and columns["cache"][4] == "'warm'"
     db.close()
     with Store(path) as store:                       # opening again: nothing left to migrate
-        assert store.schema_version == 6 and len(store.runs(phase=None)) == 3
+        assert store.schema_version == 7 and len(store.runs(phase=None)) == 3
         assert [r["round"] for r in store.runs(phase=None)] == [None, None, None]   # 4 -> 5: rounds unknown before
 
 
@@ -189,6 +189,7 @@ def _as_version_5(path) -> None:
     from e2ebench.store import METRIC_COLUMNS
 
     db = sqlite3.connect(path)
+    db.execute("DROP INDEX IF EXISTS runs_analysis")             # schema 7's, over some of those columns
     for column in ("metrics_version", *dict.fromkeys(c for c, _, _ in METRIC_COLUMNS)):
         db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     db.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
@@ -244,7 +245,7 @@ def test_a_version_5_store_is_migrated_in_sql_and_read_as_it_is_read_only(tmp_pa
         assert not reader.writable and reader.schema_version == 5
         assert _metrics(reader.runs(phase=None, metrics=True)) == expected
     with Store(path) as store:                          # migrated: the columns filled in SQL (NaN's row in Python)
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         assert _metrics(store.runs(phase=None, metrics=True)) == expected
         assert [r["metrics_version"] for r in store.db.execute("SELECT metrics_version FROM runs")] == [1] * 5
 

@@ -4,10 +4,14 @@
 outputs must not change: here a real study (tiny IC on BM/1, VNL and PIN, sized and framework-default thread pools,
 a calibration probe per round) is summarised, analysed, advised on and reported four ways, and the outputs compared:
 
-* from the columns written with each run (the store as ``e2ebench study`` left it);
-* from the runs' JSON, read with the expressions the code used on it before schema 6 (kept here, below);
-* from a copy made to look as schema 5 left it, read read-only (the columns missing: the JSON is read);
+* from the columns written with each run (the store as ``e2ebench study`` left it), read by the analysis's SQL
+  (:mod:`e2ebench.study_runs`: per-run columns and per-scenario aggregates, schema 7's covering index);
+* from a copy made to look as schema 5 left it, read read-only (the columns missing: read through a migrated copy in
+  memory);
 * from that copy migrated (the columns filled by the migration's SQL).
+
+And the numbers the SQL aggregates give are checked against a second source: each run's JSON parsed here and
+averaged with :mod:`statistics` (:func:`test_sql_aggregates_match_the_runs_json`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import pytest
 
 from e2ebench import analysis, recommend
 from e2ebench.report.html import build_report
-from e2ebench.result import RunResult
 from e2ebench.store import METRIC_COLUMNS, Store
 from e2ebench.study_runner import summarize_study
 
@@ -61,22 +64,6 @@ def real_store(tmp_path_factory) -> tuple[Path, str]:
     return path, sid
 
 
-def _old_metrics(result: dict) -> dict:
-    """What the analysis read of a run's JSON before schema 6, with the expressions it used then."""
-    phases = result.get("phases_s") or {}
-    run = RunResult.from_dict(result)
-    return {
-        **{f"{p}_s": phases.get(p) for p in ("io", "pre", "infer", "post", "other")},
-        "throughput_sps": result.get("throughput_sps"), "completed": result.get("completed"),
-        "requests": result.get("requests"), "loadgen_p99_ms": (result.get("loadgen_latency_ms") or {}).get("p99"),
-        "cold_start_s": result.get("cold_start_s"), "cold_start": result.get("cold_start"),
-        **{name: (result.get("counters") or {}).get(name) for name in analysis.THREAD_COUNTERS},
-        "thread_pools": result.get("thread_pools") or result.get("threads") or {},
-        "platform_host_cpus": (run.platform_info or {}).get("host_cpus"),
-        "env_host_cpus": (run.environment or {}).get("host_cpus"),
-    }
-
-
 def _outputs(store: Store, sid: str, out: Path, original: Path) -> dict:
     """Everything show, recommend and report make of the study, as comparable text."""
     data = analysis.load_study(store, sid)
@@ -100,6 +87,7 @@ def _as_version_5(source: Path, target: Path) -> None:
     src.execute("VACUUM INTO ?", (str(target),))
     src.close()
     db = sqlite3.connect(target)
+    db.execute("DROP INDEX IF EXISTS runs_analysis")             # schema 7's, over some of those columns
     for column in ("metrics_version", *dict.fromkeys(c for c, _, _ in METRIC_COLUMNS)):
         db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     db.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
@@ -108,28 +96,12 @@ def _as_version_5(source: Path, target: Path) -> None:
     db.close()
 
 
-def test_columns_give_the_outputs_the_json_gave(real_store, tmp_path, monkeypatch):
+def test_old_stores_give_the_outputs_the_columns_give(real_store, tmp_path):
     path, sid = real_store
     with Store(path) as store:
         assert len(store.runs(study_id=sid, phase=None, with_result=False)) == 16
         assert all(r["io_s"] is not None and r["thread_pools"] for r in store.runs(study_id=sid, metrics=True))
         columns = _outputs(store, sid, tmp_path / "columns", path)
-
-    real_runs = Store.runs
-
-    def json_runs(self, *args, with_result=True, metrics=False, **kw):
-        rows = real_runs(self, *args, with_result=with_result or metrics, **kw)
-        if metrics:
-            for row in rows:
-                row.update(_old_metrics(row["result"]))
-        return rows
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Store, "runs", json_runs)
-        with Store(path) as store:
-            from_json = _outputs(store, sid, tmp_path / "json", path)
-    for name in columns:
-        assert columns[name] == from_json[name], name
 
     old = tmp_path / "v5.sqlite"
     _as_version_5(path, old)
@@ -140,8 +112,57 @@ def test_columns_give_the_outputs_the_json_gave(real_store, tmp_path, monkeypatc
         assert reader.schema_version == 5 and not reader._has_metric_columns()
         read_only = _outputs(reader, sid, tmp_path / "v5", path)
     with Store(old) as store:                       # migrated: the columns filled in SQL
-        assert store.schema_version == 6
+        assert store.schema_version == 7
         migrated = _outputs(store, sid, tmp_path / "migrated", path)
     for name in columns:
         assert read_only[name] == columns[name], name
         assert migrated[name] == columns[name], name
+
+
+def test_sql_aggregates_match_the_runs_json(real_store):
+    """Every per-scenario number the analysis aggregates in SQL, against the same number computed here from each
+    counted run's JSON with the statistics module."""
+    import statistics
+    from collections import defaultdict
+
+    path, sid = real_store
+    db = sqlite3.connect(path)
+    counted: dict[str, list[dict]] = defaultdict(list)
+    for text, outlier in db.execute("SELECT result_json, outlier FROM runs WHERE study_id = ? AND phase = 'measure' "
+                                    "AND status = 'ok' ORDER BY id", (sid,)):
+        if not outlier:                              # the study keeps outliers out (its default)
+            result = json.loads(text)
+            counted[result["scenario"]].append(result)
+    db.close()
+    with Store(path) as store:
+        data = analysis.load_study(store, sid)
+    assert {k.scenario for k in data.scenarios} == set(counted)
+    for key, stats in data.scenarios.items():
+        runs = counted[key.scenario]
+        assert stats.n == len(runs) >= 2
+        assert stats.run_ids == sorted(stats.run_ids)
+        close = lambda a, b: a == pytest.approx(b, rel=1e-9, abs=1e-12)  # noqa: E731
+        assert close(stats.e2e_s.mean, statistics.fmean(r["e2e_s"] for r in runs))
+        assert close(stats.e2e_runs_s.stdev, statistics.stdev(r["e2e_s"] for r in runs))
+        for phase in analysis.PHASES:
+            assert close(stats.phases_s[phase].mean, statistics.fmean(r["phases_s"][phase] for r in runs))
+        tput = [r["throughput_sps"] for r in runs]
+        assert close(stats.throughput_sps.mean, statistics.fmean(tput))
+        assert close(stats.throughput_sps.stdev, statistics.stdev(tput))
+        per_sample = [r["e2e_s"] / (r["completed"] if r.get("completed") is not None else r["requests"]) for r in runs]
+        assert close(stats.cost_basis_s_per_sample.mean, statistics.fmean(per_sample))
+        assert close(stats.cost_basis_s_per_sample.stdev, statistics.stdev(per_sample))
+        assert close(stats.cold_start_s.mean, statistics.fmean(r["cold_start_s"] for r in runs))
+        parts = set.intersection(*(set(r["cold_start"]) for r in runs))
+        assert parts and set(stats.cold_start_parts_s) == parts
+        for part in parts:
+            assert close(stats.cold_start_parts_s[part].mean, statistics.fmean(r["cold_start"][part] for r in runs))
+            assert close(stats.cold_start_parts_s[part].stdev, statistics.stdev(r["cold_start"][part] for r in runs))
+        assert stats.requests == runs[-1]["requests"]
+        assert stats.host_cores == runs[0]["platform_info"].get("host_cpus", runs[0]["environment"]["host_cpus"])
+        group = data.groups[key]
+        involuntary = [r["counters"]["involuntary_ctx_switches"] for r in runs]
+        assert close(group.counters["involuntary_ctx_switches"].total / group.counters["involuntary_ctx_switches"].n,
+                     statistics.fmean(involuntary))
+        pools = [r["thread_pools"]["torch_intra_op"] for r in runs]
+        assert group.pools["torch_intra_op"] == statistics.mode(pools)

@@ -627,7 +627,7 @@ def test_a_version_2_store_gets_run_identities(tmp_path):
     for proc in procs:
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         uuids = [r["uuid"] for r in store.db.execute("SELECT uuid FROM runs ORDER BY id")]
         assert len(set(uuids)) == 5 and all(len(u) == 32 for u in uuids)
         assert [r["result"] for r in store.runs(study_id="old")] == [result(i) for i in range(5)]

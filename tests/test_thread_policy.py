@@ -219,7 +219,7 @@ def test_a_version_3_store_is_read_only_as_it_is_and_migrated_when_writable(tmp_
         assert not reader.writable and reader.schema_version == 3
         assert [r["thread_policy"] for r in reader.runs(study_id="old")] == ["sized", "sized"]
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         runs = store.runs(study_id="old")
         assert [(r["thread_policy"], r["e2e_s"], r["seq"]) for r in runs] == [("sized", 1.0, 0), ("sized", 2.0, 1)]
         store.add_run(_result("ic@BM/1/VNL/CPU#threads=framework-default", "framework-default"), study_id="old", seq=0)
@@ -233,7 +233,7 @@ def test_a_version_3_store_is_read_only_as_it_is_and_migrated_when_writable(tmp_
     assert columns["thread_policy"][4] == "'sized'"
     db.close()
     with Store(path) as store:                           # opening again: nothing left to migrate
-        assert store.schema_version == 6 and len(store.runs(phase=None)) == 4
+        assert store.schema_version == 7 and len(store.runs(phase=None)) == 4
 
 
 def test_the_repair_copy_keeps_the_thread_policy(tmp_path):

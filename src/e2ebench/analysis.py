@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from e2ebench.result import RunResult
 from e2ebench.platforms import BASELINE_PLATFORM, is_container, platform_rank, shares_host_kernel
@@ -57,6 +57,10 @@ from e2ebench.scenario import Deployment, Scenario, cache_title, scenario_string
 from e2ebench.stats import (ConfidenceInterval, confidence_interval, drift_aware_interval, mean, paired_log_ratio,
                             stdev, t_critical)
 from e2ebench.store import ADHOC_STUDY
+from e2ebench.study_runs import NO_MOMENTS, Moments, interval_from_moments
+
+if TYPE_CHECKING:
+    from e2ebench.study_runs import RunGroup, StudyRuns
 
 Summary = ConfidenceInterval
 """A scenario number over runs: ``mean``, ``stdev``, ``n``, ``half_width`` (``inf`` below two runs), ``low``/``high``."""
@@ -231,12 +235,14 @@ class StudyData:
 
     study: dict
     scenarios: dict[ScenarioKey, ScenarioStats]
-    runs: list[dict]                       # every run of the study (all phases/statuses), for provenance
     used_run_ids: set[int]
     excluded: dict[str, int]               # reason -> number of runs
     host_cores: int | None
     include_outliers: bool = False
     drifts: list = dataclasses.field(default_factory=list)       # e2ebench.drift.HostDrift per host
+    # each scenario's runs as read (e2ebench.study_runs.RunGroup): cold-start parts, counters, pool sizes
+    groups: dict = dataclasses.field(default_factory=dict)
+    detail: bool = True                    # whether ``groups`` hold those (load_study(detail=True))
 
     @property
     def drift_pct(self) -> float:
@@ -273,14 +279,14 @@ def _num(value: Any) -> float | None:
     return None
 
 
-def _run_host_cores(run: dict) -> tuple[int | None, str]:
+def _host_cores_of(platform: str, platform_host_cpus: Any, env_host_cpus: Any) -> tuple[int | None, str]:
     """The host's core count a run recorded (``platform_info.host_cpus``, else for BM and CN the worker's
-    ``environment.host_cpus``), read from the store's columns (:meth:`e2ebench.store.Store.runs` with ``metrics``)."""
-    host = _num(run.get("platform_host_cpus"))
+    ``environment.host_cpus``)."""
+    host = _num(platform_host_cpus)
     if host:
         return int(host), "platform_info.host_cpus"
-    if shares_host_kernel(run["platform"]):        # BM, CN: the worker's environment is the host's
-        host = _num(run.get("env_host_cpus"))
+    if shares_host_kernel(platform):               # BM, CN: the worker's environment is the host's
+        host = _num(env_host_cpus)
         if host:
             return int(host), "environment.host_cpus"
     return None, "unknown"
@@ -342,67 +348,67 @@ def adhoc_other_workloads(runs: Sequence[dict]) -> tuple[set[int], dict[str, tup
     return left_out, notes
 
 
-def load_study(store, study_id: str, include_outliers: bool | None = None) -> StudyData:
+def load_study(store, study_id: str, include_outliers: bool | None = None, detail: bool = True,
+               runs: "StudyRuns | None" = None) -> StudyData:
     """Read a study's runs from ``store`` (an :class:`e2ebench.store.Store`) and summarise every scenario.
 
-    ``include_outliers``: count runs flagged as outliers; ``None`` follows the study's
-    ``repetition.keep_outliers`` (default: outliers left out).
+    ``include_outliers``: count runs flagged as outliers; ``None`` follows the study's ``repetition.keep_outliers``
+    (default: outliers left out).  ``detail``: also the cold-start parts, counters and pool sizes (the report's and
+    recommend's findings; ``show`` does without).  ``runs``: the study as :func:`read_study_runs` read it (``show``
+    reads it once for its table and its comparisons).
     """
-    study = store.get_study(study_id)
-    if study is None:
-        raise LookupError(f"no study {study_id!r} in {store.path}")
-    if include_outliers is None:
-        include_outliers = study_keeps_outliers(study)
-    # The numbers come from the store's columns; only ad-hoc runs need their JSON (their workloads are compared).
-    all_runs = store.runs(study_id=study_id, phase=None, with_result=study_id == ADHOC_STUDY, metrics=True)
-    excluded: dict[str, int] = defaultdict(int)
-    grouped: dict[ScenarioKey, list[dict]] = defaultdict(list)
-    other_workload = adhoc_other_workloads(all_runs)[0] if study_id == ADHOC_STUDY else set()
-    for run in all_runs:
-        if run["id"] in other_workload:
-            excluded[ADHOC_OTHER_WORKLOAD] += 1
-            continue
-        if run["phase"] != "measure":
-            excluded[f"phase {run['phase']}"] += 1
-            continue
-        if run["status"] != "ok":
-            excluded[f"status {run['status']}"] += 1
-            continue
-        if run["outlier"] and not include_outliers:
-            excluded["outlier"] += 1
-            continue
-        if _num(run.get("e2e_s")) is None:
-            excluded["no e2e_s"] += 1
-            continue
-        key = ScenarioKey(run["app"], run["platform"], int(run["cores"]), run["cpu_mode"], run["device"],
-                          run.get("mode") or "e2e", bool(run["emulated"]), run.get("cache") or "warm",
-                          thread_policy_of(run), run.get("host_type") or None)
-        grouped[key].append(run)
-
+    if runs is None:
+        runs = read_study_runs(store, study_id, include_outliers, detail)
+    study = runs.study
+    keep = runs.keep_outliers
+    keys = {gkey: _scenario_key(group) for gkey, group in runs.groups.items()}
     # The study's host: as the study runner recorded it, else the most frequent host core count reported by
     # BM/CN runs (the runner's host).
     study_host = _configured_host_cores(study)
     if study_host is None:
         counts: dict[int, int] = defaultdict(int)
-        for runs in grouped.values():
-            for run in runs:
-                cores, source = _run_host_cores(run)
+        for gkey, key in keys.items():
+            for _, platform_cpus, env_cpus, n in runs.groups[gkey].host_cpus:
+                cores, source = _host_cores_of(key.platform, platform_cpus, env_cpus)
                 if cores and source != "unknown":
-                    counts[cores] += 1
+                    counts[cores] += n
         study_host = max(counts, key=lambda c: (counts[c], c)) if counts else None
-
-    drifts = study_drifts(store, study, grouped)
-    from e2ebench.drift import drift_pct_of
-
-    drift = drift_pct_of(drifts)
+    drift = runs.drift_pct
     scenarios: dict[ScenarioKey, ScenarioStats] = {}
-    used: set[int] = set()
-    for key in sorted(grouped, key=ScenarioKey.sort_key):
-        runs = grouped[key]
-        scenarios[key] = _scenario_stats(key, runs, study_host, drift)
-        used.update(r["id"] for r in runs)
-    return StudyData(study=study, scenarios=scenarios, runs=all_runs, used_run_ids=used, excluded=dict(excluded),
-                     host_cores=study_host, include_outliers=include_outliers, drifts=drifts)
+    extras: dict[ScenarioKey, Any] = {}
+    for gkey in sorted(keys, key=lambda g: keys[g].sort_key()):
+        group = runs.groups[gkey]
+        if not group.counted(keep):
+            continue
+        scenarios[keys[gkey]] = _scenario_stats(keys[gkey], group, keep, study_host, drift)
+        extras[keys[gkey]] = group
+    return StudyData(study=study, scenarios=scenarios, used_run_ids=runs.used_run_ids(), excluded=runs.excluded,
+                     host_cores=study_host, include_outliers=keep, drifts=runs.drifts, groups=extras,
+                     detail=runs.detail)
+
+
+def read_study_runs(store, study_id: str, include_outliers: bool | None = None, detail: bool = True) -> "StudyRuns":
+    """A study's runs as the analysis reads them (:func:`e2ebench.study_runs.load`): the ad-hoc runs of another
+    workload than their app's latest left out."""
+    from e2ebench.study_runs import load
+
+    study = store.get_study(study_id)
+    if study is None:
+        raise LookupError(f"no study {study_id!r} in {store.path}")
+    if include_outliers is None:
+        include_outliers = study_keeps_outliers(study)
+    other_workload: set[int] = set()
+    if study_id == ADHOC_STUDY:       # ad-hoc runs are few; their workloads are compared on their JSON
+        other_workload = adhoc_other_workloads(store.runs(study_id=study_id, phase=None, with_result=True))[0]
+    return load(store, study, include_outliers, detail, exclude_ids=other_workload)
+
+
+def _scenario_key(group: "RunGroup") -> ScenarioKey:
+    """The analysis key of a group of runs (:mod:`e2ebench.study_runs`), from its runs' columns."""
+    c = group.columns
+    return ScenarioKey(c["app"], c["platform"], int(c["cores"]), c["cpu_mode"], c["device"], c["mode"] or "e2e",
+                       group.emulated, c["cache"] or "warm", group.thread_policy or THREADS_SIZED,
+                       group.host_type or None)
 
 
 def study_calibrates(study: dict) -> bool:
@@ -414,71 +420,61 @@ def study_calibrates(study: dict) -> bool:
     return repetition.get("calibrate", True) is not False
 
 
-def study_drifts(store, study: dict, grouped: dict) -> list:
-    """The host drift of a study (:func:`e2ebench.drift.study_drift`) from its probes and its counted runs' rounds."""
-    if not study_calibrates(study):
-        return []
-    from e2ebench.drift import study_drift
-
-    rounds = {key: {int(r["round"]): float(r["e2e_s"]) for r in runs if r.get("round") is not None}
-              for key, runs in grouped.items()}
-    return study_drift(store, study["id"], rounds)
-
-
 def _summary_or_none(values: Sequence[float]) -> Summary | None:
     return confidence_interval(values, CONFIDENCE) if values else None
 
 
-def _scenario_stats(key: ScenarioKey, runs: list[dict], study_host: int | None,
+def _scenario_stats(key: ScenarioKey, group: "RunGroup", keep_outliers: bool, study_host: int | None,
                     drift_pct: float = 0.0) -> ScenarioStats:
-    e2e = [float(r["e2e_s"]) for r in runs]
+    counted = group.counted(keep_outliers)
+    e2e = group.e2e if len(counted) == len(group.e2e) else [group.e2e[i] for i in counted]
     phase_values: dict[str, list[float]] = {}
+    phases_s: dict[str, Summary] = {}
     for phase in PHASES:
-        values = [_num(r[f"{phase}_s"]) for r in runs]
-        if all(v is not None for v in values):
-            phase_values[phase] = [float(v) for v in values]  # type: ignore[arg-type]
-    # LoadGen's latency (issue -> answer, queueing included); runs stored before it existed have none
-    p99 = [v for v in (_num(r["loadgen_p99_ms"]) for r in runs) if v is not None]
-    tput = [v for v in (_num(r["throughput_sps"]) for r in runs) if v is not None]
-    per_sample = []
-    for r in runs:
-        completed = _num(r["completed"])
-        if completed is None:
-            completed = _num(r["requests"])
-        if completed:
-            per_sample.append(float(r["e2e_s"]) / completed)
-    cold = [v for v in (_num(r["cold_start_s"]) for r in runs) if v is not None]
-    parts: dict[str, list[float]] = defaultdict(list)
-    for r in runs:
-        for name, value in (r["cold_start"] or {}).items():
-            if _num(value) is not None:
-                parts[name].append(float(value))
+        if group.phases:                      # each run's value (detail): compared run by run
+            column = group.phases[phase]
+            values = column if len(counted) == len(column) else [column[i] for i in counted]
+            if None not in values and all(map(math.isfinite, values)):
+                phase_values[phase] = values
+                phases_s[phase] = confidence_interval(values, CONFIDENCE)
+        else:                                 # only the phase's mean and interval (show), from SQL
+            moments = group.aggregates.get(f"{phase}_s")
+            if moments is not None and moments.n == len(counted) and math.isfinite(moments.total_sq):
+                phases_s[phase] = interval_from_moments(moments, CONFIDENCE)
+    aggregates = group.aggregates
+    parts = group.cold_parts
     host_cores, source = None, "unknown"
-    for r in runs:
-        host_cores, source = _run_host_cores(r)
+    for _, platform_cpus, env_cpus, _n in group.host_cpus:
+        host_cores, source = _host_cores_of(key.platform, platform_cpus, env_cpus)
         if host_cores:
             break
     if not host_cores and study_host:
         host_cores, source = study_host, "study host"
-    requests = _num(runs[-1]["requests"])
     return ScenarioStats(
         key=key,
-        run_ids=[int(r["id"]) for r in runs],
+        run_ids=[group.ids[i] for i in counted],
         e2e_s=drift_aware_interval(e2e, drift_pct, CONFIDENCE),
-        phases_s={k: confidence_interval(v, CONFIDENCE) for k, v in phase_values.items()},
+        phases_s=phases_s,
         e2e_values_s=e2e,
         phase_values_s=phase_values,
-        latency_p99_ms=_summary_or_none(p99),
-        throughput_sps=_summary_or_none(tput),
-        cost_basis_s_per_sample=_summary_or_none(per_sample),
-        cold_start_s=_summary_or_none(cold),
-        cold_start_parts_s={k: confidence_interval(v, CONFIDENCE) for k, v in parts.items() if len(v) == len(runs)},
-        requests=int(requests) if requests else None,
+        latency_p99_ms=_moments_interval(aggregates.get("latency_p99_ms")),
+        throughput_sps=_moments_interval(aggregates.get("throughput_sps")),
+        cost_basis_s_per_sample=_moments_interval(aggregates.get("cost_basis_s_per_sample")),
+        cold_start_s=_moments_interval(aggregates.get("cold_start_s")),
+        cold_start_parts_s={k: interval_from_moments(m, CONFIDENCE) for k, m in parts.items() if m.n == len(counted)},
+        requests=group.requests,
         host_cores=host_cores,
         host_cores_source=source,
-        rounds=[r.get("round") for r in runs],
+        rounds=[group.rounds[i] for i in counted],
         e2e_runs_s=confidence_interval(e2e, CONFIDENCE),
     )
+
+
+def _moments_interval(moments: "Moments | None") -> Summary | None:
+    """The interval of an aggregated number; ``None`` when no run had it, or when only its mean was read (``show``)."""
+    if moments is None or not moments.n or math.isnan(moments.total_sq):
+        return None
+    return interval_from_moments(moments, CONFIDENCE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -691,7 +687,8 @@ class OverheadFinding:
                 "phases": {k: v.to_dict() for k, v in self.phases.items()}, "largest_phase": self.largest_phase}
 
 
-def overhead_vs_bm(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[OverheadFinding]:
+def overhead_vs_bm(scenarios: dict[ScenarioKey, ScenarioStats], phases: bool = True) -> list[OverheadFinding]:
+    """Every non-BM scenario vs BM; ``phases``: also each phase's contribution (``show`` prints only E2E)."""
     out = []
     for key, stats in scenarios.items():
         if key.platform == BASELINE_PLATFORM:
@@ -701,18 +698,18 @@ def overhead_vs_bm(scenarios: dict[ScenarioKey, ScenarioStats]) -> list[Overhead
         if base is None:
             continue
         e2e = compare_stats("e2e_s", stats, base)
-        phases = {}
-        if key.mode == "e2e":
+        by_phase = {}
+        if key.mode == "e2e" and phases:
             for phase in PHASES:
                 if phase in stats.phase_values_s and phase in base.phase_values_s:
                     cmp = compare_stats(phase, stats, base, phase=phase)
                     scale = 100.0 / base.e2e_s.mean if base.e2e_s.mean else math.nan
                     ci = cmp.difference_ci
-                    phases[phase] = PhaseOverhead(
+                    by_phase[phase] = PhaseOverhead(
                         phase, cmp, cmp.difference * scale,
                         (ci[0] * scale, ci[1] * scale) if ci is not None else None,
                     )
-        out.append(OverheadFinding(key, base_key, e2e, phases))
+        out.append(OverheadFinding(key, base_key, e2e, by_phase))
     return out
 
 
@@ -1073,25 +1070,25 @@ COLD_START_PARTS = ("provision_s", "process_start_s", "import_s", "model_load_s"
 
 
 def cold_starts(data: StudyData, scenarios: dict[ScenarioKey, ScenarioStats]) -> list[ColdStartFinding]:
-    totals: dict[tuple, list[float]] = defaultdict(list)
-    parts: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    wanted = {r for s in scenarios.values() for r in s.run_ids}
-    for run in data.runs:
-        if run["id"] not in wanted:
+    """Per app, platform and device (cores and CPU modes pooled): the cold start of every run that timed one, and
+    each part that all of them timed (from the groups' aggregates, :mod:`e2ebench.study_runs`)."""
+    totals: dict[tuple, Moments] = defaultdict(lambda: NO_MOMENTS)
+    parts: dict[tuple, dict[str, Moments]] = defaultdict(lambda: defaultdict(lambda: NO_MOMENTS))
+    for key in scenarios:
+        group = data.groups.get(key)
+        moments = group.aggregates.get("cold_start_s") if group is not None else None
+        if not moments or not moments.n:
             continue
-        total = _num(run["cold_start_s"])
-        if total is None:
-            continue
-        group = (run["app"], run["platform"], run["device"], bool(run["emulated"]))
-        totals[group].append(total)
-        for name, value in (run["cold_start"] or {}).items():
-            if _num(value) is not None:
-                parts[group][name].append(float(value))
+        where = (key.app, key.platform, key.device, key.emulated)
+        totals[where] += moments
+        for name, part in group.cold_parts_timed.items():
+            parts[where][name] += part
     out = []
-    for group in sorted(totals, key=lambda g: (g[3], g[0], g[2], platform_rank(g[1]))):
-        n = len(totals[group])
-        out.append(ColdStartFinding(*group, total_s=confidence_interval(totals[group], CONFIDENCE),
-                                    parts_s={k: confidence_interval(v, CONFIDENCE) for k, v in parts[group].items() if len(v) == n}))
+    for where in sorted(totals, key=lambda g: (g[3], g[0], g[2], platform_rank(g[1]))):
+        n = totals[where].n
+        out.append(ColdStartFinding(*where, total_s=interval_from_moments(totals[where], CONFIDENCE),
+                                    parts_s={k: interval_from_moments(v, CONFIDENCE)
+                                             for k, v in parts[where].items() if v.n == n}))
     return out
 
 
@@ -1131,15 +1128,6 @@ def thread_policy_rank(policy: str) -> tuple:
         return (3, 0, policy)
 
 
-def _most_common(values: Sequence[int]) -> int | None:
-    if not values:
-        return None
-    counts: dict[int, int] = defaultdict(int)
-    for v in values:
-        counts[v] += 1
-    return max(counts, key=lambda v: (counts[v], v))
-
-
 @dataclasses.dataclass
 class PolicyStats:
     """One thread policy of one scenario: E2E, the counters that show a quota's cost, and the pool sizes recorded.
@@ -1175,23 +1163,12 @@ class PolicyStats:
                 "oversubscribed": self.oversubscribed(self.key.cores)}
 
 
-def _policy_stats(stats: ScenarioStats, runs_by_id: dict[int, dict]) -> PolicyStats:
-    runs = [runs_by_id.get(i) or {} for i in stats.run_ids]       # the store's columns (counters, pool sizes)
-    counters = {}
-    for name in THREAD_COUNTERS:
-        values = [v for v in (_num(r.get(name)) for r in runs) if v is not None]
-        if values:
-            counters[name] = confidence_interval(values, CONFIDENCE)
-    pools: dict[str, int] = {}
-    for name in (*THREAD_POOLS, "process_threads", "os_cpu_count"):
-        values = []
-        for r in runs:
-            value = _num((r.get("thread_pools") or {}).get(name))
-            if value is not None:
-                values.append(int(value))
-        common = _most_common(values)
-        if common is not None:
-            pools[name] = common
+def _policy_stats(stats: ScenarioStats, group: "RunGroup | None") -> PolicyStats:
+    """The counters and pool sizes of a scenario's counted runs (the store's columns, aggregated in SQL)."""
+    counters = {name: interval_from_moments(m, CONFIDENCE) for name, m in (group.counters if group else {}).items()
+                if name in THREAD_COUNTERS and m.n}
+    pools = {name: group.pools[name] for name in (*THREAD_POOLS, "process_threads", "os_cpu_count")
+             if group is not None and name in group.pools}
     return PolicyStats(stats.key, stats.e2e_s, counters, pools)
 
 
@@ -1250,13 +1227,12 @@ def _thread_verdict(cmp: Comparison) -> str:
 
 
 def thread_policy_penalties(scenarios: dict[ScenarioKey, ScenarioStats],
-                            runs: Sequence[dict]) -> list[ThreadPolicyFinding]:
+                            groups: dict) -> list[ThreadPolicyFinding]:
     """One finding per scenario measured with ``sized`` pools and another policy: that policy vs sized.
 
-    ``scenarios``: every policy's scenarios (not only the sized ones); ``runs``: the study's runs (their counters
-    and pool sizes).  Scenarios with a policy but no sized twin give no finding.
+    ``scenarios``: every policy's scenarios (not only the sized ones); ``groups``: their runs as read
+    (:attr:`StudyData.groups`: counters and pool sizes).  Scenarios with a policy but no sized twin give no finding.
     """
-    runs_by_id = {int(r["id"]): r for r in runs}
     out = []
     for key in sorted(scenarios, key=lambda k: (k.sort_key(), thread_policy_rank(k.thread_policy))):
         if key.thread_policy == THREADS_SIZED:
@@ -1266,7 +1242,7 @@ def thread_policy_penalties(scenarios: dict[ScenarioKey, ScenarioStats],
             continue
         stats = scenarios[key]
         cmp = compare_stats("e2e_s", stats, sized)
-        out.append(ThreadPolicyFinding(_policy_stats(sized, runs_by_id), _policy_stats(stats, runs_by_id), cmp,
+        out.append(ThreadPolicyFinding(_policy_stats(sized, groups.get(sized.key)), _policy_stats(stats, groups.get(key)), cmp,
                                        _thread_verdict(cmp)))
     return out
 
@@ -1370,7 +1346,7 @@ def analyse(data: StudyData, emulated: bool = False,
         cold_starts=cold_starts(data, scenarios),
         host_cores=data.host_cores,
         knee_tolerance_pct=knee_tolerance_pct,
-        thread_policies=thread_policy_penalties(every_policy, data.runs),    # ... but this one
+        thread_policies=thread_policy_penalties(every_policy, data.groups),    # ... but this one
         policies=sorted({k.thread_policy for k in every_policy}, key=thread_policy_rank),
     )
 

@@ -143,11 +143,14 @@ def recommend(
     from e2ebench import analysis
     from e2ebench import recommend as advice
     from e2ebench.cost import cost_notes, cost_rows
+    from e2ebench.store import ADHOC_STUDY
 
     price_table = _load_prices(prices)
     with _open_store(store_path) as store:
         record = resolve_study(store, study_id)
         data = analysis.load_study(store, record["id"], include_outliers=keep_outliers)
+        notes_adhoc = adhoc_workload_notes(store.runs(study_id=record["id"], phase=None)
+                                           if record["id"] == ADHOC_STUDY else [], record["id"])
     from e2ebench.machine_types import machine_type_section
 
     sets = []
@@ -169,7 +172,7 @@ def recommend(
         raise typer.Exit(EXIT_OK)
     console.print(f"[bold]{escape(study_title(record))}[/]: {len(data.used_run_ids)} runs in {len(data.scenarios)} "
                   "scenarios")
-    for note in adhoc_workload_notes(data.runs, record["id"]):
+    for note in notes_adhoc:
         console.print(f"[yellow]{escape(note)}[/]")
     n_emulated = sum(1 for k in data.scenarios if k.emulated)
     if n_emulated and not include_emulated:

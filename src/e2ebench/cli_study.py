@@ -497,13 +497,13 @@ def _find_study(store, wanted: str | None) -> dict:
     return record
 
 
-def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
+def _print_summaries(store, study_id: str, keep_outliers: bool | None, runs=None) -> None:
     from e2ebench.cli_report import adhoc_workload_notes
     from e2ebench.store import ADHOC_STUDY
     from e2ebench.study_runner import summarize_study
 
     record = store.get_study(study_id)
-    summaries = summarize_study(store, study_id, keep_outliers)
+    summaries = summarize_study(store, study_id, keep_outliers, runs=runs)
     by_app: dict[str, list] = defaultdict(list)
     for s in summaries:
         by_app[s.app].append(s)
@@ -527,6 +527,8 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
                                  no_wrap=True)
             for s in measured:
                 deployment = escape(s.scenario.split("@", 1)[1])     # the deployment and its #suffixes
+                if s.host_type:
+                    deployment += f" on {escape(s.host_type)}"
                 if s.emulated:
                     deployment += " [yellow](emulated)[/]"
                 ci = "—" if s.ci_halfwidth_pct is None else f"{s.ci_halfwidth_pct:.1f}%"
@@ -559,47 +561,52 @@ def _print_summaries(store, study_id: str, keep_outliers: bool | None) -> None:
                           escape(", ".join(h["scenarios"])))
         console.print(table)
     if study_id != ADHOC_STUDY:
-        _print_drift_and_comparisons(store, study_id, keep_outliers)
+        _print_drift_and_comparisons(store, study_id, keep_outliers, runs)
 
 
 def fleet_hosts(store, study_id: str) -> list[dict]:
-    """Per host of a fleet study (runs with ``runs.host``): its type, runs, failed runs, scenarios; ``[]`` for a study
-    run on one host."""
+    """Per host of a fleet study (runs with ``runs.host``): its type (of its first run), runs, failed runs,
+    scenarios (in the order it first ran them); ``[]`` for a study run on one host.  Counted by SQLite."""
     by_host: dict[str, dict] = {}
-    for run in store.runs(study_id=study_id, phase=None, with_result=False):
-        if not run.get("host"):
-            continue
-        entry = by_host.setdefault(run["host"], {"host": run["host"], "host_type": run.get("host_type"), "runs": 0,
-                                                 "failed": 0, "scenarios": []})
-        entry["runs"] += 1
-        entry["failed"] += run["status"] != "ok"
-        if run["scenario"] not in entry["scenarios"]:
-            entry["scenarios"].append(run["scenario"])
+    rows = store.db.execute(
+        "SELECT host, scenario, MIN(id) AS first, COUNT(*) AS n, TOTAL(status != 'ok') AS failed FROM runs "
+        "WHERE study_id = ? AND host IS NOT NULL AND host != '' GROUP BY host, scenario ORDER BY first",
+        (study_id,)).fetchall()
+    for row in rows:
+        entry = by_host.setdefault(row["host"], {"host": row["host"], "host_type": None, "runs": 0, "failed": 0,
+                                                 "scenarios": [], "first": row["first"]})
+        entry["runs"] += int(row["n"])
+        entry["failed"] += int(row["failed"])
+        entry["scenarios"].append(row["scenario"])
+    for entry in by_host.values():
+        first = store.db.execute("SELECT host_type FROM runs WHERE id = ?", (entry.pop("first"),)).fetchone()
+        entry["host_type"] = first["host_type"] if first else None
     return [by_host[h] for h in sorted(by_host)]
 
 
-def drift_and_comparisons(store, study_id: str, keep_outliers: bool | None) -> tuple[list, list[dict]]:
+def drift_and_comparisons(store, study_id: str, keep_outliers: bool | None, runs=None) -> tuple[list, list[dict]]:
     """The study's host drift (:class:`e2ebench.drift.HostDrift` per host) and its PIN-vs-VNL and platform-vs-BM
-    comparisons (paired by round where both scenarios ran in the same rounds), as ``show`` prints them."""
+    comparisons (paired by round where both scenarios ran in the same rounds), as ``show`` prints them.  ``runs``:
+    the study as :func:`e2ebench.analysis.read_study_runs` read it."""
     from e2ebench.analysis import load_study, overhead_vs_bm, pinning_gains, primary_scenarios
 
-    data = load_study(store, study_id, include_outliers=keep_outliers)
+    data = load_study(store, study_id, include_outliers=keep_outliers, detail=False, runs=runs)
     scenarios = primary_scenarios(data.select(None))
     out = []
     for pin in pinning_gains(scenarios):
         out.append({"kind": "pinning", "subject": pin.pinned.label, "baseline": pin.vanilla.label,
                     "verdict": pin.verdict, **pin.comparison.to_dict()})
-    for over in overhead_vs_bm(scenarios):
+    for over in overhead_vs_bm(scenarios, phases=False):
         out.append({"kind": "platform", "subject": over.subject.label, "baseline": over.baseline.label,
                     "verdict": ("slower" if (over.e2e.ratio or 1) > 1 else "faster") if over.e2e.significant
                     else "no significant difference", **over.e2e.to_dict()})
     return data.drifts, out
 
 
-def _print_drift_and_comparisons(store, study_id: str, keep_outliers: bool | None) -> None:
+def _print_drift_and_comparisons(store, study_id: str, keep_outliers: bool | None, runs=None) -> None:
     from e2ebench.analysis import fmt_pct
 
-    drifts, comparisons = drift_and_comparisons(store, study_id, keep_outliers)
+    drifts, comparisons = drift_and_comparisons(store, study_id, keep_outliers, runs)
     for drift in drifts:
         style = "yellow" if drift.unstable else "dim"
         console.print(f"[{style}]{escape(drift.line())}[/]", highlight=False, soft_wrap=True)
@@ -621,7 +628,7 @@ def _print_drift_and_comparisons(store, study_id: str, keep_outliers: bool | Non
 SUMMARY_CSV_COLUMNS = ("scenario", "app", "deployment", "mode", "cache", "status", "n", "runs_ok", "outliers", "failed",
                        "warmup_runs", "mean_s", "stdev_s", "ci_halfwidth_s", "ci_halfwidth_pct", "confidence",
                        "io_s", "pre_s", "infer_s", "post_s", "other_s", "cold_start_s", "throughput_sps", "emulated",
-                       "reason", "thread_policy")
+                       "reason", "thread_policy", "host_type")
 
 
 def _summary_row(s) -> dict:
@@ -643,6 +650,7 @@ def show(
 ) -> None:
     """Per application, every scenario of a study: mean E2E ± CI, phase means, runs, outliers, failures; the host's
     drift over the study and the PIN-vs-VNL and platform-vs-BM comparisons, paired by round."""
+    from e2ebench.analysis import read_study_runs
     from e2ebench.store import ADHOC_STUDY, Store
     from e2ebench.study_runner import summarize_study
 
@@ -660,17 +668,19 @@ def show(
             else:
                 _write_csv(rows, list(rows[0].keys()) if rows else ["id"])
             raise typer.Exit(EXIT_OK)
-        summaries = summarize_study(store, record["id"], keep_outliers)
+        runs_read = read_study_runs(store, record["id"], keep_outliers, detail=False)     # once, for all below
         if as_json:
+            summaries = summarize_study(store, record["id"], keep_outliers, runs=runs_read)
             drifts, comparisons = ([], []) if record["id"] == ADHOC_STUDY else \
-                drift_and_comparisons(store, record["id"], keep_outliers)
+                drift_and_comparisons(store, record["id"], keep_outliers, runs_read)
             emit_json({"study": {k: record[k] for k in ("id", "name", "source", "status", "created_at")},
                        "scenarios": [s.as_dict() for s in summaries], "drift": [d.to_dict() for d in drifts],
                        "comparisons": comparisons, "hosts": fleet_hosts(store, record["id"])})
         elif as_csv:
+            summaries = summarize_study(store, record["id"], keep_outliers, runs=runs_read)
             _write_csv([_summary_row(s) for s in summaries], list(SUMMARY_CSV_COLUMNS))
         else:
-            _print_summaries(store, record["id"], keep_outliers)
+            _print_summaries(store, record["id"], keep_outliers, runs_read)
 
 
 def _write_csv(rows: list[dict], columns: list[str]) -> None:

@@ -3,7 +3,7 @@
 One row per run with the full RunResult JSON plus indexed columns for queries.  Every run is
 committed in its own transaction, so a run that finished is never lost when a later one dies.
 
-Schema (version 6)::
+Schema (version 7)::
 
     meta(key PRIMARY KEY, value)                         -- schema_version
     studies(id PRIMARY KEY, name, source, config_json, created_at, status)
@@ -29,9 +29,12 @@ analysis compares unpaired) and the ``calibrations`` table (one calibration prob
 :mod:`e2ebench.calibration`); version 5 -> 6 adds ``runs.host`` and ``runs.host_type`` (a fleet's host and machine
 type) and the columns the analysis reads (:data:`METRIC_COLUMNS`: phase times, throughput, cold start, counters,
 pool sizes, host cores), filled from each stored result in SQL, a batch per transaction (see :meth:`Store._fill_metrics`),
-so that ``show``, ``report`` and ``recommend`` never parse every run's JSON.  A store is
-migrated when it is opened; a store newer than this code is refused.  A read-only store of an older version is read
-as it is (a missing ``thread_policy`` reads ``sized``; missing analysis columns are read from each run's JSON).
+so that ``show``, ``report`` and ``recommend`` never parse every run's JSON; version 6 -> 7 adds the covering index
+``runs_analysis`` (:data:`ANALYSIS_INDEX_COLUMNS`): what ``show`` reads of every run then comes from the index's
+narrow pages instead of the table's ~4 KB rows (at 10^5 runs a scan of 0.07 s instead of 0.3 s; see docs/store.md).
+A store is migrated when it is opened; a store newer than this code is refused.  A read-only store of an older
+version is read as it is by the run lists (a missing ``thread_policy`` reads ``sized``; missing analysis columns are
+read from each run's JSON); the analysis reads it through a migrated copy in memory (:meth:`Store.for_analysis`).
 
 Faults (see docs/store.md): every SQLite error that means the file cannot be used is raised as a
 :class:`StoreFault` (a :class:`StoreError`) whose message is one sentence naming the file and what to do:
@@ -59,7 +62,7 @@ from urllib.parse import quote
 
 from e2ebench.result import RunResult
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DEFAULT_STORE = Path("results") / "e2ebench.sqlite"
 ADHOC_STUDY = "adhoc"
 BUSY_TIMEOUT_S = 30.0
@@ -136,6 +139,16 @@ CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(study_id, scenario, phase, se
 # columns the analysis reads come before ``result_json``: SQLite then reads them without walking the result's overflow
 # pages (a migrated store has them last, which reads the same values, more slowly); no query depends on the order.
 _UUID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS runs_uuid ON runs(uuid)"
+# Schema 7: everything the analysis reads of a measured run (e2ebench.study_runs), in one index, so that SQLite answers
+# its queries from the index alone ("covering"): ~150 bytes an entry instead of the table's ~4 KB rows.
+ANALYSIS_INDEX_COLUMNS = (
+    # in the order the analysis groups by, so that its GROUP BY queries stream the index without sorting
+    "study_id", "phase", "status", "scenario", "host_type", "emulated", "thread_policy", "outlier", "round", "e2e_s",
+    "io_s", "pre_s", "infer_s", "post_s", "other_s", "throughput_sps", "cold_start_s", "loadgen_p99_ms", "completed",
+    "requests", "platform_host_cpus", "env_host_cpus", "host", "app", "platform", "cores", "cpu_mode", "device", "mode",
+    "cache",
+)
+_ANALYSIS_INDEX = f"CREATE INDEX IF NOT EXISTS runs_analysis ON runs({', '.join(ANALYSIS_INDEX_COLUMNS)})"
 STORE_TABLES = frozenset({"meta", "studies", "runs", "calibrations"})
 
 RUN_COLUMNS = (
@@ -533,6 +546,7 @@ class Store:
                     self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {_METRIC_TYPES.get(kind, kind)}")
                     self.db.execute("DELETE FROM meta WHERE key='metrics_filled'")      # to be filled below
             self.db.execute(_UUID_INDEX)
+            self.db.execute(_ANALYSIS_INDEX)                    # 6 -> 7
             if row is not None and int(row["value"]) < SCHEMA_VERSION:
                 self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             if self.db.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is None:      # nothing to fill (a new store)
@@ -611,6 +625,28 @@ class Store:
     @property
     def schema_version(self) -> int:
         return int(self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()["value"])
+
+    def for_analysis(self) -> "Store":
+        """A store the analysis (:mod:`e2ebench.study_runs`) can read with SQL alone: this one when its analysis
+        columns are there and filled (every writable store, once opened), else -- an older store opened read-only --
+        a copy of it in memory, migrated (the file is not touched; the copy costs the store's size in memory)."""
+        if self.writable or self._metrics_ready():
+            return self
+        copy = Store.__new__(Store)
+        copy.path, copy.writable, copy.imported = self.path, False, []
+        with self._guard():
+            memory = sqlite3.connect(":memory:", isolation_level=None)
+            self.db.raw.backup(memory)
+        memory.row_factory = sqlite3.Row
+        copy.db = _Connection(memory, copy._guard)
+        copy._migrate()
+        return copy
+
+    def _metrics_ready(self) -> bool:
+        if not self._has_metric_columns():
+            return False
+        done = self.db.execute("SELECT value FROM meta WHERE key='metrics_filled'").fetchone()
+        return done is not None and int(done["value"]) >= METRICS_VERSION
 
     # -- studies ----------------------------------------------------------------------
     def create_study(self, name: str, config: dict | None = None, source: str | None = None,

@@ -32,14 +32,19 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from collections import defaultdict
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from e2ebench.result import RunResult
 from e2ebench.runner import Workload, default_data, execute, housekeeping, platform_workdir, say_on_stderr
 from e2ebench.stats import (StopDecision, drift_aware_interval, outlier_mask,
                             predicted_runs_needed, stopping_decision)
-from e2ebench.store import ADHOC_STUDY, Store, StoreError
+from e2ebench.store import Store, StoreError
 from e2ebench.study import Plan, PlannedScenario, RepetitionPolicy, Study
+from e2ebench.study_runs import ScenarioCounts
+
+if TYPE_CHECKING:
+    from e2ebench.study_runs import StudyRuns
 
 PHASE_WARMUP, PHASE_MEASURE = "warmup", "measure"
 
@@ -607,18 +612,18 @@ class ScenarioSummary:
     thread_policy: str = "sized"      # sized | framework-default | N
     drift_pct: float = 0.0            # the host drift included in ci_halfwidth_* (percent, 1 sd; 0 without probes)
     runs_ci_halfwidth_pct: float | None = None   # the runs' own part of the interval (the interval without drift)
+    host_type: str | None = None      # the fleet machine type the runs ran on (None: one host, no fleet)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _mean_or_none(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = None) -> list[ScenarioSummary]:
-    """Per-scenario summaries of a stored study (scenarios in the study's plan order, then any others)."""
+def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = None,
+                    runs: "StudyRuns | None" = None) -> list[ScenarioSummary]:
+    """Per-scenario summaries of a stored study (scenarios in the study's plan order, then any others; a scenario
+    measured on several machine types of a fleet has one summary per type).  ``runs``: the study as
+    :func:`e2ebench.analysis.read_study_runs` read it (``show`` reads it once)."""
+    from e2ebench.analysis import read_study_runs
     from e2ebench.scenario import Scenario
 
     record = store.get_study(study_id)
@@ -631,80 +636,76 @@ def summarize_study(store: Store, study_id: str, keep_outliers: bool | None = No
     policy = RepetitionPolicy(**{k: v for k, v in repetition.items()
                                  if k in {f.name for f in dataclasses.fields(RepetitionPolicy)}})
     keep = policy.keep_outliers if keep_outliers is None else keep_outliers
+    if runs is None or runs.keep_outliers != keep or runs.detail:       # (the phase means come with detail=False)
+        runs = read_study_runs(store, study_id, keep, detail=False)
     plan = record["config"].get("plan") or []
-    # the numbers from the store's columns; only ad-hoc runs need their JSON (their workloads are compared)
-    runs = store.runs(study_id=study_id, phase=None, with_result=study_id == ADHOC_STUDY, metrics=True)
-    if study_id == ADHOC_STUDY:                 # per app, the runs of one workload: its latest run's
-        from e2ebench.analysis import adhoc_other_workloads
-
-        other_workload = adhoc_other_workloads(runs)[0]
-        runs = [r for r in runs if r["id"] not in other_workload]
-    by_scenario: dict[str, list[dict]] = {}
-    for run in runs:
-        by_scenario.setdefault(run["scenario"], []).append(run)
-    order = [p["scenario"] for p in plan] + [k for k in by_scenario if k not in {p["scenario"] for p in plan}]
+    # one entry per (scenario, host type), emulated and native runs of a scenario together
+    by_scenario: dict[tuple[str, str | None], list] = defaultdict(list)
+    for group in runs.groups.values():
+        by_scenario[(group.scenario, group.host_type)].append(group)
+    present = sorted(set(by_scenario) | set(runs.counts),
+                     key=lambda k: runs.counts[k].first_id if k in runs.counts else 0)   # the order they first ran
+    planned = [p["scenario"] for p in plan]
+    order = []
+    for scenario_text in planned:
+        order += [k for k in present if k[0] == scenario_text] or [(scenario_text, None)]
+    order += [k for k in present if k[0] not in set(planned)]
+    order = list(dict.fromkeys(order))
     infeasible = {p["scenario"]: p.get("reason") for p in plan if not p.get("feasible", True)}
-    drift = 0.0
-    if not adhoc and policy.calibrate:
-        from e2ebench.drift import drift_pct_of, study_drift
-
-        rounds = {key: {int(r["round"]): float(r["e2e_s"]) for r in rows
-                        if r["phase"] == PHASE_MEASURE and r["status"] == "ok" and r["e2e_s"] is not None
-                        and r.get("round") is not None and (keep or not r["outlier"])}
-                  for key, rows in by_scenario.items()}
-        drift = drift_pct_of(study_drift(store, study_id, rounds))
+    drift = runs.drift_pct if (not adhoc and policy.calibrate) else 0.0
     out = []
-    for key in order:
+    for key, host_type in order:
         try:
             scenario = Scenario.parse(key)
         except ValueError:
             continue
-        rows = by_scenario.get(key, [])
-        if key in infeasible and not rows:
+        groups = by_scenario.get((key, host_type), [])
+        counts = runs.counts.get((key, host_type))
+        if key in infeasible and counts is None:
             out.append(ScenarioSummary(key, scenario.app, str(scenario.deployment), scenario.mode, INFEASIBLE, 0, 0, 0,
                                        0, 0, None, None, None, None, policy.confidence, {p: None for p in PHASES},
-                                       None, None, False, infeasible[key], scenario.cache, scenario.threads))
+                                       None, None, False, infeasible[key], scenario.cache, scenario.threads,
+                                       host_type=host_type))
             continue
-        measured_ok = [r for r in rows if r["phase"] == PHASE_MEASURE and r["status"] == "ok" and r["e2e_s"] is not None]
-        counted = [r for r in measured_ok if keep or not r["outlier"]]
-        values = [float(r["e2e_s"]) for r in counted]
+        counts = counts or ScenarioCounts()
+        runs_ok = sum(len(g.ids) for g in groups)
+        values = [g.e2e[i] for g in groups for i in g.counted(keep)]
         ci = drift_aware_interval(values, drift, policy.confidence)
-        trailing_failures, last_error = 0, None
-        for r in rows:
-            if r["status"] == "ok":
-                trailing_failures = 0
-            else:
-                trailing_failures += 1
-                last_error = r["error"]
         if adhoc:
             status = ADHOC
-        elif trailing_failures >= policy.max_consecutive_failures:
+        elif counts.trailing_failures >= policy.max_consecutive_failures:
             status = ABANDONED
-        elif sum(1 for r in rows if r["phase"] == PHASE_WARMUP) < policy.warmup_runs:
-            status = ACTIVE if rows else PENDING
+        elif counts.warmup_runs < policy.warmup_runs:
+            status = ACTIVE if counts.runs else PENDING
         else:
             decision = stopping_decision(values, policy.min_runs, policy.max_runs, policy.target_ci_halfwidth_pct,
-                                         policy.confidence, runs_done=len(measured_ok), drift_pct=drift)
+                                         policy.confidence, runs_done=runs_ok, drift_pct=drift)
             status = ({"target": TARGET, "drift": DRIFT}.get(decision.reason, MAX_RUNS) if decision.stop
-                      else (ACTIVE if rows else PENDING))
+                      else (ACTIVE if counts.runs else PENDING))
             if status == ACTIVE and record["status"] in (STUDY_COMPLETE, STUDY_INCOMPLETE) and drift:
                 # the runner stopped it under the drift it knew then; probes since have moved the drift
                 status = DRIFT
-        phases = {p: _mean_or_none([r[f"{p}_s"] for r in counted]) for p in PHASES}
+        phases = {p: _aggregate_mean(groups, f"{p}_s") for p in PHASES}
         out.append(ScenarioSummary(
             scenario=key, app=scenario.app, deployment=str(scenario.deployment), mode=scenario.mode, status=status,
-            n=ci.n, runs_ok=len(measured_ok), outliers=sum(1 for r in measured_ok if r["outlier"]),
-            failed=sum(1 for r in rows if r["status"] != "ok"),
-            warmup_runs=sum(1 for r in rows if r["phase"] == PHASE_WARMUP),
+            n=ci.n, runs_ok=runs_ok, outliers=sum(sum(g.outlier) for g in groups),
+            failed=counts.failed, warmup_runs=counts.warmup_runs,
             mean_s=finite_or_none(ci.mean) if values else None, stdev_s=finite_or_none(ci.stdev),
             ci_halfwidth_s=finite_or_none(ci.half_width), ci_halfwidth_pct=finite_or_none(ci.half_width_pct),
             confidence=policy.confidence, phases_s=phases,
-            cold_start_s=_mean_or_none([r["cold_start_s"] for r in counted]),
-            throughput_sps=_mean_or_none([r["throughput_sps"] for r in counted]),
-            emulated=any(r["emulated"] for r in rows),
-            reason=(f"failed {trailing_failures} runs in a row; last error: {last_error}" if status == ABANDONED
-                    else None),
+            cold_start_s=_aggregate_mean(groups, "cold_start_s"),
+            throughput_sps=_aggregate_mean(groups, "throughput_sps"),
+            emulated=counts.emulated,
+            reason=(f"failed {counts.trailing_failures} runs in a row; last error: {counts.last_error}"
+                    if status == ABANDONED else None),
             cache=scenario.cache, thread_policy=scenario.threads,
             drift_pct=ci.drift_pct, runs_ci_halfwidth_pct=finite_or_none(ci.runs_half_width_pct),
+            host_type=host_type,
         ))
     return out
+
+
+def _aggregate_mean(groups: list, name: str) -> float | None:
+    """The mean of an aggregated number (:data:`e2ebench.study_runs.AGGREGATED`) over the counted runs of ``groups``."""
+    n = sum(g.aggregates[name].n for g in groups if name in g.aggregates)
+    return sum(g.aggregates[name].total for g in groups if name in g.aggregates) / n if n else None

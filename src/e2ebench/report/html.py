@@ -587,7 +587,7 @@ def _provenance(data: StudyData, store) -> _Section:
             hit = drawn[id(value)] = (value, draw(value))
         return hit[1]
 
-    for run, r in _with_results(data.runs, store):
+    for run, r in _with_results(store.runs(study_id=data.study["id"], phase=None, with_result=False), store):
         env = r.get("environment") or {}
         libs = env.get("libraries") or {}
         info = r.get("platform_info") or {}
