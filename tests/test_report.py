@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from matplotlib.collections import LineCollection, PolyCollection
 
 from e2ebench import analysis, overhead_model
 from e2ebench.cost import PriceError, PriceTable, Targets, cheapest, cost_rows
@@ -116,7 +118,9 @@ def test_figure_functions_have_titles_labels_and_units(acceptance_store):
     fig = figures.e2e_by_platform(f.scenarios, "ic")
     ax = fig.axes[0]
     assert "(s)" in ax.get_ylabel() and "stacked by phase" in " ".join(fig.get_suptitle().split())
-    assert len(ax.patches) >= 8 * 5                        # 8 bars x 5 phases (+ legend patches elsewhere)
+    bars = [path for c in ax.collections if isinstance(c, PolyCollection) for path in c.get_paths()]
+    assert len(bars) == 8 * 5                              # 8 bars x 5 phases, one polygon collection per phase
+    assert sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection)) == 8   # error bars
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1\nVNL", "1\nPIN", "2\nVNL", "2\nPIN"] * 2
     fig = figures.scale_up(f.scenarios, f.knees, models, "ic")
     assert fig.axes[0].get_xlabel() == "cores" and "(s)" in fig.axes[0].get_ylabel()
@@ -348,3 +352,88 @@ def test_a_template_variable_without_an_escape_call_is_escaped():
     assert "<script" not in page and '"q' not in page
     assert page.count(esc(HOSTILE)) >= 30
     assert '<td class="num">1.5</td>' in page and '<span class="emulated-label">EMULATED</span>' in page
+
+
+def _table_after(page: str, heading: str) -> list[list[str]]:
+    """The cells (markup stripped, entities kept) of the first table after ``<h3>heading</h3>``."""
+    body = page[page.index(f"<h3>{heading}</h3>"):]
+    body = body[body.index("<tbody>"):body.index("</tbody>")]
+    return [[re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)]
+
+
+def test_provenance_of_a_big_study_groups_environments_and_lists_unused_runs(acceptance_store, tmp_path, monkeypatch):
+    """Above the threshold the provenance lists environments (sampled, bisected where they change) and the runs not
+    used; checked against every run's JSON read whole (store.runs with_result) and the analysis' used runs."""
+    from e2ebench.report import html as report_html
+
+    path = tmp_path / "results.sqlite"
+    shutil.copyfile(acceptance_store[0], path)
+    sid = acceptance_store[1]
+    with Store(path) as store:
+        # warm-ups, then BM runs after an upgrade (new host name and kernel): real runs, as a study stores them
+        for deployment in ("BM/1/VNL/CPU", "BM/1/PIN/CPU", "BM/2/PIN/CPU"):
+            store.add_run(make_result("ic", deployment, phases()), study_id=sid, phase="warmup", seq=0)
+        for i in range(4):
+            upgraded = make_result("ic", "BM/2/VNL/CPU", phases(), hostname="upgraded")
+            upgraded.environment["kernel"] = "6.2.0-test"
+            store.add_run(upgraded, study_id=sid, seq=100 + i)
+        monkeypatch.setattr(report_html, "PROVENANCE_RUNS_LISTED", 20)
+        monkeypatch.setattr(report_html, "PROVENANCE_UNUSED_LISTED", 2)
+        monkeypatch.setattr(report_html, "ENVIRONMENT_SAMPLES", 3)     # so that the change is found by bisection
+        out = build_report(store, sid, tmp_path / "report")
+        every = store.runs(study_id=sid, phase=None, with_result=True)
+        used = analysis.load_study(store, sid).used_run_ids
+    page = out.html_path.read_text()
+    assert "Provenance of every run" not in page and "Provenance: environments and the runs not used" in page
+    assert f"This study has {len(every)} runs, more than the 20 listed one by one" in page
+    assert esc(f"e2ebench show --study {shlex.quote(sid)} --runs --json") in page     # quoted for the shell
+    assert "<script" not in page
+
+    expected: dict[tuple, list] = {}             # (platform, host name, kernel) -> [runs, first id, last id]
+    for run in every:
+        env = run["result"]["environment"]
+        key = (run["platform"] + (" (emulated)" if run["emulated"] else ""), esc(env["hostname"]), env["kernel"])
+        entry = expected.setdefault(key, [0, run["id"], run["id"]])
+        entry[0] += 1
+        entry[1], entry[2] = min(entry[1], run["id"]), max(entry[2], run["id"])
+    rows = _table_after(page, "Environments")
+    shown = {(r[0], r[2], r[3]): [int(r[7]), *map(int, r[8].split("–"))] for r in rows}
+    assert shown == expected
+    assert ("BM", "upgraded", "6.2.0-test") in shown and ("CN", esc(f"host{EVIL}"), "6.1.0-test") in shown
+    assert all(r[4] == "Test CPU" and r[5] == "3.11.7" and r[6].startswith("torch 2.13.0") for r in rows)
+
+    unused = [r for r in every if r["id"] not in used]
+    assert len(unused) == 4                      # the failed run and the three warm-ups
+    assert f"{len(unused)} runs not used (phase warmup: 3, status failed: 1); the first 2 listed" in page
+    assert "2 more not listed" in page
+    listed = _table_after(page, "Runs not used")
+    failed = next(r for r in unused if r["status"] != "ok")
+    assert [int(r[0]) for r in listed] == [failed["id"], min(r["id"] for r in unused if r["phase"] == "warmup")]
+    assert listed[0][6] == "status failed" and listed[1][6] == "phase warmup"
+
+
+def test_provenance_bisection_finds_every_change_to_the_run(tmp_path, monkeypatch):
+    """_environments on a real store whose BM runs change host name at a known run and back at another, sampled 5
+    runs at a time: both changes found to the run (the counts say so), reading the JSON of far fewer runs."""
+    from e2ebench.report import html as report_html
+
+    hosts = ["a"] * 37 + ["b"] * 50 + ["a"] * 13                # changed, and changed back
+    with Store(tmp_path / "r.sqlite") as store:
+        sid = store.create_study("hosts", config={"host": {"cores": 2}})
+        for seq, host in enumerate(hosts):
+            store.add_run(make_result("ic", "BM/2/VNL/CPU", phases(), hostname=host), study_id=sid, seq=seq)
+        ids = [r["id"] for r in store.runs(study_id=sid, phase=None, with_result=False)]
+        read_ids: list[int] = []
+        real = store.results
+
+        def counted(run_ids, keys=None, batch=500):
+            read_ids.extend(run_ids)
+            return real(run_ids, keys=keys, batch=batch)
+
+        monkeypatch.setattr(store, "results", counted)
+        monkeypatch.setattr(report_html, "ENVIRONMENT_SAMPLES", 5)
+        found, read = report_html._environments([(i, None, "BM", 0) for i in ids], store)
+    assert [(env["hostname"], n, first, last) for env, n, first, last in found.values()] == [
+        ("a", 50, ids[0], ids[99]), ("b", 50, ids[37], ids[86])]
+    assert read == len(set(read_ids)) < 20

@@ -22,14 +22,21 @@ comparison they enter (vs BM, a knee, a normalisation) is with scenarios of the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg", force=False)
+from matplotlib import transforms  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
@@ -59,6 +66,8 @@ COLD_COLORS = {"provision_s": "#7f7f7f", "process_start_s": "#bcbd22", "import_s
 EMULATED_BANNER = "EMULATED (QEMU TCG) — not comparable with native results"
 PIN_HATCH = "///"
 THREADS_FIGURE_PREFIX = "e2e-by-thread-policy-"
+PNG_DPI = 110
+STAR = {"marker": (6, 2, 0), "markersize": 5, "markeredgewidth": 0.8, "color": "black"}   # a 6-armed asterisk
 
 
 @dataclasses.dataclass
@@ -83,10 +92,14 @@ def safe_name(text: str) -> str:
 
 
 def save(fig: Figure, out_dir: Path, name: str, caption: str, emulated: bool = False) -> FigureFile:
+    """Write ``name.png`` and ``name.svg``.  The constrained layout runs once, for the PNG; the SVG reuses the
+    positions it found (the engine is switched off in between), since every ``savefig`` would otherwise rerun it
+    -- with hundreds of tick labels, that is a third of a big figure's cost."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name = safe_name(name)
     png, svg = out_dir / f"{name}.png", out_dir / f"{name}.svg"
-    fig.savefig(png, dpi=110, metadata={"Software": None})
+    fig.savefig(png, dpi=PNG_DPI, metadata={"Software": None})
+    fig.set_layout_engine("none")              # positions stay as the PNG's layout left them
     fig.savefig(svg, metadata={"Date": None, "Creator": None})
     title = " ".join(fig.get_suptitle().split())
     return FigureFile(name, title or name, caption, png, svg, emulated)
@@ -97,8 +110,9 @@ def _cold(key: ScenarioKey, sep: str = "\n") -> str:
     return f"{sep}{key.cache_title}" if key.cache_title else ""
 
 
+@functools.lru_cache(maxsize=None)
 def _platform_rank(platform: str) -> tuple[int, str]:
-    return platform_rank(platform)        # the platform's own `order` (e2ebench.platforms)
+    return platform_rank(platform)        # the platform's own `order` (e2ebench.platforms); remembered: sorts ask often
 
 
 def _title(fig: Figure, text: str, emulated: bool) -> None:
@@ -122,6 +136,41 @@ def _ci_err(summary) -> float:
     return float(hw) if hw is not None and math.isfinite(hw) else 0.0
 
 
+def _bars(ax, xs: Sequence[float], heights: Sequence[float], width: float, bottoms: Sequence[float] | None = None,
+          hatches: Sequence[str | None] | None = None, *, color: str, edgecolor: str = "none",
+          linewidth: float = 1.0) -> None:
+    """Vertical bars centred on ``xs``, as ``Axes.bar`` draws them, but one polygon collection per hatch instead of a
+    Rectangle artist per bar (each costs its own limits update, transform and draw call: ~1 ms a bar, and a figure of
+    the paper's matrix has hundreds).  Like ``bar``, the y axis sticks to each bar's base (no margin below 0)."""
+    bottoms = list(bottoms) if bottoms is not None else [0.0] * len(xs)
+    hatches = list(hatches) if hatches is not None else [None] * len(xs)
+    half = width / 2.0
+    for hatch in dict.fromkeys(hatches):
+        verts = [((x - half, b), (x - half, b + h), (x + half, b + h), (x + half, b))
+                 for x, h, b, mine in zip(xs, heights, bottoms, hatches) if mine == hatch]
+        bars = PolyCollection(verts, closed=True, facecolors=color, edgecolors=edgecolor, linewidths=linewidth,
+                              hatch=hatch, hatchcolors="edge")
+        bars.sticky_edges.y.extend(sorted({b for b, mine in zip(bottoms, hatches) if mine == hatch}))
+        ax.add_collection(bars)
+
+
+def _error_bars(ax, xs: Sequence[float], ys: Sequence[float], yerr, **style) -> None:
+    """Error bars at many points with one ``errorbar`` call (no line between the points); one call per bar costs a
+    container, a line collection and two cap lines each."""
+    if len(xs):
+        ax.errorbar(xs, ys, yerr=yerr, fmt="none", **style)
+
+
+def _stars(ax, points: Sequence[tuple[float, float, bool]]) -> None:
+    """A ``*`` above each ``(x, y, True)`` point and below each ``(x, y, False)``: one marker line per side (the
+    marker is the glyph's path, drawn at an offset in points), not one text annotation per star."""
+    for above, dy in ((True, 5.0), (False, -5.0)):
+        mine = [(x, y) for x, y, up in points if up == above]
+        if mine:
+            shifted = transforms.offset_copy(ax.transData, fig=ax.get_figure(), x=0.0, y=dy, units="points")
+            ax.plot([x for x, _ in mine], [y for _, y in mine], linestyle="none", transform=shifted, **STAR)
+
+
 # ---------------------------------------------------------------------------------------------
 # (a) E2E by platform, stacked by phase
 
@@ -141,6 +190,9 @@ def e2e_by_platform(scenarios: dict[ScenarioKey, ScenarioStats], app: str, emula
         platforms = sorted({k.platform for k in dev_keys}, key=_platform_rank)
         x = 0.0
         ticks, tick_labels, group_centres = [], [], []
+        stacks: dict[str, tuple[list, list, list, list]] = {}       # phase -> x, height, bottom, hatch of its bars
+        plain: tuple[list, list, list] = ([], [], [])               # bars without phase times: x, height, hatch
+        means, errs = [], []
         for platform in platforms:
             combos = sorted((k for k in dev_keys if k.platform == platform),
                             key=lambda k: (k.cores, k.cpu_mode != "VNL", k.cache != "warm"))
@@ -154,17 +206,27 @@ def e2e_by_platform(scenarios: dict[ScenarioKey, ScenarioStats], app: str, emula
                         if phase not in s.phases_s:
                             continue
                         h = s.phases_s[phase].mean
-                        ax.bar(x, h, 0.8, bottom=bottom, color=PHASE_COLORS[phase], hatch=hatch,
-                               edgecolor="white", linewidth=0.5)
+                        for column, value in zip(stacks.setdefault(phase, ([], [], [], [])), (x, h, bottom, hatch)):
+                            column.append(value)
                         bottom += h
                 else:
-                    ax.bar(x, s.e2e_s.mean, 0.8, color="#999999", hatch=hatch, edgecolor="white")
-                ax.errorbar(x, s.e2e_s.mean, yerr=_ci_err(s.e2e_s), color="black", capsize=3, linewidth=1)
+                    for column, value in zip(plain, (x, s.e2e_s.mean, hatch)):
+                        column.append(value)
+                means.append(s.e2e_s.mean)
+                errs.append(_ci_err(s.e2e_s))
                 ticks.append(x)
                 tick_labels.append(f"{k.cores}\n{k.cpu_mode}{_cold(k)}")
                 x += 1.0
             group_centres.append(((start + x - 1.0) / 2.0, platform))
             x += 0.8
+        for phase in PHASES:                      # one bar call per phase: the stacks' layers in the same order
+            if phase in stacks:
+                xs, heights, bottoms, hatches = stacks[phase]
+                _bars(ax, xs, heights, 0.8, bottoms, hatches, color=PHASE_COLORS[phase], edgecolor="white",
+                      linewidth=0.5)
+        if plain[0]:
+            _bars(ax, plain[0], plain[1], 0.8, None, plain[2], color="#999999", edgecolor="white")
+        _error_bars(ax, ticks, means, errs, color="black", capsize=3, linewidth=1)
         ax.set_xticks(ticks, tick_labels, fontsize=8)
         third_line = any(k.cache != "warm" for k in dev_keys)         # "cold cache" under some ticks
         for centre, platform in group_centres:
@@ -256,6 +318,7 @@ def normalised_e2e(scenarios: dict[ScenarioKey, ScenarioStats], config: tuple[in
     ax = fig.subplots()
     width = 0.8 / len(platforms)
     reference_names = []
+    bars: dict[str, tuple[list, list, list]] = {}         # platform -> x, normalised mean, normalised CI half-width
     for a, app in enumerate(apps):
         mine = {k.platform: scenarios[k] for k in keys if k.app == app}
         ref_platform = (BASELINE_PLATFORM if BASELINE_PLATFORM in mine
@@ -266,9 +329,12 @@ def normalised_e2e(scenarios: dict[ScenarioKey, ScenarioStats], config: tuple[in
             if platform not in mine:
                 continue
             s = mine[platform].e2e_s
-            xpos = a - 0.4 + width * (p + 0.5)
-            ax.bar(xpos, s.mean / ref, width, color=platform_colour(platform))
-            ax.errorbar(xpos, s.mean / ref, yerr=_ci_err(s) / ref, color="black", capsize=2, linewidth=1)
+            for column, value in zip(bars.setdefault(platform, ([], [], [])),
+                                     (a - 0.4 + width * (p + 0.5), s.mean / ref, _ci_err(s) / ref)):
+                column.append(value)
+    for platform, (xs, ys, errs) in bars.items():      # one bar call and one errorbar call per platform
+        _bars(ax, xs, ys, width, color=platform_colour(platform))
+        _error_bars(ax, xs, ys, errs, color="black", capsize=2, linewidth=1)
     handles = [Patch(facecolor=platform_colour(p), label=f"{p} ({platform_title(p)})")
                for p in platforms]
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -297,28 +363,34 @@ def overhead_vs_bm(overheads: Sequence[OverheadFinding], app: str, emulated: boo
     width = 0.8 / len(series)
     fig = Figure(figsize=(max(8.5, 1.2 * len(mine) + 4.5), 4.8), layout="constrained")
     ax = fig.subplots()
-    for i, o in enumerate(mine):
-        for j, name in enumerate(series):
+    stars: list[tuple[float, float, bool]] = []
+    for j, name in enumerate(series):             # one bar call and one errorbar call per series
+        xs, values, ci_x, ci_y, low, high = [], [], [], [], [], []
+        for i, o in enumerate(mine):
             xpos = i - 0.4 + width * (j + 0.5)
             if name == "e2e":
                 value, ci, significant = o.e2e.relative_pct, o.e2e.relative_ci_pct, o.e2e.significant
-                colour = "black"
             else:
                 if name not in o.phases:
                     continue
                 ph = o.phases[name]
                 value, ci, significant = ph.contribution_pct, ph.contribution_ci_pct, ph.comparison.significant
-                colour = PHASE_COLORS[name]
             if value is None:
                 continue
-            ax.bar(xpos, value, width, color=colour)
+            xs.append(xpos)
+            values.append(value)
             if ci is not None:
-                ax.errorbar(xpos, value, yerr=[[value - ci[0]], [ci[1] - value]], color="#444444", capsize=2,
-                            linewidth=0.8)
+                ci_x.append(xpos)
+                ci_y.append(value)
+                low.append(value - ci[0])
+                high.append(ci[1] - value)
             if significant:
                 top = ci[1] if (ci and value >= 0) else (ci[0] if ci else value)
-                ax.annotate("*", (xpos, top), xytext=(0, 2 if value >= 0 else -10), textcoords="offset points",
-                            ha="center", fontsize=11)
+                stars.append((xpos, top, value >= 0))
+        if xs:
+            _bars(ax, xs, values, width, color="black" if name == "e2e" else PHASE_COLORS[name])
+        _error_bars(ax, ci_x, ci_y, [low, high], color="#444444", capsize=2, linewidth=0.8)
+    _stars(ax, stars)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xticks(range(len(mine)), [f"{o.subject.platform}\n{o.subject.cores} {o.subject.cpu_mode} {o.subject.device}"
                                      f"{_cold(o.subject)}" for o in mine], fontsize=8)
@@ -326,7 +398,7 @@ def overhead_vs_bm(overheads: Sequence[OverheadFinding], app: str, emulated: boo
     ax.set_xlabel("platform (vs BM at the same cores, CPU mode, device and cache state)")
     handles = [Patch(facecolor=PHASE_COLORS[p], label=PHASE_TITLES[p]) for p in series if p != "e2e"]
     handles.append(Patch(facecolor="black", label="E2E total"))
-    handles.append(Line2D([], [], color="black", marker="$*$", linestyle="none", label="significant (paired or Welch, p<0.05)"))
+    handles.append(Line2D([], [], linestyle="none", label="significant (paired or Welch, p<0.05)", **STAR))
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
@@ -403,16 +475,24 @@ def cold_start(cold: Sequence[ColdStartFinding], emulated: bool = False) -> Figu
     axes = fig.subplots(1, len(apps), squeeze=False)[0]
     for ax, app in zip(axes, apps):
         mine = sorted((c for c in cold if c.app == app), key=lambda c: (c.device, _platform_rank(c.platform)))
+        layers: dict[str, tuple[list, list, list]] = {}          # part -> x, height, bottom of its bars
         for i, c in enumerate(mine):
             bottom = 0.0
             for part in COLD_PARTS:
                 if part in c.parts_s:
                     h = c.parts_s[part].mean
-                    ax.bar(i, h, 0.7, bottom=bottom, color=COLD_COLORS[part], edgecolor="white", linewidth=0.5)
+                    for column, value in zip(layers.setdefault(part, ([], [], [])), (i, h, bottom)):
+                        column.append(value)
                     bottom += h
-            if not c.parts_s:
-                ax.bar(i, c.total_s.mean, 0.7, color="#999999")
-            ax.errorbar(i, c.total_s.mean, yerr=_ci_err(c.total_s), color="black", capsize=3, linewidth=1)
+        for part in COLD_PARTS:                   # one bar call per part, stacked in the same order
+            if part in layers:
+                xs, heights, bottoms = layers[part]
+                _bars(ax, xs, heights, 0.7, bottoms, color=COLD_COLORS[part], edgecolor="white", linewidth=0.5)
+        whole = [i for i, c in enumerate(mine) if not c.parts_s]
+        if whole:
+            _bars(ax, whole, [mine[i].total_s.mean for i in whole], 0.7, color="#999999")
+        _error_bars(ax, range(len(mine)), [c.total_s.mean for c in mine], [_ci_err(c.total_s) for c in mine],
+                    color="black", capsize=3, linewidth=1)
         ax.set_xticks(range(len(mine)), [f"{c.platform}\n{c.device} (n={c.total_s.n})" for c in mine], fontsize=8)
         ax.set_ylabel("cold start (s)")
         ax.set_title(app, fontsize=10)
@@ -500,28 +580,89 @@ def _cores_label(cores: int) -> str:
     return f"{cores} core" if cores == 1 else f"{cores} cores"
 
 
-def all_figures(findings, models: Sequence[ScalingModel], out_dir: Path) -> list[FigureFile]:
-    """Draw and save every figure the findings support; return them in report order."""
+def all_figures(findings, models: Sequence[ScalingModel], out_dir: Path,
+                workers: int | None = None) -> list[FigureFile]:
+    """Draw and save every figure the findings support; return them in report order.
+
+    The figures are independent, so up to ``workers`` (default :data:`FIGURE_WORKERS`, never more than the CPUs)
+    are drawn at once in forked processes, which inherit the findings instead of receiving them pickled; where
+    forking is not available, or a worker dies, the rest are drawn here, one after the other."""
+    jobs = _figure_jobs(findings, models, out_dir)
+    wanted = FIGURE_WORKERS if workers is None else workers
+    n = min(wanted, len(jobs), os.cpu_count() or 1)
+    done: dict[int, FigureFile | None] = {}
+    if n > 1 and "fork" in multiprocessing.get_all_start_methods():
+        order = sorted(range(len(jobs)), key=lambda i: -jobs[i].weight)    # the big ones first: even finish
+        try:
+            with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
+                                     initializer=_adopt_jobs, initargs=(jobs,)) as pool:
+                futures = {i: pool.submit(_run_adopted_job, i) for i in order}
+                for i, future in futures.items():
+                    done[i] = future.result()
+        except (BrokenProcessPool, OSError):
+            pass                                  # drawn below, in this process
+    for i, job in enumerate(jobs):
+        if i not in done:
+            done[i] = job.run()
+    return [f for i in range(len(jobs)) if (f := done[i]) is not None]
+
+
+FIGURE_WORKERS = 2          # processes that draw figures at once (each ~100 MB; the report needs no more on 2 cores)
+
+
+@dataclasses.dataclass
+class _FigureJob:
+    """One figure to draw and save: ``draw(*args)`` returns the Figure (or None), saved as ``name``."""
+
+    draw: Callable[..., Figure | None]
+    args: tuple
+    out_dir: Path
+    name: str
+    caption: str
+    emulated: bool
+    weight: int = 1                     # rough cost, to start the biggest first
+
+    def run(self) -> FigureFile | None:
+        fig = self.draw(*self.args)
+        return None if fig is None else save(fig, self.out_dir, self.name, self.caption, self.emulated)
+
+
+_adopted: list[_FigureJob] = []
+
+
+def _adopt_jobs(jobs: list[_FigureJob]) -> None:
+    """A worker's initializer: the jobs, inherited through fork (not pickled)."""
+    _adopted[:] = jobs
+
+
+def _run_adopted_job(index: int) -> FigureFile | None:
+    return _adopted[index].run()
+
+
+def _figure_jobs(findings, models: Sequence[ScalingModel], out_dir: Path) -> list[_FigureJob]:
+    """Every figure of the report, in report order (the file names and captions are part of the report's JSON)."""
     emulated = findings.emulated
     tag = "emulated-" if emulated else ""
     suffix = " (emulated, QEMU TCG)" if emulated else ""
-    out: list[FigureFile] = []
+    out: list[_FigureJob] = []
     apps = sorted({k.app for k in findings.scenarios})
+    per_app = {app: sum(1 for k in findings.scenarios if k.app == app) for app in apps}
 
-    def keep(fig: Figure | None, name: str, caption: str) -> None:
-        if fig is not None:
-            out.append(save(fig, out_dir, tag + name, caption + suffix, emulated))
+    def keep(draw: Callable[..., Figure | None], args: tuple, name: str, caption: str, weight: int = 1) -> None:
+        out.append(_FigureJob(draw, args, out_dir, tag + name, caption + suffix, emulated, weight))
 
     for app in apps:
-        keep(e2e_by_platform(findings.scenarios, app, emulated), f"e2e-by-platform-{app}",
-             f"{app}: mean E2E per deployment, stacked by phase; hatched bars are pinned (PIN); error bars 95% CI.")
+        keep(e2e_by_platform, (findings.scenarios, app, emulated), f"e2e-by-platform-{app}",
+             f"{app}: mean E2E per deployment, stacked by phase; hatched bars are pinned (PIN); error bars 95% CI.",
+             2 * per_app[app])
     for app in apps:
-        keep(scale_up(findings.scenarios, findings.knees, models, app, emulated), f"scale-up-{app}",
+        keep(scale_up, (findings.scenarios, findings.knees, models, app, emulated), f"scale-up-{app}",
              f"{app}: E2E vs cores per platform; the star marks the knee; dotted lines are model predictions.")
     for app in apps:
-        keep(overhead_vs_bm(findings.overheads, app, emulated), f"overhead-vs-bm-{app}",
-             f"{app}: how much longer (or shorter) each phase takes than on BM, in % of BM's E2E; * = significant.")
-    keep(gpu_speedup(findings.gpu, emulated), "gpu-speedup",
+        keep(overhead_vs_bm, (findings.overheads, app, emulated), f"overhead-vs-bm-{app}",
+             f"{app}: how much longer (or shorter) each phase takes than on BM, in % of BM's E2E; * = significant.",
+             2 * per_app[app])
+    keep(gpu_speedup, (findings.gpu, emulated), "gpu-speedup",
          "CPU→GPU speedup of inference alone and of E2E; the dashed line is the Amdahl bound of E2E.")
     seen = set()
     for cache in ("warm", "cold"):
@@ -530,16 +671,16 @@ def all_figures(findings, models: Sequence[ScalingModel], out_dir: Path) -> list
             if config and (config, cache) not in seen:
                 seen.add((config, cache))
                 cold = "" if cache == "warm" else f"-{cache}-cache"
-                keep(normalised_e2e(findings.scenarios, config, emulated, cache),
+                keep(normalised_e2e, (findings.scenarios, config, emulated, cache),
                      f"normalised-e2e-{config[0]}-{config[1]}-{config[2]}{cold}",
                      f"E2E of every platform divided by the reference platform's (BM when measured) at "
                      f"{config[0]}/{config[1]}/{config[2]}{', ' + cache + ' cache' if cold else ''}, per application.")
-    keep(cold_start(findings.cold_starts, emulated), "cold-start",
-         "Cold start (provision, process start, imports, model load, first inference) per platform.")
+    keep(cold_start, (findings.cold_starts, emulated), "cold-start",
+         "Cold start (provision, process start, imports, model load, first inference) per platform.",
+         len(findings.cold_starts))
     if len(getattr(findings, "policies", ())) > 1:
         for app in apps:
-            keep(e2e_by_thread_policy(findings.thread_policies, app, emulated), f"{THREADS_FIGURE_PREFIX}{app}",
+            keep(e2e_by_thread_policy, (findings.thread_policies, app, emulated), f"{THREADS_FIGURE_PREFIX}{app}",
                  f"{app}: mean E2E with each thread policy per deployment (sized: pools sized to the deployment's "
                  "cores; framework-default: each library's own choice); the % is the penalty vs sized.")
     return out
-

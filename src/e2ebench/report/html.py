@@ -16,6 +16,7 @@ import datetime as _dt
 import functools
 import html
 import json
+import shlex
 from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
@@ -557,6 +558,15 @@ def _cost(part: _Part) -> list[Block]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# provenance: every run of a small study; the environments and the runs not used of a big one
+
+PROVENANCE_RUNS_LISTED = 2000      # a study of more runs gets environments and unused runs instead of a row per run
+PROVENANCE_UNUSED_LISTED = 500     # unused runs listed in the grouped provenance, then a count
+ENVIRONMENT_SAMPLES = 128          # runs whose environment is read per (fleet host, platform) group, evenly spread
+ENVIRONMENT_FIELDS = ("hostname", "kernel", "cpu_model", "python", "libraries")   # what makes two environments differ
+
+
 def _with_results(runs: list[dict], store, batch: int = 500) -> Iterator[tuple[dict, dict]]:
     """``(run, the environment and platform_info of its result)`` for each run, read from ``store`` ``batch`` runs at
     a time (a run that carries its ``result`` already keeps it)."""
@@ -568,15 +578,32 @@ def _with_results(runs: list[dict], store, batch: int = 500) -> Iterator[tuple[d
             yield run, (run["result"] if "result" in run else found.get(run["id"])) or {}
 
 
-def _provenance(data: StudyData, store) -> _Section:
-    """Every run with where it ran; the one part of the report that reads the runs' JSON (``store``), a batch at a
-    time, since the analysis reads the store's columns."""
+def _provenance(data: StudyData, store, runs_listed: int | None = None) -> _Section:
+    """Where the runs ran.  A study of up to ``runs_listed`` runs (default :data:`PROVENANCE_RUNS_LISTED`) lists every
+    run with its environment; a bigger one -- a fleet's 10^5 runs would be an HTML table of 10^5 rows and seconds of
+    JSON -- lists the environments the runs ran in, grouped, and the runs that were not used (:func:`_grouped`).
+    Read from the store (``data`` gives the study and the used runs)."""
+    limit = PROVENANCE_RUNS_LISTED if runs_listed is None else runs_listed
+    study_id = data.study["id"]
+    count = store.db.execute("SELECT COUNT(*) FROM runs WHERE study_id=?", (study_id,)).fetchone()[0]
+    if count > limit:
+        return _grouped(data, store, count, limit)
+    runs = store.runs(study_id=study_id, phase=None, with_result=False)
+    return _Section("provenance", "Provenance of every run", [_run_table(runs, data.used_run_ids, store)])
+
+
+_LIBRARIES_KEY = "libraries"
+
+
+def _libraries_cell(libs: dict) -> Cell:
+    headline = f"torch {libs['torch']}" if "torch" in libs else f"{len(libs)} libraries"
+    return _details(headline, "\n".join(f"{k} {v}" for k, v in sorted(libs.items())))
+
+
+def _run_table(runs: list[dict], used_run_ids: set[int], store) -> Block:
+    """Every run with where it ran; its environment and platform_info read from its JSON, a batch at a time."""
     rows, classes = [], []
     drawn: dict[int, tuple[Any, Any]] = {}      # id(value) -> (value, its cell): the runs of one host share values
-
-    def libraries_cell(libs: dict) -> Any:
-        headline = f"torch {libs['torch']}" if "torch" in libs else f"{len(libs)} libraries"
-        return _details(headline, "\n".join(f"{k} {v}" for k, v in sorted(libs.items())))
 
     def platform_info_cell(info: dict) -> Any:
         return _details(f"{len(info)} keys", json.dumps(info, indent=1, sort_keys=True, default=str))
@@ -587,22 +614,176 @@ def _provenance(data: StudyData, store) -> _Section:
             hit = drawn[id(value)] = (value, draw(value))
         return hit[1]
 
-    for run, r in _with_results(store.runs(study_id=data.study["id"], phase=None, with_result=False), store):
+    for run, r in _with_results(runs, store):
         env = r.get("environment") or {}
-        libs = env.get("libraries") or {}
+        libs = env.get(_LIBRARIES_KEY) or {}
         info = r.get("platform_info") or {}
-        used = run["id"] in data.used_run_ids
         info_html = cell(info, platform_info_cell) if info else None
-        libs_html = cell(libs, libraries_cell) if libs else None
+        libs_html = cell(libs, _libraries_cell) if libs else None
         rows.append((
             run["id"], _scenario_cell(run["scenario"], bool(run["emulated"]), no_wrap=True), run["phase"], run["seq"],
-            run["status"], "yes" if run["outlier"] else "no", "yes" if used else "no",
-            nowrap(_iso(run["started_at"]).replace("T", " ").replace("+00:00", "Z")),
-            nowrap(f"{run['e2e_s']:.4g} s") if run.get("e2e_s") is not None else None,
+            run["status"], "yes" if run["outlier"] else "no", "yes" if run["id"] in used_run_ids else "no",
+            _started_cell(run["started_at"]), nowrap(f"{run['e2e_s']:.4g} s") if run.get("e2e_s") is not None else None,
             env.get("hostname"), env.get("kernel"), env.get("cpu_model"), env.get("python"), libs_html, info_html,
             run.get("error"),
         ))
         classes.append("emulated" if run["emulated"] else "")
-    blocks = [table(["run", "scenario", "phase", "seq", "status", "outlier", "used", "started (UTC)", "E2E", "host",
-                  "kernel", "CPU", "Python", "libraries", "platform_info", "error"], rows, classes, cls="provenance")]
-    return _Section("provenance", "Provenance of every run", blocks)
+    return table(["run", "scenario", "phase", "seq", "status", "outlier", "used", "started (UTC)", "E2E", "host",
+                  "kernel", "CPU", "Python", "libraries", "platform_info", "error"], rows, classes, cls="provenance")
+
+
+def _started_cell(ts: Any) -> Cell:
+    return nowrap(_iso(ts).replace("T", " ").replace("+00:00", "Z"))
+
+
+def _grouped(data: StudyData, store, count: int, limit: int) -> _Section:
+    """The provenance of a big study: its environments (:func:`_environments`), its runs not used (up to
+    :data:`PROVENANCE_UNUSED_LISTED`), and how to get every run."""
+    study_id = data.study["id"]
+    columns = {r["name"] for r in store.db.execute("PRAGMA table_info(runs)")}
+    host = "host" if "host" in columns else "NULL"           # an older store read as it is: no fleet hosts
+    with store._guard():                 # plain tuples of columns the analysis index covers: 10^5 rows in ~0.1 s
+        cursor = store.db.raw.cursor()
+        cursor.row_factory = None
+        runs = sorted(cursor.execute(f"SELECT id, {host}, platform, emulated FROM runs WHERE study_id=?",
+                                     (study_id,)).fetchall())
+    environments, read = _environments(runs, store)
+    ends = [i for _, _, first, last in environments.values() for i in (first, last)]
+    started = {int(r[0]): r[1] for r in store.db.execute(
+        f"SELECT id, started_at FROM runs WHERE id IN ({', '.join('?' * len(ends))})", ends)} if ends else {}
+    rows = [(platform + (" (emulated)" if emulated else ""), fleet_host, env["hostname"], env["kernel"], env["cpu_model"],
+             env["python"], _libraries_cell(env["libraries"]) if env["libraries"] else None, n,
+             nowrap(f"{first}–{last}"), _started_cell(started.get(first)), _started_cell(started.get(last)))
+            for (platform, emulated, fleet_host, _), (env, n, first, last) in environments.items()]
+    blocks = [
+        _p(f"This study has {count:,} runs, more than the {limit:,} listed one by one: below are the environments "
+           "they ran in and the runs that were not used. Every run is listed by "
+           f"\"e2ebench show --study {shlex.quote(study_id)} --runs --json\" (or --csv); each run's full result, its environment "
+           "and platform_info included, is kept in the store (runs.result_json)."),
+        _h3("Environments"),
+        _p(f"Sampled: the environment (host name, kernel, CPU model, Python, libraries) of {read:,} of the {count:,} "
+           f"runs was read — up to {ENVIRONMENT_SAMPLES} runs spread evenly over each group of runs of one fleet host "
+           "and platform, and, where two of them differ, the runs between them by bisection, which finds the run "
+           "where the environment changed. A change that was undone between two sampled runs of a group is not seen. "
+           "Run counts and id ranges are per environment; the ids of a group interleave with the other groups'.",
+           muted=True),
+        table(["platform", "fleet host", "host name", "kernel", "CPU", "Python", "libraries", "runs", "run ids",
+               "first id started (UTC)", "last id started (UTC)"], rows),
+        _h3("Runs not used"),
+    ]
+    blocks += _unused(runs, data.used_run_ids, store)
+    return _Section("provenance", "Provenance: environments and the runs not used", blocks)
+
+
+def _environments(runs: Sequence[tuple], store) -> tuple[dict, int]:
+    """The environments of ``runs`` (tuples from :func:`_grouped`'s query), sampled: per (fleet host, platform,
+    emulated) group, :data:`ENVIRONMENT_SAMPLES` runs spread evenly, then bisection between two samples that differ
+    until the change is found to the run.  Returns ``{(platform, emulated, host, environment key): (environment,
+    runs, first id, last id)}`` in the order of first appearance, and how many runs' JSON was read."""
+    groups: dict[tuple, list[tuple]] = {}
+    for run in runs:
+        groups.setdefault((run[2], bool(run[3]), run[1]), []).append(run)
+    known: dict[int, tuple[tuple, dict]] = {}            # run id -> (environment key, environment)
+
+    def read(ids: Iterable[int]) -> None:
+        wanted = [i for i in ids if i not in known]
+        for run_id, result in store.results(wanted, keys=("environment",)):
+            env = result.get("environment") if isinstance(result.get("environment"), dict) else {}
+            shown = {f: env.get(f) for f in ENVIRONMENT_FIELDS}
+            if not isinstance(shown[_LIBRARIES_KEY], dict):
+                shown[_LIBRARIES_KEY] = {}
+            known[run_id] = (tuple(json.dumps(shown[f], sort_keys=True, default=str) for f in ENVIRONMENT_FIELDS),
+                             shown)
+        for run_id in wanted:                            # a run whose row vanished meanwhile: no environment
+            known.setdefault(run_id, (("null",) * len(ENVIRONMENT_FIELDS), dict.fromkeys(ENVIRONMENT_FIELDS)))
+
+    samples = {g: _spread(len(members), ENVIRONMENT_SAMPLES) for g, members in groups.items()}
+    read(members[i][0] for g, members in groups.items() for i in samples[g])
+    out: dict[tuple, list] = {}
+    for g, members in groups.items():
+        key_at = lambda i: known[members[i][0]][0]      # noqa: E731 -- the environment key of the group's i-th run
+        changes = []                                     # positions where the environment differs from the run before
+        pending = [(a, b) for a, b in zip(samples[g], samples[g][1:]) if key_at(a) != key_at(b)]
+        while pending:
+            a, b = pending.pop()
+            if b - a == 1:
+                changes.append(b)
+                continue
+            middle = (a + b) // 2
+            read([members[middle][0]])
+            pending += [(x, y) for x, y in ((a, middle), (middle, b)) if key_at(x) != key_at(y)]
+        bounds = [0, *sorted(changes), len(members)]
+        for start, end in zip(bounds, bounds[1:]):
+            env_key, env = known[members[start][0]]
+            part = members[start:end]
+            entry = out.setdefault((g[0], g[1], g[2], env_key), [env, 0, part[0][0], part[-1][0]])
+            entry[1] += len(part)
+            entry[2], entry[3] = min(entry[2], part[0][0]), max(entry[3], part[-1][0])
+    ordered = sorted(out.items(), key=lambda item: item[1][2])
+    return {k: tuple(v) for k, v in ordered}, len(known)
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` positions among ``n``, evenly spread, the first and the last included."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def _why_unused(phase: str, status: str, outlier: Any, has_e2e: Any) -> str:
+    """Why the analysis left a run out, in the words of ``excluded`` (the overview's "runs left out")."""
+    if phase != "measure":
+        return f"phase {phase}"
+    if status != "ok":
+        return f"status {status}"
+    if outlier:
+        return "outlier"
+    if not has_e2e:
+        return "no e2e_s"
+    return analysis.ADHOC_OTHER_WORKLOAD
+
+
+def _rows_by_id(store, columns: str, ids: Sequence[int], batch: int = 500) -> dict[int, tuple]:
+    """``{id: (id, *columns)}`` of the given runs, ``batch`` ids a statement."""
+    found: dict[int, tuple] = {}
+    for start in range(0, len(ids), batch):
+        chunk = list(ids[start:start + batch])
+        for row in store.db.execute(f"SELECT id, {columns} FROM runs WHERE id IN ({', '.join('?' * len(chunk))})",
+                                    chunk):
+            found[int(row[0])] = tuple(row)
+    return found
+
+
+def _unused(runs: Sequence[tuple], used_run_ids: set[int], store) -> list[Block]:
+    """The runs the analysis did not use, failed ones first, then outliers, then the others (warm-ups), each by id;
+    up to :data:`PROVENANCE_UNUSED_LISTED` listed, the rest counted."""
+    unused_ids = [r[0] for r in runs if r[0] not in used_run_ids]
+    if not unused_ids:
+        return [_p("Every run was used.", muted=True)]
+    unused = list(_rows_by_id(store, "phase, status, outlier, e2e_s IS NOT NULL", unused_ids).values())
+    reasons: dict[str, int] = {}
+    for r in unused:
+        why = _why_unused(*r[1:])
+        reasons[why] = reasons.get(why, 0) + 1
+    order = sorted(unused, key=lambda r: (r[2] == "ok", not r[3], r[0]))
+    shown = [r[0] for r in order[:PROVENANCE_UNUSED_LISTED]]
+    names = ("id", "scenario", "phase", "seq", "status", "outlier", "started_at", "e2e_s", "emulated", "error")
+    found = {i: dict(zip(names, row)) for i, row in _rows_by_id(store, ", ".join(names[1:]), shown).items()}
+    rows, classes = [], []
+    for run_id in shown:
+        run = found.get(run_id)
+        if run is None:
+            continue
+        rows.append((run["id"], _scenario_cell(run["scenario"], bool(run["emulated"]), no_wrap=True), run["phase"],
+                     run["seq"], run["status"], "yes" if run["outlier"] else "no",
+                     _why_unused(run["phase"], run["status"], run["outlier"], run["e2e_s"] is not None),
+                     _started_cell(run["started_at"]),
+                     nowrap(f"{run['e2e_s']:.4g} s") if run["e2e_s"] is not None else None, run["error"]))
+        classes.append("emulated" if run["emulated"] else "")
+    counts = ", ".join(f"{why}: {n:,}" for why, n in sorted(reasons.items()))
+    listed = (f"all {len(unused):,} listed" if len(unused) <= len(rows) else
+              f"the first {len(rows):,} listed (failed runs first, then outliers, then the others, each by id); "
+              f"{len(unused) - len(rows):,} more not listed")
+    return [_p(f"{len(unused):,} runs not used ({counts}); {listed}."),
+            table(["run", "scenario", "phase", "seq", "status", "outlier", "why not used", "started (UTC)", "E2E",
+                   "error"], rows, classes, cls="provenance")]
