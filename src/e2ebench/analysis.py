@@ -10,8 +10,8 @@ Findings (every one is a dataclass with ``to_dict()``):
 * **overhead vs BM** — for every non-BM scenario with a BM scenario of the same cores, CPU mode, device
   and mode: the E2E ratio and, per phase, the phase's own ratio and its *contribution* to the E2E
   overhead in percentage points of BM's E2E (the contributions of io, pre, infer, post and other add up
-  to the E2E overhead).  Significance: Welch's t-test on the run values (``scipy.stats.ttest_ind``,
-  ``equal_var=False``), alpha 0.05.  Intervals: 95 %; a ratio's interval is the delta-method interval of
+  to the E2E overhead).  Significance: Welch's t-test on the run values (``e2ebench.tdist.welch_p``,
+  unequal variances), alpha 0.05.  Intervals: 95 %; a ratio's interval is the delta-method interval of
   the log of the ratio of two means with Welch-Satterthwaite degrees of freedom.
 * **scale-up knee** — per (app, platform, CPU mode, device, mode): the fewest cores whose mean E2E is
   within ``tolerance_pct`` (default 5 %) of the best mean.
@@ -51,11 +51,12 @@ import math
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Sequence
 
+from e2ebench import tdist
 from e2ebench.result import RunResult
 from e2ebench.platforms import BASELINE_PLATFORM, is_container, platform_rank, shares_host_kernel
 from e2ebench.scenario import Deployment, Scenario, cache_title, scenario_string
 from e2ebench.stats import (ConfidenceInterval, confidence_interval, drift_aware_interval, mean, paired_log_ratio,
-                            stdev, t_critical)
+                            t_critical)
 from e2ebench.store import ADHOC_STUDY
 from e2ebench.study_runs import NO_MOMENTS, Moments, interval_from_moments
 
@@ -78,7 +79,7 @@ ALPHA = 0.05
 DEFAULT_KNEE_TOLERANCE_PCT = 5.0
 SIGNIFICANCE_METHOD = (
     "paired t-test on the per-round log ratios when both scenarios ran in the same study rounds, else Welch's t-test "
-    "on per-run values (scipy.stats.ttest_ind, equal_var=False), alpha 0.05; 95% intervals: means include the host's "
+    "on per-run values (unequal variances), alpha 0.05; 95% intervals: means include the host's "
     "measured drift (Student-t on the runs plus the drift in quadrature), paired ratios Student-t on the log ratios, "
     "unpaired ratios the delta method on the log ratio"
 )
@@ -539,13 +540,7 @@ def _welch_df(a_var_n: float, b_var_n: float, n_a: int, n_b: int) -> float:
 
 def welch_p_value(subject: Sequence[float], baseline: Sequence[float]) -> float | None:
     """Two-sided p-value of Welch's t-test; ``None`` when a side has fewer than two values."""
-    if len(subject) < 2 or len(baseline) < 2:
-        return None
-    from scipy import stats as scipy_stats
-
-    if stdev(subject) == 0.0 and stdev(baseline) == 0.0:
-        return 1.0 if math.isclose(mean(subject), mean(baseline)) else 0.0
-    return float(scipy_stats.ttest_ind(list(subject), list(baseline), equal_var=False).pvalue)
+    return tdist.welch_p(subject, baseline)     # (both without spread: 1.0 when the means agree, else 0.0)
 
 
 def ratio_interval(numerator: Summary, denominator: Summary) -> tuple[float, tuple[float, float] | None] | None:
@@ -994,10 +989,8 @@ def chr_finding(scenarios: dict[ScenarioKey, ScenarioStats], overheads: list[Ove
             pts = [p for p in points if p.key.cpu_mode == cpu_mode and p.overhead and p.overhead.relative_pct is not None
                    and p.key.mode == "e2e" and p.key.cache == cache]
             if len({p.chr for p in pts}) >= 3:
-                from scipy import stats as scipy_stats
-
-                rho, p_value = scipy_stats.spearmanr([p.chr for p in pts], [p.overhead.relative_pct for p in pts])
-                if math.isfinite(rho):
+                rho, p_value = tdist.spearman([p.chr for p in pts], [p.overhead.relative_pct for p in pts])
+                if math.isfinite(rho) and p_value is not None:
                     name = cpu_mode if cache == "warm" else f"{cpu_mode}, {cache_title(cache)}"
                     correlation[name] = (float(rho), float(p_value), len(pts))
     return ChrFinding(points, correlation)

@@ -52,7 +52,7 @@ DEFAULT_OUTLIER_MIN_N = 5
 
 def mean(values: Sequence[float]) -> float:
     """Arithmetic mean; ``nan`` for an empty sequence."""
-    values = list(values)
+    values = values if type(values) is list else list(values)
     if not values:
         return math.nan
     return math.fsum(values) / len(values)
@@ -60,12 +60,12 @@ def mean(values: Sequence[float]) -> float:
 
 def stdev(values: Sequence[float]) -> float:
     """Sample standard deviation (``n - 1`` divisor); ``nan`` with fewer than two values."""
-    values = list(values)
+    values = values if type(values) is list else list(values)
     n = len(values)
     if n < 2:
         return math.nan
-    m = mean(values)
-    return math.sqrt(math.fsum((x - m) ** 2 for x in values) / (n - 1))
+    m = math.fsum(values) / n
+    return math.sqrt(math.fsum([(x - m) * (x - m) for x in values]) / (n - 1))     # (a list: fsum reads it faster)
 
 
 def t_critical(confidence: float, dof: float) -> float:

@@ -179,7 +179,7 @@ def load(store, study: dict, keep_outliers: bool, detail: bool = False,
     study_id = study["id"]
     excluded_ids = sorted({int(i) for i in exclude_ids})
     # ad-hoc runs of another workload: left out of every query (a JSON list of ids, never SQL text)
-    not_excluded = " AND id NOT IN (SELECT value FROM json_each(?))" if excluded_ids else ""
+    not_excluded = " AND runs.id NOT IN (SELECT value FROM json_each(?))" if excluded_ids else ""
     extra = [json.dumps(excluded_ids)] if excluded_ids else []
     counted_sql = COUNTED + not_excluded + ("" if keep_outliers else " AND outlier = 0")
 
