@@ -8,6 +8,8 @@ the study from its own copy of the store, analyses it and fits the models (not t
 ``all_figures`` into a fresh folder (wall and CPU time of the process, which includes any worker processes it
 waits for).  The versions alternate, ``--rounds`` times, so that other work on the machine falls on both alike;
 the table gives every measurement and the median per version, with the figures' count and the bytes of their PNGs.
+The code of now runs twice: drawing in this process alone (``workers=1``) and with two worker processes (the
+default), so that the table says what the worker processes add on this machine.
 
     .venv/bin/python benchmarks/report_figures.py --store /tmp/i14/store-scale/store-1000.sqlite --before ab8a3af
 """
@@ -35,7 +37,7 @@ from e2ebench import analysis, overhead_model
 from e2ebench.report import figures
 from e2ebench.store import Store
 
-store_path, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
+store_path, out_dir, workers = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 with Store(store_path) as store:
     study_id = store.latest_study()["id"]
     data = analysis.load_study(store, study_id)
@@ -45,7 +47,8 @@ def cpu():
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 wall, used = time.perf_counter(), cpu()
-drawn = figures.all_figures(native, models, out_dir)
+drawn = (figures.all_figures(native, models, out_dir) if workers == "default" else
+         figures.all_figures(native, models, out_dir, workers=int(workers)))
 wall, used = time.perf_counter() - wall, cpu() - used
 print(json.dumps({"wall_s": wall, "cpu_s": used, "figures": len(drawn), "scenarios": len(native.scenarios),
                   "png_bytes": sum(f.png.stat().st_size for f in drawn),
@@ -66,10 +69,10 @@ def source_of(rev: str, work: Path) -> Path:
     return tree / "src"
 
 
-def measure(src: Path, store: Path, out_dir: Path) -> dict:
+def measure(src: Path, workers: str, store: Path, out_dir: Path) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     env = dict(os.environ, PYTHONPATH=str(src), MPLBACKEND="Agg")
-    done = subprocess.run([sys.executable, "-c", CHILD, str(store), str(out_dir)], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", CHILD, str(store), str(out_dir), workers], env=env, capture_output=True,
                           text=True, cwd=out_dir.parent)
     if done.returncode != 0:
         raise SystemExit(f"measurement with {src} failed:\n{done.stderr[-3000:]}")
@@ -88,30 +91,35 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no store at {args.store}: make one with benchmarks/store_scale.py --runs 1000")
     work = args.work or Path(tempfile.mkdtemp(prefix="report-figures-"))
     work.mkdir(parents=True, exist_ok=True)
-    versions = {f"before ({args.before})": source_of(args.before, work), "now (working tree)": ROOT / "src"}
+    versions = {f"before ({args.before})": (source_of(args.before, work), "default"),
+                "now, 1 process": (ROOT / "src", "1"),
+                "now, 2 workers": (ROOT / "src", "2")}
     stores = {}
     for i, name in enumerate(versions):            # its own copy: a version may migrate the store it opens
         stores[name] = work / f"store-{i}.sqlite"
         shutil.copyfile(args.store, stores[name])
     rows = []
     for r in range(args.rounds):
-        for i, (name, src) in enumerate(versions.items()):
-            m = measure(src, stores[name], work / f"figures-{i}")
+        for i, (name, (src, workers)) in enumerate(versions.items()):
+            m = measure(src, workers, stores[name], work / f"figures-{i}")
+            m["load"] = os.getloadavg()[0]        # other work on the machine: 1-minute load average after the run
             rows.append((r + 1, name, m))
             print(f"round {r + 1}  {name:<24} all_figures {m['wall_s']:6.2f} s wall, {m['cpu_s']:6.2f} s CPU",
                   file=sys.stderr, flush=True)
     print(f"\nall_figures on {args.store} ({rows[0][2]['scenarios']} scenarios), {os.cpu_count()} cores\n")
-    print("| round | code | wall (s) | CPU (s) | figures | PNG KiB | SVG KiB |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print("| round | code | wall (s) | CPU (s) | load | figures | PNG KiB | SVG KiB |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for r, name, m in rows:
-        print(f"| {r} | {name} | {m['wall_s']:.2f} | {m['cpu_s']:.2f} | {m['figures']} | "
+        print(f"| {r} | {name} | {m['wall_s']:.2f} | {m['cpu_s']:.2f} | {m['load']:.1f} | {m['figures']} | "
               f"{m['png_bytes'] / 1024:.0f} | {m['svg_bytes'] / 1024:.0f} |")
     medians = {name: statistics.median(m["wall_s"] for _, n, m in rows if n == name) for name in versions}
     print()
     for name, value in medians.items():
-        print(f"median wall, {name}: {value:.2f} s")
-    before, now = medians.values()
-    print(f"speedup: {before / now:.2f}x")
+        cpu = statistics.median(m["cpu_s"] for _, n, m in rows if n == name)
+        print(f"median, {name}: {value:.2f} s wall, {cpu:.2f} s CPU")
+    before, *now = medians.values()
+    for name, value in list(medians.items())[1:]:
+        print(f"speedup, {name}: {before / value:.2f}x")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

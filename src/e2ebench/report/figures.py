@@ -471,7 +471,9 @@ def cold_start(cold: Sequence[ColdStartFinding], emulated: bool = False) -> Figu
     if not cold:
         return None
     apps = sorted({c.app for c in cold})
-    fig = Figure(figsize=(max(6.5, 3.2 * len(apps) + 2), 4.6), layout="constrained")
+    widest = max(sum(1 for c in cold if c.app == app) for app in apps)       # bars in the fullest panel
+    per_app = max(3.2, 0.9 * widest)                                         # room for "CPU (n=46)" under each bar
+    fig = Figure(figsize=(max(6.5, per_app * len(apps) + 2), 4.6), layout="constrained")
     axes = fig.subplots(1, len(apps), squeeze=False)[0]
     for ax, app in zip(axes, apps):
         mine = sorted((c for c in cold if c.app == app), key=lambda c: (c.device, _platform_rank(c.platform)))
