@@ -6,7 +6,8 @@ What is checked: ``fleet status`` lists three hosts with their facts; ``study --
 run each scenario; a study spread over the hosts never runs two runs on one host at once (start/finish times in the
 store); a host whose data set differs from the head's fails its runs naming the host; a node killed mid-run loses
 nothing and duplicates nothing; Ctrl-C cancels the runs in flight; the study process killed (SIGKILL) leaves no run
-going on the hosts and resumes.
+going on the hosts and resumes; a node joined with its own machine type (``--host-type``) makes a second type, and
+each (scenario, host type) is measured on its own hosts to its own stopping decision, also across a resume.
 Without ``--cluster`` nothing imports Ray.
 """
 
@@ -112,25 +113,24 @@ class LocalCluster:
 
         self.root = root
         self.nodes: dict[str, object] = {}
-        saved = dict(os.environ)
-        os.environ["E2EBENCH_FLEET_TEST"] = MARK
-        os.environ["RAY_DEDUP_LOGS"] = "0"
-        try:
-            self.cluster = Cluster(initialize_head=False)
-            for name in HOSTS:
-                self.add(name)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        self.cluster = Cluster(initialize_head=False)
+        for name in HOSTS:
+            self.add(name)
         self.address = self.cluster.address
 
-    def add(self, name: str) -> None:
-        os.environ["E2EBENCH_CACHE"] = str(self.root / f"cache-{name}")
-        args = {"resources": {fleet.HOST_RESOURCE: 1}, "num_cpus": 1, "labels": {fleet.HOST_LABEL: name},
+    def add(self, name: str, host_type: str | None = None) -> None:
+        """Start the node ``name`` (its labels as ``e2ebench fleet join --name NAME --host-type TYPE`` gives them)."""
+        saved = dict(os.environ)
+        os.environ.update(E2EBENCH_FLEET_TEST=MARK, RAY_DEDUP_LOGS="0", E2EBENCH_CACHE=str(self.root / f"cache-{name}"))
+        args = {"resources": {fleet.HOST_RESOURCE: 1}, "num_cpus": 1, "labels": fleet.node_labels(name, host_type),
                 "object_store_memory": 80 * 1024 * 1024}
         if name == "head":
             args["include_dashboard"] = False
-        self.nodes[name] = self.cluster.add_node(**args)
+        try:
+            self.nodes[name] = self.cluster.add_node(**args)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
     def kill(self, name: str) -> None:
         """SIGKILL the node's processes (raylet and its workers), as a host that dies."""
@@ -312,6 +312,85 @@ def test_ctrl_c_cancels_the_runs_in_flight(cluster, tmp_path):
     rows = stored_runs(tmp_path / "interrupt.sqlite")
     keys = [(r["scenario"], r["phase"], r["seq"]) for r in rows]
     assert len(set(keys)) == len(keys) and all(r["status"] == "ok" for r in rows)     # cancelled runs not stored
+
+
+def test_join_host_type_is_a_label_and_is_validated():
+    proc = cli("fleet", "join", "10.0.0.1:6379", "--name", "spot-1", "--host-type", "m7i.2xlarge", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "--labels e2ebench-host=spot-1,e2ebench-host-type=m7i.2xlarge" in proc.stdout
+    for bad in ("m7i 2xlarge", "-x", "x;rm", "a" * 64, ""):
+        refused = cli("fleet", "join", "10.0.0.1:6379", "--name", "spot-1", "--host-type", bad, "--dry-run")
+        assert refused.returncode == 2 and "host type" in refused.stderr, (bad, refused.stdout, refused.stderr)
+
+
+def _stored_rows_while_running(store: Path) -> int:
+    try:
+        with sqlite3.connect(store, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:           # not created yet, or busy
+        return 0
+
+
+def test_each_host_type_is_measured_to_its_own_stopping_decision(cluster, tmp_path):
+    """A node joined with its own type next to the others (their type derived from the same facts): one warm-up and
+    min = max = 3 measured runs per (scenario, host type), not 3 in all, each on hosts of its type; the study killed
+    after its first runs and resumed keeps the per-type counts."""
+    cluster.add("nodeb", host_type="type-b")
+    try:
+        status = json.loads(cli("fleet", "status", "--cluster", cluster.address, "--json").stdout)["hosts"]
+        types = {h["name"]: h["host_type"] for h in status}
+        derived = {h["name"]: h.get("derived_host_type") for h in status}
+        assert types["nodeb"] == "type-b" and derived["nodeb"] not in (None, "type-b")
+        type_a = derived["nodeb"]                                  # the others: the type of this machine's facts
+        hosts_a = sorted(n for n, t in types.items() if n != "nodeb")
+        assert hosts_a and all(types[n] == type_a and derived[n] is None for n in hosts_a)
+
+        study = tiny_study(tmp_path, "types", runs=3, cpu_modes=("VNL",), warmup=1)
+        scenario = "ic@BM/1/VNL/CPU"
+        plan = json.loads(cli("study", str(study), "--plan", "--json", "--cluster", cluster.address).stdout)
+        (entry,) = plan["scenarios"]
+        assert entry["host_types"] == {type_a: hosts_a, "type-b": ["nodeb"]}
+        assert plan["estimated_runs"] == {"min": 2 * (1 + 3), "max": 2 * (1 + 3)}
+
+        store = tmp_path / "types.sqlite"
+        driver = subprocess.Popen(CLI + ["study", str(study), "--json", "--cluster", cluster.address],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(lambda: _stored_rows_while_running(store) >= 2, 200), "no run was stored"
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(timeout=30)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+        assert wait_for(lambda: not marked_processes("e2ebench.worker") and
+                        ray.available_resources().get(fleet.HOST_RESOURCE, 0) == len(types), 60), "runs left going"
+        before = stored_runs(store)
+        assert 2 <= len(before) < 8, len(before)                  # killed mid-study
+        resumed = cli("study", str(study), "--json", "--cluster", cluster.address)
+        assert resumed.returncode == 0, resumed.stderr
+        events = [json.loads(line) for line in resumed.stdout.splitlines() if line.startswith("{")]
+        rows = stored_runs(store)
+    finally:
+        cluster.kill("nodeb")
+    assert [r["id"] for r in rows[:len(before)]] == [r["id"] for r in before]        # the finished runs were kept
+    assert len(events) == len(rows) - len(before) and {e["host_type"] for e in events} <= {type_a, "type-b"}
+    keys = [(r["scenario"], r["phase"], r["seq"]) for r in rows]
+    assert len(set(keys)) == len(keys), keys                               # no seq given twice, nothing duplicated
+    assert all(r["status"] == "ok" and r["scenario"] == scenario for r in rows), [r["error"] for r in rows]
+    for host_type, hosts in ((type_a, hosts_a), ("type-b", ["nodeb"])):
+        mine = [r for r in rows if r["host_type"] == host_type]
+        assert sorted(r["phase"] for r in mine) == ["measure"] * 3 + ["warmup"], (host_type, mine)
+        assert {host_of(r) for r in mine} <= set(hosts), (host_type, [host_of(r) for r in mine])
+    assert len(rows) == 8
+    assert sorted(r["seq"] for r in rows if r["phase"] == "measure") == list(range(6))   # shared by the two types
+    assert sorted(r["seq"] for r in rows if r["phase"] == "warmup") == [0, 1]
+    _no_overlap_per_host(rows)
+    shown = json.loads(cli("show", "--store", str(store), "--json").stdout)
+    per_type = {s["host_type"]: s for s in shown["scenarios"]}
+    assert set(per_type) == {type_a, "type-b"} and len(shown["scenarios"]) == 2
+    for summary in per_type.values():
+        assert summary["scenario"] == scenario and summary["n"] == 3 and summary["warmup_runs"] == 1
+        assert summary["status"] == "max-runs"
 
 
 def test_node_killed_mid_run_loses_nothing_and_duplicates_nothing(cluster, tmp_path):

@@ -1,7 +1,8 @@
 """``e2ebench fleet join`` and ``e2ebench fleet status`` (registered on :data:`e2ebench.cli.app` when imported).
 
 ``join`` starts a Ray node (``ray start``, an argument list) that offers one unit of the ``e2ebench_host`` resource,
-so that the cluster runs at most one e2ebench run on it at a time, and carries its host name as a node label.
+so that the cluster runs at most one e2ebench run on it at a time, and carries its host name (and, with
+``--host-type``, the machine type it reports instead of the one derived from its facts) as node labels.
 ``status`` gathers every host's facts on the host itself and says what each runs now.  Ray is imported only when one
 of these commands runs (see docs/fleet.md).
 
@@ -49,6 +50,11 @@ def join(
                                             help="The head's address, HOST:PORT (default port 6379); omit with --head."),
     head: bool = typer.Option(False, "--head", help="Start the cluster's head here (it is an e2ebench host too)."),
     name: Optional[str] = typer.Option(None, "--name", help="This host's name in the fleet (default: the hostname)."),
+    host_type: Optional[str] = typer.Option(
+        None, "--host-type", metavar="NAME",
+        help="The machine type this host reports (e.g. a cloud instance name), instead of the one derived from its "
+             "facts (CPU model, cores, memory, GPU). A study measures each scenario per type, to its own stopping "
+             "decision."),
     port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="--head: the GCS port (Ray's default 6379)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=0,
                                            help="CPUs Ray may schedule its own tasks on (e2ebench's runs ask for none)."),
@@ -62,16 +68,18 @@ def join(
         raise fail_usage("give the head's ADDRESS, or --head to start a new cluster here")
     host_name = name or socket.gethostname().split(".")[0]
     try:
-        fleet.valid_host_name(host_name)
+        labels = fleet.node_labels(host_name, host_type)
     except ValueError as exc:
         raise fail_usage(str(exc))
     command = fleet.join_command(None if head else address, host_name, num_cpus=num_cpus, port=port,
-                           temp_dir=str(temp_dir) if temp_dir else None, ray_executable=_ray_executable(), block=block)
+                                 temp_dir=str(temp_dir) if temp_dir else None, ray_executable=_ray_executable(),
+                                 block=block, host_type=host_type)
     if dry_run:
         console.print(shlex.join(command), markup=False, highlight=False)
         raise typer.Exit(EXIT_OK)
-    err_console.print(f"starting a Ray node for host [bold]{escape(host_name)}[/] ({fleet.HOST_RESOURCE}=1, label "
-                      f"{fleet.HOST_LABEL}={escape(host_name)})")
+    shown = ", ".join(f"{key}={value}" for key, value in labels.items())
+    err_console.print(f"starting a Ray node for host [bold]{escape(host_name)}[/] ({fleet.HOST_RESOURCE}=1, labels "
+                      f"{escape(shown)})")
     code = subprocess.call(command)
     raise typer.Exit(EXIT_OK if code == 0 else EXIT_FAILED)
 
@@ -100,7 +108,9 @@ def status(
         now = f"{running['scenario']} {running['phase']} #{running['seq']}" if running else "idle"
         platforms = ", ".join(p + ("*" if p in r["emulated_platforms"] else "") for p in r["available_platforms"])
         cpu = (f"{r['cpu_model']}, {r['cores']} cores, {r['sockets']} socket(s), {r['numa_nodes']} NUMA node(s)")
-        table.add_row(f"{escape(r['name'])}\n[dim]{escape(r['host_type'])}[/]", escape(cpu), f"{r['memory_gib']:.1f} GiB",
+        kind = r["host_type"] + (f" (given; from its facts: {r['derived_host_type']})" if r.get("derived_host_type")
+                                 else "")
+        table.add_row(f"{escape(r['name'])}\n[dim]{escape(kind)}[/]", escape(cpu), f"{r['memory_gib']:.1f} GiB",
                       escape(r["kernel"]), "yes" if r["kvm"] else ("device, guests emulated" if r.get("kvm_device") else "no"),
                       escape(", ".join(r["gpu_names"])) if r["gpus"] else "none", escape(platforms), escape(now))
     console.print(table)

@@ -94,12 +94,12 @@ class LiveProgress:
     def run_finished(self, event, state) -> None:
         self.current = None
         self.runs_done += 1
-        self.last_finished[event.scenario] = time.monotonic()
+        self.last_finished[state.key] = time.monotonic()      # (a fleet's key: "scenario on host type")
         if event.status != "ok":
-            err_console.print(f"[yellow]run failed[/] {escape(event.scenario)} {event.phase} #{event.seq}: "
+            err_console.print(f"[yellow]run failed[/] {escape(state.key)} {event.phase} #{event.seq}: "
                               f"{escape(str(event.error))[:300]}")
         if event.scenario_status == "abandoned":
-            err_console.print(f"[red]abandoned[/] {escape(event.scenario)}: {escape(state.abandon_reason or '')[:300]}")
+            err_console.print(f"[red]abandoned[/] {escape(state.key)}: {escape(state.abandon_reason or '')[:300]}")
 
     def study_finished(self, outcome) -> None:
         if self.live is not None:
@@ -189,7 +189,7 @@ class PlainProgress:
         left = state.remaining_runs_estimate(runner.policy, runner.keep_outliers)
         left_study = runner.remaining_runs_estimate()
         what = "warm-up" if event.phase == "warmup" else "measure"
-        line = (f"{time.strftime('%H:%M:%S')} {event.scenario}: run {done} of {_of(done, left)} "
+        line = (f"{time.strftime('%H:%M:%S')} {state.key}: run {done} of {_of(done, left)} "
                 f"(study: run {self.runs_done} of {_of(self.runs_done, left_study)}), {what} #{event.seq + 1}, ")
         if event.status == "ok":
             line += f"E2E {_fmt_sig(event.e2e_s)} s" + (" (outlier)" if event.outlier else "")
@@ -224,7 +224,7 @@ class JsonLines:
     """One JSON line per finished run on stdout."""
 
     KEYS = ("study_id", "scenario", "seq", "phase", "status", "e2e_s", "mean_s", "ci_halfwidth_pct", "n",
-            "outlier", "error", "run_id", "scenario_status")
+            "outlier", "error", "run_id", "scenario_status", "host_type")
 
     def study_started(self, runner) -> None:
         pass
@@ -408,16 +408,20 @@ def _print_fleet_plan(fleet) -> None:
         table.add_column(column)
     for p in plan.scenarios:
         where = fleet.where.get(p.key, ())
+        if len({h.host_type for h in fleet.hosts}) > 1:     # measured per type: "ic@BM/1/VNL/CPU on TYPE" each
+            where = [f"{', '.join(names)} (on {t})" for t, names in fleet.host_types(p.key).items()]
         why = "; ".join(f"{h}: {r}" for h, r in fleet.reasons.get(p.key, ()))
-        table.add_row(escape(p.key), escape(", ".join(where)) if where else "[red]none[/]", escape(why or p.note or ""))
+        table.add_row(escape(p.key), escape("; ".join(where)) if where else "[red]none[/]", escape(why or p.note or ""))
     console.print(table)
     for host in fleet.hosts:
         f = host.facts
         console.print(f"host {escape(host.name)} ({escape(host.host_type)}): {f['cores']} cores, {f['gpus']} GPU(s), "
                       f"KVM {'not probed' if f['kvm'] is None else 'yes' if f['kvm'] else 'no'}, platforms {', '.join(f['available_platforms'])}"
                       + (f" (emulated: {', '.join(f['emulated_platforms'])})" if f["emulated_platforms"] else ""))
-    fewest, most = plan.run_estimate()
-    console.print(f"estimated runs: {fewest} to {most} ({len(plan.feasible)} feasible scenarios)")
+    fewest, most = fleet.run_estimate()
+    measured = sum(len(fleet.host_types(p.key)) for p in plan.feasible)
+    console.print(f"estimated runs: {fewest} to {most} ({len(plan.feasible)} feasible scenarios, {measured} "
+                  "scenario x host type, each to its own stopping decision)")
     console.print(f"study file: {study.source}  (config sha256 {study.config_sha256[:16]})")
 
 
@@ -429,7 +433,7 @@ def _run_study(store, store_file, spec, plan, *, fresh: bool, quiet: bool, as_js
 
     study_id, resumed = open_study(store, spec, plan, fresh=fresh)
     if not quiet and not as_json:
-        fewest, most = plan.run_estimate()
+        fewest, most = (fleet or plan).run_estimate()
         verb = "resuming" if resumed else "starting"
         err_console.print(f"{verb} study [bold]{escape(study_id)}[/] ({len(plan.feasible)} scenarios, "
                           f"{fewest}..{most} runs) → {escape(str(store_file))}")

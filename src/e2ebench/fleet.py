@@ -14,6 +14,11 @@ Feasibility per host: the facts of each host (:class:`e2ebench.scenario.HostFact
 rule reads) are gathered *on* that host by a small task; :func:`fleet_plan` plans the study for every host and a
 scenario is feasible when at least one host can run it.
 
+Machine types: a host's type (:func:`host_type_of` its facts, or the name given with ``fleet join --host-type``, a
+node label) is part of a scenario's identity.  The runner keeps one state per (scenario, host type)
+(:class:`HostTypeState`): each is measured on hosts of its type only, to its own stopping decision, with its own
+outlier flags; the states of one scenario share its seq counters (the store's seq is unique per scenario and phase).
+
 Faults: a run whose task fails (its node died or left, its worker was killed) is dispatched again, to another host
 that can run it or to the same one when it is back, up to :data:`RUN_ATTEMPTS` times; after that it is stored as a
 failed run naming the host and the reason.  Nothing is stored twice: a (phase, seq) is stored once, when its result
@@ -54,11 +59,12 @@ from e2ebench.runner import Workload, cache_dir, default_data
 from e2ebench.scenario import HostFacts
 from e2ebench.store import StoreError
 from e2ebench.study import Plan, PlannedScenario, Study
-from e2ebench.study_runner import (ScenarioState, StudyRunner, run_in_platform, run_slug,
+from e2ebench.study_runner import (PHASE_WARMUP, ScenarioState, StudyRunner, run_in_platform, run_slug,
                                    say_on_stderr)
 
 HOST_RESOURCE = "e2ebench_host"          # one unit per e2ebench node; every run asks for it
 HOST_LABEL = "e2ebench-host"             # node label: the host's name (e2ebench fleet join --name)
+HOST_TYPE_LABEL = "e2ebench-host-type"   # node label: its machine type when given (e2ebench fleet join --host-type)
 NAMESPACE = "e2ebench"
 RUN_ATTEMPTS = 2                         # dispatches of one (phase, seq) before it is stored as failed
 FACTS_TIMEOUT_S = 300.0
@@ -77,6 +83,23 @@ def valid_host_name(name: str) -> str:
         raise ValueError(f"host name {name!r}: use 1-63 letters, digits, '.', '-' or '_' (starting and ending with a "
                          "letter or digit)")
     return name
+
+
+def valid_host_type(name: str) -> str:
+    """A machine type given at join (e.g. a cloud instance name, ``m7i.2xlarge``), or ValueError: the characters of a
+    Ray label value (it travels as one), which also keeps it safe in a command line, a file name and the reports."""
+    if not _NAME_RE.match(name or ""):
+        raise ValueError(f"host type {name!r}: use 1-63 letters, digits, '.', '-' or '_' (starting and ending with a "
+                         "letter or digit)")
+    return name
+
+
+def node_labels(name: str, host_type: str | None = None) -> dict[str, str]:
+    """The Ray node labels of an e2ebench host: its name and, when given, its machine type (validated)."""
+    labels = {HOST_LABEL: valid_host_name(name)}
+    if host_type is not None:
+        labels[HOST_TYPE_LABEL] = valid_host_type(host_type)
+    return labels
 
 
 # ---------------------------------------------------------------------------
@@ -101,10 +124,11 @@ def disconnect() -> None:
 
 
 def join_command(address: str | None, name: str, num_cpus: int | None = None, port: int | None = None,
-                 temp_dir: str | None = None, ray_executable: str = "ray", block: bool = False) -> list[str]:
+                 temp_dir: str | None = None, ray_executable: str = "ray", block: bool = False,
+                 host_type: str | None = None) -> list[str]:
     """The ``ray start`` argument list of ``e2ebench fleet join``: the node offers one :data:`HOST_RESOURCE` unit and
-    carries its host name as a label; ``address`` None starts a head (that is a host too)."""
-    valid_host_name(name)
+    carries its host name (and ``host_type`` when given) as labels; ``address`` None starts a head (a host too)."""
+    labels = node_labels(name, host_type)
     command = [ray_executable, "start"]
     if address is None:
         command += ["--head", "--include-dashboard=false"]
@@ -112,7 +136,8 @@ def join_command(address: str | None, name: str, num_cpus: int | None = None, po
             command += ["--port", str(int(port))]
     else:
         command += ["--address", address]
-    command += ["--resources", json.dumps({HOST_RESOURCE: 1}), "--labels", f"{HOST_LABEL}={name}"]
+    command += ["--resources", json.dumps({HOST_RESOURCE: 1}),
+                "--labels", ",".join(f"{key}={value}" for key, value in labels.items())]
     if num_cpus is not None:
         command += ["--num-cpus", str(int(num_cpus))]
     if temp_dir is not None:
@@ -226,7 +251,8 @@ def discover_hosts(platforms: list[str] | None = None, timeout_s: float = FACTS_
         except ray.exceptions.RayError as exc:
             say_on_stderr(f"fleet: host {_node_name(node)} did not give its facts: {type(exc).__name__}")
             continue
-        hosts.append(FleetHost(_node_name(node), node["NodeID"], node.get("NodeManagerAddress", ""), facts))
+        hosts.append(FleetHost(_node_name(node), node["NodeID"], node.get("NodeManagerAddress", ""),
+                               with_given_type(facts, node, _node_name(node))))
     for ref in not_ready:
         ray.cancel(ref, force=True)
         say_on_stderr(f"fleet: host {_node_name(refs[ref])} did not give its facts within {timeout_s:.0f} s")
@@ -236,6 +262,20 @@ def discover_hosts(platforms: list[str] | None = None, timeout_s: float = FACTS_
         raise FleetError(f"two e2ebench nodes carry the same host name {', '.join(duplicates)}: give each its own "
                          "(e2ebench fleet join --name)")
     return sorted(hosts, key=lambda h: h.name)
+
+
+def with_given_type(facts: dict, node: dict, name: str) -> dict:
+    """The facts with the machine type given at join (the node's :data:`HOST_TYPE_LABEL`) as ``host_type``; the type
+    derived from the facts stays as ``derived_host_type``.  A label that is not a valid type is said and ignored."""
+    given = (node.get("Labels") or {}).get(HOST_TYPE_LABEL)
+    if not given:
+        return facts
+    try:
+        valid_host_type(given)
+    except ValueError as exc:
+        say_on_stderr(f"fleet: host {name}: {exc}; its type is taken from its facts")
+        return facts
+    return {**facts, "host_type": given, "derived_host_type": facts["host_type"]}
 
 
 def running_now() -> dict[str, dict]:
@@ -291,12 +331,30 @@ class FleetPlan:
     where: dict[str, tuple[str, ...]]
     reasons: dict[str, tuple[tuple[str, str], ...]]
 
+    def host_types(self, key: str) -> dict[str, tuple[str, ...]]:
+        """{host type: its hosts that can run scenario ``key``}, in host order: the scenario is measured once per
+        type, each to its own stopping decision."""
+        types = {h.name: h.host_type for h in self.hosts}
+        out: dict[str, list[str]] = {}
+        for name in self.where.get(key, ()):
+            out.setdefault(types[name], []).append(name)
+        return {t: tuple(names) for t, names in out.items()}
+
+    def run_estimate(self) -> tuple[int, int]:
+        """(fewest, most) runs: :meth:`Plan.run_estimate` per (scenario, host type) that the fleet measures."""
+        r = self.plan.study.repetition
+        n = sum(len(self.host_types(p.key)) for p in self.plan.feasible)
+        return n * (r.warmup_runs + r.min_runs), n * (r.warmup_runs + r.max_runs)
+
     def as_dict(self) -> dict:
         out = self.plan.as_dict()
         out["hosts"] = [h.as_dict() for h in self.hosts]
         for entry in out["scenarios"]:
             entry["hosts"] = list(self.where.get(entry["scenario"], ()))
             entry["host_reasons"] = {h: r for h, r in self.reasons.get(entry["scenario"], ())}
+            entry["host_types"] = {t: list(names) for t, names in self.host_types(entry["scenario"]).items()}
+        fewest, most = self.run_estimate()
+        out["estimated_runs"] = {"min": fewest, "max": most}      # one stopping decision per scenario and host type
         return out
 
 
@@ -452,6 +510,52 @@ def _run_task(order: RunOrder) -> dict:
 # The runner
 
 
+def state_key(scenario: str, host_type: str) -> str:
+    """The key of a (scenario, host type) state, as the progress shows it: ``ic@BM/1/VNL/CPU on TYPE``."""
+    return f"{scenario} on {host_type}"
+
+
+@dataclasses.dataclass
+class SharedSeqs:
+    """The next seq of each phase of one scenario, shared by its states of every host type: the store's seq is
+    unique per (study, scenario, phase), and two types' runs of one scenario can be in flight at once."""
+
+    warmup: int = 0
+    measure: int = 0
+
+
+@dataclasses.dataclass
+class HostTypeState(ScenarioState):
+    """A scenario's state on one machine type of the fleet: its own runs, outliers and stopping decision.
+
+    ``warmup_next_seq``/``measure_next_seq`` count this type's stored runs of each phase (what the warm-up rule and the
+    progress read); the seq a run is stored under comes from ``seqs``, shared by the scenario's states."""
+
+    seqs: SharedSeqs = dataclasses.field(default_factory=SharedSeqs)
+
+    @property
+    def key(self) -> str:
+        return state_key(self.planned.key, str(self.host_type))
+
+    def begin_run(self, policy) -> tuple[str, int]:
+        """The phase from this type's own counts, the seq taken from the scenario's shared counter (reserved now: the
+        run keeps it when it is dispatched again, and a run never stored leaves a gap, not a duplicate)."""
+        phase, _ = self.next_run(policy)
+        if phase == PHASE_WARMUP:
+            seq, self.seqs.warmup = self.seqs.warmup, self.seqs.warmup + 1
+        else:
+            seq, self.seqs.measure = self.seqs.measure, self.seqs.measure + 1
+        return phase, seq
+
+    def record_seq(self, phase: str, seq: int) -> None:
+        if phase == PHASE_WARMUP:
+            self.warmup_next_seq += 1
+            self.seqs.warmup = max(self.seqs.warmup, seq + 1)
+        else:
+            self.measure_next_seq += 1
+            self.seqs.measure = max(self.seqs.measure, seq + 1)
+
+
 @dataclasses.dataclass
 class _InFlight:
     state: ScenarioState
@@ -465,14 +569,15 @@ class _InFlight:
 class FleetStudyRunner(StudyRunner):
     """:class:`StudyRunner` whose rounds run on the hosts of a Ray cluster, one run per host at a time.
 
-    ``fleet`` is the :class:`FleetPlan` of ``plan`` (``fleet.plan is plan``).  The round's order is kept for dispatch:
-    the next run in the round's order goes to the first free host that can run it.  The round ends when all its
+    ``fleet`` is the :class:`FleetPlan` of ``plan`` (``fleet.plan is plan``).  A state per (scenario, host type)
+    (:class:`HostTypeState`); a round runs each active one once.  The round's order is kept for dispatch: the next
+    run in the round's order goes to the first free host of its type that can run it.  The round ends when all its
     runs are stored (the stopping rule decides the next round from them).
     """
 
     def __init__(self, fleet: FleetPlan, store, study_id: str, **options):
+        self.fleet = fleet                                   # before the states are made and loaded
         super().__init__(fleet.plan, store, study_id, **options)
-        self.fleet = fleet
         self.hosts = {h.name: h for h in fleet.hosts}
         self.lost_hosts: dict[str, str] = {}                 # host -> why it was dropped
         self.logs_root = str((self.results_dir / "logs").resolve())
@@ -480,6 +585,29 @@ class FleetStudyRunner(StudyRunner):
         self.in_flight: dict[Any, _InFlight] = {}
         self.dispatches = 0                                  # tasks submitted (a re-dispatch counts again)
         self.notice = self.notice or say_on_stderr
+
+    def _new_states(self) -> list[ScenarioState]:
+        """One :class:`HostTypeState` per feasible scenario and host type that can run it; a scenario's share seqs."""
+        states: list[ScenarioState] = []
+        for planned in self.plan.feasible:
+            seqs = SharedSeqs()
+            states += [HostTypeState(planned, host_type=t, seqs=seqs) for t in self.fleet.host_types(planned.key)]
+        return states
+
+    def _state_key(self, row: dict) -> str:
+        """A stored run goes back to the state of its host type (a run without one, e.g. made by a single-host runner
+        of the same study, counts for no type; its seq is still taken, see :meth:`_load`)."""
+        return state_key(row["scenario"], row["host_type"]) if row.get("host_type") else ""
+
+    def _load(self) -> None:
+        counts = self.store.run_counts(self.study_id)          # every stored seq, of every type and of none
+        for state in self.states:
+            assert isinstance(state, HostTypeState)
+            state.seqs.warmup = max(state.seqs.warmup,
+                                    counts.get((state.planned.key, "warmup"), {}).get("next_seq", 0))
+            state.seqs.measure = max(state.seqs.measure,
+                                     counts.get((state.planned.key, "measure"), {}).get("next_seq", 0))
+        super()._load()
 
     def _calibrate(self) -> None:
         """The calibration probe on every host at the start of the round (issue 11: the host's drift, per host), each
@@ -494,7 +622,7 @@ class FleetStudyRunner(StudyRunner):
             if name in self.lost_hosts:
                 continue
             cores = max((s.planned.scenario.deployment.cores for s in self.states
-                         if name in self.fleet.where.get(s.key, ())), default=1)
+                         if name in self.fleet.where.get(s.planned.key, ())), default=1)
             refs[_probe_task.options(scheduling_strategy=_on_node(host.node_id)).remote(cores)] = name
         if not refs:
             return
@@ -522,20 +650,25 @@ class FleetStudyRunner(StudyRunner):
             self._update_drift()
 
     def _expected_sha256(self, state: ScenarioState) -> str:
-        if state.key not in self._sha:
+        key = state.planned.key
+        if key not in self._sha:
             workload = state.planned.workload
-            self._sha[state.key] = data_sha256(prepare_data(state.planned.scenario.app, workload))
-        return self._sha[state.key]
+            self._sha[key] = data_sha256(prepare_data(state.planned.scenario.app, workload))
+        return self._sha[key]
+
+    def _hosts_of(self, state: ScenarioState) -> tuple[str, ...]:
+        """The hosts of the state's type that can run its scenario."""
+        return self.fleet.host_types(state.planned.key).get(str(state.host_type), ())
 
     def _free_host_for(self, state: ScenarioState) -> FleetHost | None:
         busy = {f.host.name for f in self.in_flight.values()}
-        for name in self.fleet.where.get(state.key, ()):
+        for name in self._hosts_of(state):
             if name not in busy and name not in self.lost_hosts and name in self.hosts:
                 return self.hosts[name]
         return None
 
     def _usable_hosts(self, state: ScenarioState) -> list[str]:
-        return [n for n in self.fleet.where.get(state.key, ()) if n not in self.lost_hosts]
+        return [n for n in self._hosts_of(state) if n not in self.lost_hosts]
 
     def _dispatch(self, state: ScenarioState, host: FleetHost, phase: str, seq: int, attempt: int) -> None:
         planned = state.planned
@@ -543,7 +676,7 @@ class FleetStudyRunner(StudyRunner):
                          self.plan.study.platform_options(planned.scenario.deployment.platform),
                          self._expected_sha256(state), host.name, host.host_type, self.logs_root)
         ref = _run_task.options(scheduling_strategy=_on_node(host.node_id),
-                                name=f"e2ebench {planned.key} {phase} {seq}").remote(order)
+                                name=f"e2ebench {state.key} {phase} {seq}").remote(order)
         self.in_flight[ref] = _InFlight(state, phase, seq, host, time.perf_counter(), attempt)
         self.dispatches += 1
 
@@ -573,8 +706,9 @@ class FleetStudyRunner(StudyRunner):
                     if host is not None:
                         self._dispatch(state, host, phase, seq, attempt)
                     elif not self._usable_hosts(state):
-                        self._store_lost(state, phase, seq, "no host that can run it is left in the cluster "
-                                         f"({'; '.join(f'{h}: {r}' for h, r in self.lost_hosts.items())})")
+                        self._store_lost(state, phase, seq, f"no host of type {state.host_type} that can run it "
+                                         "is left in the cluster ("
+                                         f"{'; '.join(f'{h}: {r}' for h, r in self.lost_hosts.items())})")
                     else:
                         waiting.append((state, phase, seq, attempt))
                 queue = waiting
@@ -639,6 +773,7 @@ class FleetStudyRunner(StudyRunner):
 
     def _store_lost(self, state: ScenarioState, phase: str, seq: int, reason: str) -> None:
         result = RunResult.failure(state.planned.scenario, state.planned.workload, reason, time.time())
+        result.host_type = state.host_type           # it counts for its type's state (also when resumed)
         self._finish_run(state, phase, seq, result, 0.0)
 
 

@@ -100,6 +100,7 @@ class ScenarioState:
     status: str = PENDING
     data: Path | None = None
     drift_pct: float = 0.0                   # the host's drift, set by the runner after every probe
+    host_type: str | None = None             # the fleet machine type measured (None: this host; e2ebench.fleet)
     _remaining_cache: tuple | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -152,6 +153,18 @@ class ScenarioState:
             return PHASE_WARMUP, self.warmup_next_seq
         return PHASE_MEASURE, self.measure_next_seq
 
+    def begin_run(self, policy: RepetitionPolicy) -> tuple[str, int]:
+        """The (phase, seq) of the run that starts now: :meth:`next_run` (a fleet's per-machine-type state takes its
+        seq from the counter its scenario's states share, so that two of them in flight never get the same one)."""
+        return self.next_run(policy)
+
+    def record_seq(self, phase: str, seq: int) -> None:
+        """Count a stored run (its phase and seq; ``-1`` when unknown): the next run of that phase comes after it."""
+        if phase == PHASE_WARMUP:
+            self.warmup_next_seq = max(self.warmup_next_seq, seq + 1)
+        else:
+            self.measure_next_seq = max(self.measure_next_seq, seq + 1)
+
     def remaining_runs_estimate(self, policy: RepetitionPolicy, keep_outliers: bool) -> int:
         """Runs this scenario probably still needs (warm-ups + measured; see :func:`predicted_runs_needed`).
 
@@ -193,6 +206,7 @@ class RunEvent:
     error: str | None
     scenario_status: str
     run_wall_s: float
+    host_type: str | None = None    # the fleet machine type whose state the run counts for (None: one host)
 
     def as_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -314,7 +328,7 @@ class StudyRunner:
         self.results_dir = (results_dir or store.path.resolve().parent)
         self.retry_abandoned = retry_abandoned
         self.resumed = resumed
-        self.states: list[ScenarioState] = [ScenarioState(p) for p in plan.feasible]
+        self.states: list[ScenarioState] = self._new_states()
         self.runs_this_session = 0
         self.started_monotonic = time.monotonic()
         self.current: tuple[ScenarioState, str, int] | None = None
@@ -325,18 +339,22 @@ class StudyRunner:
         self._load()
 
     # -- state from the store ---------------------------------------------------------
+    def _new_states(self) -> list[ScenarioState]:
+        """One state per feasible scenario (a fleet has one per scenario and machine type)."""
+        return [ScenarioState(p) for p in self.plan.feasible]
+
+    def _state_key(self, row: dict) -> str:
+        """The :attr:`ScenarioState.key` a stored run belongs to: its scenario (one host's runs are all one type)."""
+        return row["scenario"]
+
     def _load(self) -> None:
         by_key = {s.key: s for s in self.states}
         rows = self.store.runs(study_id=self.study_id, phase=None, with_result=False)
         for row in rows:                      # ordered by id = the order the runs finished
-            state = by_key.get(row["scenario"])
+            state = by_key.get(self._state_key(row))
             if state is None:
                 continue
-            seq = row["seq"] if row["seq"] is not None else -1
-            if row["phase"] == PHASE_WARMUP:
-                state.warmup_next_seq = max(state.warmup_next_seq, seq + 1)
-            else:
-                state.measure_next_seq = max(state.measure_next_seq, seq + 1)
+            state.record_seq(row["phase"], row["seq"] if row["seq"] is not None else -1)
             if row["status"] == "ok":
                 state.consecutive_failures = 0
                 if row["phase"] == PHASE_MEASURE and row["e2e_s"] is not None:
@@ -476,7 +494,7 @@ class StudyRunner:
 
     def _begin_run(self, state: ScenarioState) -> tuple[str, int]:
         """The (phase, seq) of the state's next run, announced to the observer."""
-        phase, seq = state.next_run(self.policy)
+        phase, seq = state.begin_run(self.policy)
         self.current = (state, phase, seq)
         if state.status == PENDING:
             state.status = ACTIVE
@@ -499,10 +517,7 @@ class StudyRunner:
         self.runs_this_session += 1
         ok = result.ok
         state.run_wall_s.append(wall_s)
-        if phase == PHASE_WARMUP:
-            state.warmup_next_seq = seq + 1
-        else:
-            state.measure_next_seq = seq + 1
+        state.record_seq(phase, seq)
         if ok:
             state.consecutive_failures = 0
             if phase == PHASE_MEASURE:
@@ -517,10 +532,10 @@ class StudyRunner:
         state.refresh_status(self.policy, self.keep_outliers)
         mean_s, hw_pct, n = self.summary_of(state)
         event = RunEvent(
-            study_id=self.study_id, scenario=state.key, seq=seq, phase=phase, status="ok" if ok else "failed",
+            study_id=self.study_id, scenario=state.planned.key, seq=seq, phase=phase, status="ok" if ok else "failed",
             e2e_s=finite_or_none(result.e2e_s) if ok else None, mean_s=mean_s, ci_halfwidth_pct=hw_pct, n=n,
             run_id=run_id, outlier=state.outliers.get(run_id, False), error=None if ok else str(result.error),
-            scenario_status=state.status, run_wall_s=wall_s,
+            scenario_status=state.status, run_wall_s=wall_s, host_type=state.host_type,
         )
         self.observer.run_finished(event, state)
 
