@@ -1,0 +1,63 @@
+"""The scaling fits use every run through each core count's sufficient statistics (issue 14, item 9): the fit of the
+count-weighted means must be the fit of every run.  Checked against a second source: ordinary least squares over
+every run's row written out with numpy (Amdahl is linear in (1, 1/n)), its residuals and its covariance
+s^2 (X^T X)^-1."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from e2ebench.overhead_model import AMDAHL, OVERSUBSCRIBED, fit_model
+
+
+def _runs(levels, per_level, serial, parallel, noise, seed):
+    rng = random.Random(seed)
+    xs, ys = [], []
+    for cores, n in zip(levels, per_level):
+        for _ in range(n):
+            xs.append(cores)
+            ys.append((serial + parallel / cores) * (1 + rng.gauss(0, noise)))
+    return xs, ys
+
+
+@pytest.mark.parametrize("per_level", [(1, 1, 1), (3, 7, 2, 5), (200, 150, 180, 40, 90)])
+def test_amdahl_fit_of_the_means_is_the_least_squares_fit_of_every_run(per_level):
+    levels = (1, 2, 4, 8, 16)[:len(per_level)]
+    xs, ys = _runs(levels, per_level, serial=0.3, parallel=2.0, noise=0.04, seed=len(per_level))
+    fit = fit_model(AMDAHL, "e2e", xs, ys)
+    assert fit is not None and fit.n_runs == len(ys)
+    design = np.column_stack([np.ones(len(xs)), 1.0 / np.asarray(xs, float)])
+    y = np.asarray(ys)
+    beta, *_ = np.linalg.lstsq(design, y, rcond=None)           # both parts positive here: no bound is active
+    assert fit.params["serial_s"] == pytest.approx(beta[0], rel=1e-6)
+    assert fit.params["parallel_s"] == pytest.approx(beta[1], rel=1e-6)
+    residuals = y - design @ beta
+    assert fit.rmse_s == pytest.approx(math.sqrt(np.sum(residuals ** 2) / len(y)), rel=1e-6)
+    assert fit.max_abs_residual_s == pytest.approx(np.max(np.abs(residuals)), rel=1e-5)
+    assert fit.r2 == pytest.approx(1 - np.sum(residuals ** 2) / np.sum((y - y.mean()) ** 2), rel=1e-6)
+    for cores in levels:
+        at = np.asarray(xs) == cores
+        assert fit.residual_by_cores_s[cores] == pytest.approx(float(np.mean(residuals[at])), abs=1e-9)
+    dof = len(y) - 2
+    if dof > 0:
+        cov = np.sum(residuals ** 2) / dof * np.linalg.inv(design.T @ design)
+        assert np.allclose(fit.covariance, cov, rtol=1e-5, atol=0)
+    else:
+        assert fit.covariance is None
+
+
+def test_oversubscribed_fit_matches_every_run_too():
+    xs, ys = [], []
+    rng = random.Random(5)
+    for threads in (1, 2, 4, 8):
+        for _ in range(30):
+            xs.append(threads)
+            ys.append((1.0 + 0.05 * (threads - 1)) * (1 + rng.gauss(0, 0.02)))
+    fit = fit_model(OVERSUBSCRIBED, "e2e", xs, ys)
+    design = np.column_stack([np.ones(len(xs)), np.asarray(xs, float) - 1.0])
+    beta, *_ = np.linalg.lstsq(design, np.asarray(ys), rcond=None)
+    assert list(fit.params.values()) == pytest.approx(list(beta), rel=1e-6)
