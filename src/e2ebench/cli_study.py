@@ -189,8 +189,10 @@ class PlainProgress:
         left = state.remaining_runs_estimate(runner.policy, runner.keep_outliers)
         left_study = runner.remaining_runs_estimate()
         what = "warm-up" if event.phase == "warmup" else "measure"
+        # the run's ordinal in its phase (= seq + 1 on one host; a fleet's host types share the seqs of a scenario)
+        ordinal = state.warmup_next_seq if event.phase == "warmup" else state.measure_next_seq
         line = (f"{time.strftime('%H:%M:%S')} {state.key}: run {done} of {_of(done, left)} "
-                f"(study: run {self.runs_done} of {_of(self.runs_done, left_study)}), {what} #{event.seq + 1}, ")
+                f"(study: run {self.runs_done} of {_of(self.runs_done, left_study)}), {what} #{ordinal}, ")
         if event.status == "ok":
             line += f"E2E {_fmt_sig(event.e2e_s)} s" + (" (outlier)" if event.outlier else "")
         else:
