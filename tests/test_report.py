@@ -437,3 +437,19 @@ def test_provenance_bisection_finds_every_change_to_the_run(tmp_path, monkeypatc
     assert [(env["hostname"], n, first, last) for env, n, first, last in found.values()] == [
         ("a", 50, ids[0], ids[99]), ("b", 50, ids[37], ids[86])]
     assert read == len(set(read_ids)) < 20
+
+
+def test_figures_drawn_by_worker_processes_are_those_drawn_in_one_process(acceptance_store, tmp_path):
+    """The figures drawn two at a time in forked workers: the same files, byte for byte, in the same order."""
+    path, sid = acceptance_store
+    with Store(path) as store:
+        data = analysis.load_study(store, sid)
+    f = analysis.analyse(data)
+    models = overhead_model.fit_scaling_models(f.scenarios, data.host_cores)
+    alone = figures.all_figures(f, models, tmp_path / "one", workers=1)
+    pooled = figures.all_figures(f, models, tmp_path / "two", workers=2)
+    assert [x.name for x in pooled] == [x.name for x in alone] and len(alone) >= 6
+    for a, b in zip(alone, pooled):
+        assert (a.title, a.caption, a.emulated) == (b.title, b.caption, b.emulated)
+        assert a.png.read_bytes() == b.png.read_bytes() and a.svg.read_bytes() == b.svg.read_bytes()
+        assert b.png.parent == tmp_path / "two"

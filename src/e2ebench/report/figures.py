@@ -588,12 +588,13 @@ def all_figures(findings, models: Sequence[ScalingModel], out_dir: Path,
 
     The figures are independent, so up to ``workers`` (default :data:`FIGURE_WORKERS`, never more than the CPUs)
     are drawn at once in forked processes, which inherit the findings instead of receiving them pickled; where
-    forking is not available, or a worker dies, the rest are drawn here, one after the other."""
+    forking is not available (or this is a daemon process, which may not have children), or a worker dies, the
+    rest are drawn here, one after the other."""
     jobs = _figure_jobs(findings, models, out_dir)
     wanted = FIGURE_WORKERS if workers is None else workers
     n = min(wanted, len(jobs), os.cpu_count() or 1)
     done: dict[int, FigureFile | None] = {}
-    if n > 1 and "fork" in multiprocessing.get_all_start_methods():
+    if n > 1 and "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon:
         order = sorted(range(len(jobs)), key=lambda i: -jobs[i].weight)    # the big ones first: even finish
         try:
             with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
