@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 
 from conftest import make_result
-from e2ebench.store import ADHOC_STUDY, SCHEMA_VERSION, Store, StoreError
+from e2ebench.store import ADHOC_STUDY, METRIC_COLUMNS, METRICS_VERSION, SCHEMA_VERSION, Store, StoreError, metric_columns
 
 
 def test_round_trip(tmp_path):
@@ -176,6 +176,8 @@ def _varied_results() -> list[dict]:
                                                          "involuntary_ctx_switches": 40},
                        thread_pools={"torch_intra_op": 2, "openmp": [{"num_threads": 2}], "os_cpu_count": 2},
                        platform_info={"host_cpus": 64}, host="node-1", host_type="c5.4xlarge").as_dict()
+    base["cold_start"] = {**(base.get("cold_start") or {}), "import_s": 0.5, "provision_s": True,  # a bool is no time
+                          "vendor_hook_s": 0.01}                                  # a part of another name
     older = {**make_result("ic@BM/2/PIN/CPU", 1.6).as_dict(), "thread_pools": {}, "threads": {"torch_intra_op": 2}}
     odd = {**make_result("ic@BM/2/PIN/CPU", 1.7).as_dict(), "throughput_sps": True, "completed": "8",
            "cold_start": None, "environment": {"host_cpus": 4}}
@@ -247,7 +249,18 @@ def test_a_version_5_store_is_migrated_in_sql_and_read_as_it_is_read_only(tmp_pa
     with Store(path) as store:                          # migrated: the columns filled in SQL (NaN's row in Python)
         assert store.schema_version == SCHEMA_VERSION == 7
         assert _metrics(store.runs(phase=None, metrics=True)) == expected
-        assert [r["metrics_version"] for r in store.db.execute("SELECT metrics_version FROM runs")] == [1] * 5
+        assert [r["metrics_version"] for r in store.db.execute("SELECT metrics_version FROM runs")] == \
+            [METRICS_VERSION] * 5
+        # every column as the migration's SQL filled it, against the Python mapping a new run is written with
+        names = [c for c, _, _ in METRIC_COLUMNS]
+        for row in store.db.execute(f"SELECT {', '.join(names)}, result_json FROM runs WHERE json_valid(result_json)"):
+            python = metric_columns(json.loads(row["result_json"]))
+            objects = {c for c, _, kind in METRIC_COLUMNS if kind == "object"}            # (JSON text: compared parsed)
+            read = lambda value, c: json.loads(value) if c in objects and value else value  # noqa: E731
+            assert {c: read(row[c], c) for c in names} == {c: read(python[c], c) for c in names}
+        cold = store.db.execute("SELECT cold_import_s, cold_provision_s, cold_start_other FROM runs "
+                                "WHERE cold_start_other > 0").fetchall()
+        assert [tuple(r) for r in cold] == [(0.5, None, 1)]
 
 
 def test_a_half_migrated_store_heals(tmp_path):

@@ -66,6 +66,27 @@ def oversubscribed_time(n, t1_s, per_thread_s):
 
 OVERSUBSCRIBED = "oversubscribed"
 
+
+# Each model's derivatives by its parameters (rows: core counts): the optimiser then needs no finite differences.
+def _amdahl_jacobian(n, serial_s, parallel_s):
+    n = np.asarray(n, dtype=float)
+    return np.column_stack([np.ones_like(n), 1.0 / n])
+
+
+def _usl_jacobian(n, t1_s, sigma, kappa):
+    n = np.asarray(n, dtype=float)
+    return np.column_stack([(1.0 + sigma * (n - 1.0) + kappa * n * (n - 1.0)) / n, t1_s * (n - 1.0) / n,
+                            t1_s * (n - 1.0)])
+
+
+def _oversubscribed_jacobian(n, t1_s, per_thread_s):
+    n = np.asarray(n, dtype=float)
+    return np.column_stack([np.ones_like(n), n - 1.0])
+
+
+_JACOBIANS: dict[str, Callable] = {"amdahl": _amdahl_jacobian, "usl": _usl_jacobian,
+                                   "oversubscribed": _oversubscribed_jacobian}
+
 _MODELS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     AMDAHL: (amdahl_time, ("serial_s", "parallel_s")),
     USL: (usl_time, ("t1_s", "sigma", "kappa")),
@@ -197,7 +218,7 @@ def fit_model(model: str, metric: str, cores: Sequence[int], times_s: Sequence[f
             # sigma = 1/sqrt(count): each mean weighs as its runs; absolute_sigma gives the unscaled covariance
             # (J^T J of every run), scaled below by every run's residual variance as curve_fit does
             params, cov = curve_fit(func, xs, means, p0=p0, sigma=1.0 / weight, absolute_sigma=True,
-                                    bounds=bounds, maxfev=20000)
+                                    bounds=bounds, maxfev=20000, jac=_JACOBIANS[model])
         except (RuntimeError, ValueError):
             return None
     fitted = func(xs, *params)

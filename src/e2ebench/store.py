@@ -108,6 +108,8 @@ CREATE TABLE IF NOT EXISTS runs (
     io_s REAL, pre_s REAL, infer_s REAL, post_s REAL, other_s REAL,
     throughput_sps REAL, completed REAL, requests REAL, loadgen_p99_ms REAL,
     cold_start_s REAL, cold_start_json TEXT,
+    cold_provision_s REAL, cold_process_start_s REAL, cold_import_s REAL, cold_model_load_s REAL,
+    cold_first_inference_s REAL, cold_start_other INTEGER,
     throttled_time_s REAL, nr_throttled REAL, involuntary_ctx_switches REAL,
     pool_torch_intra_op REAL, pool_torch_inter_op REAL, pool_onnxruntime_intra_op REAL, pool_opencv REAL,
     pool_openmp REAL, pool_process_threads REAL, pool_os_cpu_count REAL,
@@ -139,16 +141,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS runs_seq ON runs(study_id, scenario, phase, se
 # columns the analysis reads come before ``result_json``: SQLite then reads them without walking the result's overflow
 # pages (a migrated store has them last, which reads the same values, more slowly); no query depends on the order.
 _UUID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS runs_uuid ON runs(uuid)"
-# Schema 7: everything the analysis reads of a measured run (e2ebench.study_runs), in one index, so that SQLite answers
-# its queries from the index alone ("covering"): ~150 bytes an entry instead of the table's ~4 KB rows.
-ANALYSIS_INDEX_COLUMNS = (
-    # in the order the analysis groups by, so that its GROUP BY queries stream the index without sorting
-    "study_id", "phase", "status", "scenario", "host_type", "emulated", "thread_policy", "outlier", "round", "e2e_s",
-    "io_s", "pre_s", "infer_s", "post_s", "other_s", "throughput_sps", "cold_start_s", "loadgen_p99_ms", "completed",
-    "requests", "platform_host_cpus", "env_host_cpus", "host", "app", "platform", "cores", "cpu_mode", "device", "mode",
-    "cache",
-)
-_ANALYSIS_INDEX = f"CREATE INDEX IF NOT EXISTS runs_analysis ON runs({', '.join(ANALYSIS_INDEX_COLUMNS)})"
 STORE_TABLES = frozenset({"meta", "studies", "runs", "calibrations"})
 
 RUN_COLUMNS = (
@@ -163,8 +155,11 @@ RUN_COLUMN_DEFAULTS = {"thread_policy": "sized", "round": None, "host": None, "h
 # ``recommend`` read columns instead of parsing every run's JSON.  ``metrics_version`` says which copy a row holds
 # (NULL: not copied yet -- a row written by an older e2ebench, or a migration that was interrupted; such a row is
 # read from its JSON).  Each column: (name, JSON path in the result, kind); ``number`` keeps only JSON numbers
-# (not booleans), ``text`` only strings, ``object`` the JSON text of an object.
-METRICS_VERSION = 1
+# (not booleans), ``text`` only strings, ``object`` the JSON text of an object, ``other_keys`` how many keys of an
+# object are not among COLD_START_PARTS (schema 7, metrics version 2: the cold-start parts as numbers, the rest read
+# from ``cold_start_json`` only where there is a rest).
+METRICS_VERSION = 2
+COLD_START_PARTS = ("provision_s", "process_start_s", "import_s", "model_load_s", "first_inference_s")
 PHASE_NAMES = ("io", "pre", "infer", "post", "other")
 POOL_NAMES = ("torch_intra_op", "torch_inter_op", "onnxruntime_intra_op", "opencv", "openmp", "process_threads",
               "os_cpu_count")
@@ -175,15 +170,28 @@ METRIC_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("throughput_sps", "$.throughput_sps", "number"), ("completed", "$.completed", "number"),
     ("requests", "$.requests", "number"), ("loadgen_p99_ms", "$.loadgen_latency_ms.p99", "number"),
     ("cold_start_s", "$.cold_start_s", "number"), ("cold_start_json", "$.cold_start", "object"),
+    *((f"cold_{part}", f"$.cold_start.{part}", "number") for part in COLD_START_PARTS),
+    ("cold_start_other", "$.cold_start", "other_keys"),
     *((name, f"$.counters.{name}", "number") for name in ("throttled_time_s", "nr_throttled",
                                                             "involuntary_ctx_switches")),
     *((f"pool_{name}", f"{_POOLS}.{name}", "number") for name in POOL_NAMES),
     ("platform_host_cpus", "$.platform_info.host_cpus", "number"), ("env_host_cpus", "$.environment.host_cpus", "number"),
 )
-_METRIC_TYPES = {"number": "REAL", "text": "TEXT", "object": "TEXT"}
+_METRIC_TYPES = {"number": "REAL", "text": "TEXT", "object": "TEXT", "other_keys": "INTEGER"}
+# Schema 7: everything the analysis reads of a measured run (e2ebench.study_runs), in one index, so that SQLite answers
+# its queries from the index alone ("covering"): ~150 bytes an entry instead of the table's ~4 KB rows.
+ANALYSIS_INDEX_COLUMNS = (
+    # in the order the analysis groups by, so that its GROUP BY queries stream the index without sorting
+    "study_id", "phase", "status", "scenario", "host_type", "emulated", "thread_policy", "outlier", "round", "e2e_s",
+    "io_s", "pre_s", "infer_s", "post_s", "other_s", "throughput_sps", "cold_start_s", "loadgen_p99_ms", "completed",
+    "requests", "platform_host_cpus", "env_host_cpus", "host", "app", "platform", "cores", "cpu_mode", "device", "mode",
+    "cache", *(f"cold_{part}" for part in COLD_START_PARTS), "cold_start_other", "throttled_time_s", "nr_throttled",
+    "involuntary_ctx_switches", *(f"pool_{name}" for name in POOL_NAMES),
+)
+_ANALYSIS_INDEX = f"CREATE INDEX IF NOT EXISTS runs_analysis ON runs({', '.join(ANALYSIS_INDEX_COLUMNS)})"
 # The keys ``Store.runs(metrics=True)`` adds to each run (``cold_start`` and ``thread_pools`` as dicts).
 METRIC_KEYS = tuple([c for c, _, _ in METRIC_COLUMNS if c not in ("host", "host_type", "cold_start_json")
-                     and not c.startswith("pool_")] + ["cold_start", "thread_pools"])
+                     and not c.startswith(("pool_", "cold_")) or c == "cold_start_s"] + ["cold_start", "thread_pools"])
 MIGRATION_BATCH = 5000
 
 
@@ -546,7 +554,10 @@ class Store:
                     self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {_METRIC_TYPES.get(kind, kind)}")
                     self.db.execute("DELETE FROM meta WHERE key='metrics_filled'")      # to be filled below
             self.db.execute(_UUID_INDEX)
-            self.db.execute(_ANALYSIS_INDEX)                    # 6 -> 7
+            indexed = [r["name"] for r in self.db.execute("PRAGMA index_info(runs_analysis)")]
+            if indexed != list(ANALYSIS_INDEX_COLUMNS):         # 6 -> 7, or an index of an earlier 7
+                self.db.execute("DROP INDEX IF EXISTS runs_analysis")
+                self.db.execute(_ANALYSIS_INDEX)
             if row is not None and int(row["value"]) < SCHEMA_VERSION:
                 self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             if self.db.execute("SELECT 1 FROM runs LIMIT 1").fetchone() is None:      # nothing to fill (a new store)
@@ -1163,6 +1174,8 @@ def metric_columns(result: dict) -> dict[str, Any]:
                 value = float(value)
         elif kind == "text":
             value = value if isinstance(value, str) else None
+        elif kind == "other_keys":
+            value = sum(1 for k in value if k not in COLD_START_PARTS) if isinstance(value, dict) else None
         else:
             value = json.dumps(value, sort_keys=True) if isinstance(value, dict) else None
         out[column] = value
@@ -1175,8 +1188,13 @@ def _metric_sql() -> str:
     pools = ("(CASE WHEN json_type(result_json, '$.thread_pools') = 'object' AND json_extract(result_json, "
              "'$.thread_pools') <> '{}' THEN '$.thread_pools' ELSE '$.threads' END)")
     sets = []
+    known = ", ".join(f"'{part}'" for part in COLD_START_PARTS)
     for column, path, kind in METRIC_COLUMNS:
         where = f"{pools} || '{path[len(_POOLS):]}'" if path.startswith(_POOLS + ".") else f"'{path}'"
+        if kind == "other_keys":
+            sets.append(f"{column} = CASE WHEN json_type(result_json, {where}) = 'object' THEN (SELECT COUNT(*) FROM "
+                        f"json_each(result_json, {where}) WHERE key NOT IN ({known})) END")
+            continue
         types = {"number": "'integer', 'real'", "text": "'text'", "object": "'object'"}[kind]
         sets.append(f"{column} = CASE WHEN json_type(result_json, {where}) IN ({types}) "
                     f"THEN json_extract(result_json, {where}) END")

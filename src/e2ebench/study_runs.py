@@ -322,27 +322,57 @@ def _norm(key: tuple) -> tuple:
 
 def _load_detail(store, runs: StudyRuns, counted_sql: str, args: list, group_columns: tuple) -> None:
     """Cold-start parts, throttling counters and pool sizes per group (``report`` and ``recommend``)."""
+    from e2ebench.store import COLD_START_PARTS
+
     groups = runs.groups
     width = len(group_columns)
     select_group = ", ".join(group_columns)
     by = ", ".join(str(i + 1) for i in range(width))
-    for row in _rows(store, f"SELECT {select_group}, cold_start_s IS NOT NULL, j.key, COUNT(*), TOTAL(j.value), "
-                            f"TOTAL(j.value * j.value) FROM runs, json_each(runs.cold_start_json) AS j WHERE "
-                            f"{counted_sql} AND j.type IN ('integer', 'real') GROUP BY {by}, {width + 1}, {width + 2}",
-                     args):
+    parts_sql = []
+    for part in COLD_START_PARTS:       # each part over every counted run, and over those that timed a cold start
+        column, timed = f"cold_{part}", f"CASE WHEN cold_start_s IS NOT NULL THEN cold_{part} END"
+        parts_sql.append(f"COUNT({column}), TOTAL({column}), TOTAL({column} * {column}), "
+                         f"COUNT({timed}), TOTAL({timed}), TOTAL(({timed}) * ({timed}))")
+    counters_sql = ", ".join(f"COUNT({c}), TOTAL({c}), TOTAL({c} * {c})" for c in COUNTERS)
+    other = False
+    for row in _rows(store, f"SELECT {select_group}, {', '.join(parts_sql)}, {counters_sql}, TOTAL(cold_start_other) "
+                            f"FROM runs WHERE {counted_sql} GROUP BY {by}", args):
         group = groups.get(_norm(row[:width]))
-        timed, part, n, total, total_sq = row[width:]
         if group is None:
             continue
-        moments = Moments(int(n), float(total), float(total_sq))
-        group.cold_parts[part] = group.cold_parts.get(part, NO_MOMENTS) + moments
-        if timed:
-            group.cold_parts_timed[part] = group.cold_parts_timed.get(part, NO_MOMENTS) + moments
-    counters = ", ".join(f"COUNT({c}), TOTAL({c}), TOTAL({c} * {c})" for c in COUNTERS)
+        at = width
+        for part in COLD_START_PARTS:
+            every, timed = Moments(int(row[at]), float(row[at + 1]), float(row[at + 2])), \
+                Moments(int(row[at + 3]), float(row[at + 4]), float(row[at + 5]))
+            at += 6
+            if every.n:
+                group.cold_parts[part] = every
+            if timed.n:
+                group.cold_parts_timed[part] = timed
+        for name in COUNTERS:
+            moments = Moments(int(row[at]), float(row[at + 1]), float(row[at + 2]))
+            at += 3
+            if moments.n:
+                group.counters[name] = moments
+        other = other or bool(row[at])
+    if other:        # parts of other names (a third-party platform's): read from the JSON of the runs that have them
+        known = ", ".join(f"'{part}'" for part in COLD_START_PARTS)
+        for row in _rows(store, f"SELECT {select_group}, cold_start_s IS NOT NULL, j.key, COUNT(*), TOTAL(j.value), "
+                                f"TOTAL(j.value * j.value) FROM runs, json_each(runs.cold_start_json) AS j WHERE "
+                                f"{counted_sql} AND cold_start_other > 0 AND j.key NOT IN ({known}) "
+                                f"AND j.type IN ('integer', 'real') GROUP BY {by}, {width + 1}, {width + 2}", args):
+            group = groups.get(_norm(row[:width]))
+            timed, part, n, total, total_sq = row[width:]
+            if group is None:
+                continue
+            moments = Moments(int(n), float(total), float(total_sq))
+            group.cold_parts[part] = group.cold_parts.get(part, NO_MOMENTS) + moments
+            if timed:
+                group.cold_parts_timed[part] = group.cold_parts_timed.get(part, NO_MOMENTS) + moments
     pools = ", ".join(f"pool_{p}" for p in POOLS)
     pool_counts: dict[GroupKey, dict[str, dict[int, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
     pool_by = ", ".join(str(width + 2 + i) for i in range(len(POOLS)))
-    for row in _rows(store, f"SELECT {select_group}, COUNT(*), {pools}, {counters} FROM runs WHERE {counted_sql} "
+    for row in _rows(store, f"SELECT {select_group}, COUNT(*), {pools} FROM runs WHERE {counted_sql} "
                             f"GROUP BY {by}, {pool_by}", args):
         key = _norm(row[:width])
         group = groups.get(key)
@@ -353,11 +383,8 @@ def _load_detail(store, runs: StudyRuns, counted_sql: str, args: list, group_col
             value = row[width + 1 + i]
             if isinstance(value, (int, float)) and math.isfinite(value):
                 pool_counts[key][pool][int(value)] += n
-        base = width + 1 + len(POOLS)
-        for i, name in enumerate(COUNTERS):
-            moments = Moments(int(row[base + 3 * i]), float(row[base + 3 * i + 1]), float(row[base + 3 * i + 2]))
-            group.counters[name] = group.counters.get(name, NO_MOMENTS) + moments
     for key, by_pool in pool_counts.items():
         groups[key].pools = {pool: max(sizes, key=lambda v: (sizes[v], v)) for pool, sizes in by_pool.items()}
-    for group in groups.values():
-        group.counters = {name: m for name, m in group.counters.items() if m.n}
+    for group in groups.values():       # the parts in the order of their names (as the stored JSON has them)
+        group.cold_parts = dict(sorted(group.cold_parts.items()))
+        group.cold_parts_timed = dict(sorted(group.cold_parts_timed.items()))
