@@ -61,3 +61,19 @@ def test_oversubscribed_fit_matches_every_run_too():
     design = np.column_stack([np.ones(len(xs)), np.asarray(xs, float) - 1.0])
     beta, *_ = np.linalg.lstsq(design, np.asarray(ys), rcond=None)
     assert list(fit.params.values()) == pytest.approx(list(beta), rel=1e-6)
+
+
+def test_amdahl_on_its_bound_is_the_best_fit_with_no_serial_part():
+    """Superlinear speed-up (the unbounded fit wants a negative serial part): the fit holds the serial part at 0 and
+    the parallel part is the least squares of every run through the origin in 1/n."""
+    xs, ys = [], []
+    for cores, t in ((1, 4.0), (2, 1.9), (4, 0.9), (8, 0.42)):
+        xs += [cores] * 3
+        ys += [t * 0.99, t, t * 1.01]
+    design = np.column_stack([np.ones(len(xs)), 1.0 / np.asarray(xs, float)])
+    unbounded, *_ = np.linalg.lstsq(design, np.asarray(ys), rcond=None)
+    assert unbounded[0] < 0                                   # the case this test is about
+    fit = fit_model(AMDAHL, "e2e", xs, ys)
+    inv = 1.0 / np.asarray(xs, float)
+    assert fit.params["serial_s"] == 0.0
+    assert fit.params["parallel_s"] == pytest.approx(float(np.sum(inv * ys) / np.sum(inv * inv)), rel=1e-12)

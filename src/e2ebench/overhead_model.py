@@ -173,6 +173,38 @@ def _gradient(func: Callable, cores: float, params: Sequence[float]) -> np.ndarr
     return grad
 
 
+def _bounded_linear_fit(design: np.ndarray, means: np.ndarray, counts: np.ndarray,
+                        lower: tuple[float, float]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Weighted least squares of a two-parameter linear model with lower bounds: every candidate (both parts free,
+    one held at its bound with the other free, both at their bounds) that keeps within the bounds, the one with the
+    smallest weighted residual sum; and the unscaled covariance (X^T W X)^-1, as curve_fit reports it."""
+    gram = design.T @ (counts[:, None] * design)
+    rhs = design.T @ (counts * means)
+    candidates = []
+    try:
+        candidates.append(np.linalg.solve(gram, rhs))
+    except np.linalg.LinAlgError:
+        pass
+    for held in (0, 1):
+        free = 1 - held
+        if np.isfinite(lower[held]) and gram[free, free] > 0:
+            p = np.zeros(2)
+            p[held] = lower[held]
+            p[free] = (rhs[free] - gram[free, held] * p[held]) / gram[free, free]
+            candidates.append(p)
+    if all(np.isfinite(lower)):
+        candidates.append(np.array(lower, dtype=float))
+    feasible = [p for p in candidates if np.all(np.isfinite(p)) and p[0] >= lower[0] and p[1] >= lower[1]]
+    if not feasible:
+        return None
+    best = min(feasible, key=lambda p: float(np.sum(counts * (means - design @ p) ** 2)))
+    try:
+        cov = np.linalg.inv(gram)
+    except np.linalg.LinAlgError:
+        cov = np.full((2, 2), np.inf)
+    return best, cov
+
+
 def fit_model(model: str, metric: str, cores: Sequence[int], times_s: Sequence[float]) -> ModelFit | None:
     """Fit ``model`` to (cores, time) points; ``None`` when there are too few core counts or the fit fails."""
     from scipy.optimize import curve_fit
@@ -180,7 +212,7 @@ def fit_model(model: str, metric: str, cores: Sequence[int], times_s: Sequence[f
     func, names = _MODELS[model]
     x = np.asarray(cores, dtype=float)
     y = np.asarray(times_s, dtype=float)
-    levels = sorted({int(c) for c in cores})
+    levels = [int(c) for c in np.unique(x)]
     k = len(names)
     if len(levels) < k or len(y) < k:
         return None
@@ -196,31 +228,28 @@ def fit_model(model: str, metric: str, cores: Sequence[int], times_s: Sequence[f
     np.minimum.at(low, inverse, y)
     np.maximum.at(high, inverse, y)
     weight = np.sqrt(counts)
-    if model == OVERSUBSCRIBED:
-        # linear in (1, n - 1); the per-thread cost may come out negative (no effect) and is not bounded
-        design = np.column_stack([np.ones_like(xs), xs - 1.0])
-        start = np.linalg.lstsq(design * weight[:, None], means * weight, rcond=None)[0]
-        p0 = [max(float(start[0]), 1e-12), float(start[1])]
-        bounds = ([0.0, -np.inf], [np.inf, np.inf])
-    elif model == AMDAHL:
-        # linear in (1, 1/n): a least-squares start, then bounded to non-negative parts
-        design = np.column_stack([np.ones_like(xs), 1.0 / xs])
-        start = np.linalg.lstsq(design * weight[:, None], means * weight, rcond=None)[0]
-        p0 = [max(float(start[0]), 1e-12), max(float(start[1]), 1e-12)]
-        bounds = ([0.0, 0.0], [np.inf, np.inf])
+    if model in (OVERSUBSCRIBED, AMDAHL):
+        # linear in (1, n - 1) or (1, 1/n): the bounded least squares solved exactly (the optimum is inside the
+        # bounds, or on a bound with the other part free), no optimiser needed
+        design = np.column_stack([np.ones_like(xs), xs - 1.0 if model == OVERSUBSCRIBED else 1.0 / xs])
+        lower = (0.0, -np.inf) if model == OVERSUBSCRIBED else (0.0, 0.0)
+        found = _bounded_linear_fit(design, means, counts, lower)
+        if found is None:
+            return None
+        params, cov = found
     else:
         t1 = float(means[0] * xs[0])
         p0 = [max(t1, 1e-12), 0.05, 0.001]
         bounds = ([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            # sigma = 1/sqrt(count): each mean weighs as its runs; absolute_sigma gives the unscaled covariance
-            # (J^T J of every run), scaled below by every run's residual variance as curve_fit does
-            params, cov = curve_fit(func, xs, means, p0=p0, sigma=1.0 / weight, absolute_sigma=True,
-                                    bounds=bounds, maxfev=20000, jac=_JACOBIANS[model])
-        except (RuntimeError, ValueError):
-            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                # sigma = 1/sqrt(count): each mean weighs as its runs; absolute_sigma gives the unscaled covariance
+                # (J^T J of every run), scaled below by every run's residual variance as curve_fit does
+                params, cov = curve_fit(func, xs, means, p0=p0, sigma=1.0 / weight, absolute_sigma=True,
+                                        bounds=bounds, maxfev=20000, jac=_JACOBIANS[model])
+            except (RuntimeError, ValueError):
+                return None
     fitted = func(xs, *params)
     level_residuals = means - fitted
     ss_res = float(np.sum(counts * level_residuals ** 2)) + within
