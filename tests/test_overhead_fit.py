@@ -77,3 +77,31 @@ def test_amdahl_on_its_bound_is_the_best_fit_with_no_serial_part():
     inv = 1.0 / np.asarray(xs, float)
     assert fit.params["serial_s"] == 0.0
     assert fit.params["parallel_s"] == pytest.approx(float(np.sum(inv * ys) / np.sum(inv * inv)), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_usl_fit_is_the_best_least_squares_point_within_its_bounds(seed):
+    """USL is solved exactly (a convex problem in t1, t1*sigma, t1*kappa): no residual sum over every run that an
+    independent optimiser finds within the bounds, from several starts, is lower; where that optimiser converges
+    to an interior point it is the same point."""
+    from scipy.optimize import least_squares
+
+    from e2ebench.overhead_model import USL, usl_time
+
+    rng = random.Random(seed)
+    xs, ys = [], []
+    for cores in (1, 2, 4, 8, 16):
+        for _ in range(rng.choice((3, 20, 60))):
+            xs.append(cores)
+            ys.append(usl_time(cores, 2.0, 0.08, 0.004) * (1 + rng.gauss(0, 0.03)))
+    x, y = np.asarray(xs, float), np.asarray(ys)
+    fit = fit_model(USL, "e2e", xs, ys)
+    ours = float(np.sum((y - usl_time(x, *fit.params.values())) ** 2))
+    best = None
+    for start in ([1.0, 0.5, 0.01], [3.0, 0.01, 0.0001], [2.0, 0.1, 0.001]):
+        res = least_squares(lambda p: usl_time(x, *p) - y, start, bounds=([0, 0, 0], [np.inf, 1, np.inf]),
+                            xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        if best is None or res.cost < best.cost:
+            best = res
+    assert ours <= 2 * best.cost * (1 + 1e-9)
+    assert list(fit.params.values()) == pytest.approx(list(best.x), rel=1e-4, abs=1e-7)

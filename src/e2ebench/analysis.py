@@ -602,12 +602,25 @@ def paired_values(subject: ScenarioStats, baseline: ScenarioStats,
     a_values, b_values = _values_of(subject, phase), _values_of(baseline, phase)
     if a_values is None or b_values is None or not subject.rounds or not baseline.rounds:
         return None
+    if subject.rounds == baseline.rounds and _rounds_in_order(subject):     # (the usual case: the same rounds)
+        return (list(a_values), list(b_values)) if len(a_values) >= MIN_PAIRS else None
     a = {r: v for r, v in zip(subject.rounds, a_values) if r is not None}
     b = {r: v for r, v in zip(baseline.rounds, b_values) if r is not None}
     common = sorted(set(a) & set(b))
     if len(common) < MIN_PAIRS:
         return None
     return [a[r] for r in common], [b[r] for r in common]
+
+
+def _rounds_in_order(stats: ScenarioStats) -> bool:
+    """Whether a scenario's runs have known, distinct rounds in ascending order (remembered per scenario: a scenario
+    is compared with many others)."""
+    cached = stats.__dict__.get("_rounds_in_order")
+    if cached is None or cached[0] is not stats.rounds:
+        rounds = stats.rounds
+        ok = None not in rounds and all(x < y for x, y in zip(rounds, rounds[1:]))
+        cached = stats.__dict__["_rounds_in_order"] = (rounds, ok)
+    return cached[1]
 
 
 def compare_stats(metric: str, subject: ScenarioStats, baseline: ScenarioStats, phase: str | None = None,

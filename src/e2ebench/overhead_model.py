@@ -173,6 +173,54 @@ def _gradient(func: Callable, cores: float, params: Sequence[float]) -> np.ndarr
     return grad
 
 
+# USL in (a, b, c) = (t1, t1 sigma, t1 kappa) is linear: t(n) = a/n + b (n-1)/n + c (n-1), with the bounds
+# a >= 0, 0 <= b <= a (sigma <= 1), c >= 0.  Each row r: one bound, r . p >= 0 (held: r . p = 0).
+_USL_CONSTRAINTS = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _usl_exact(xs: np.ndarray, means: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The USL fit as the convex quadratic programme it is in (a, b, c): its optimum solves the least squares with
+    some set of its bounds held, so every set is tried (16) and the best point inside all bounds kept.  Returns
+    (t1, sigma, kappa) and the unscaled covariance from the Jacobian there, as curve_fit reports it; ``None`` when
+    the best point has t1 = 0 (sigma and kappa undefined: the optimiser's answer is used instead)."""
+    design = np.column_stack([1.0 / xs, (xs - 1.0) / xs, xs - 1.0])
+    gram = design.T @ (counts[:, None] * design)
+    rhs = design.T @ (counts * means)
+    scale = max(float(np.max(np.abs(means))), 1e-300)
+    best, best_ss = None, math.inf
+    for mask in range(16):
+        held = _USL_CONSTRAINTS[[i for i in range(4) if mask >> i & 1]]
+        if held.size:
+            _, sv, vt = np.linalg.svd(held)
+            rank = int(np.sum(sv > 1e-12))
+            basis = vt[rank:].T                      # the points that keep the held bounds: p = basis @ z
+        else:
+            basis = np.eye(3)
+        if basis.shape[1] == 0:
+            p = np.zeros(3)
+        else:
+            reduced = basis.T @ gram @ basis
+            try:
+                p = basis @ np.linalg.solve(reduced, basis.T @ rhs)
+            except np.linalg.LinAlgError:
+                continue
+        if np.any(_USL_CONSTRAINTS @ p < -1e-12 * scale):
+            continue                                 # outside a bound it does not hold
+        ss = float(np.sum(counts * (means - design @ p) ** 2))
+        if ss < best_ss:
+            best, best_ss = p, ss
+    if best is None or best[0] <= 1e-12 * scale:
+        return None
+    a, b, c = (max(float(v), 0.0) for v in best)
+    params = np.array([a, min(b / a, 1.0), c / a])
+    jac = _usl_jacobian(xs, *params)
+    try:
+        cov = np.linalg.inv(jac.T @ (counts[:, None] * jac))
+    except np.linalg.LinAlgError:
+        cov = np.full((3, 3), np.inf)
+    return params, cov
+
+
 def _bounded_linear_fit(design: np.ndarray, means: np.ndarray, counts: np.ndarray,
                         lower: tuple[float, float]) -> tuple[np.ndarray, np.ndarray] | None:
     """Weighted least squares of a two-parameter linear model with lower bounds: every candidate (both parts free,
@@ -238,18 +286,21 @@ def fit_model(model: str, metric: str, cores: Sequence[int], times_s: Sequence[f
             return None
         params, cov = found
     else:
-        t1 = float(means[0] * xs[0])
-        p0 = [max(t1, 1e-12), 0.05, 0.001]
-        bounds = ([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                # sigma = 1/sqrt(count): each mean weighs as its runs; absolute_sigma gives the unscaled covariance
-                # (J^T J of every run), scaled below by every run's residual variance as curve_fit does
-                params, cov = curve_fit(func, xs, means, p0=p0, sigma=1.0 / weight, absolute_sigma=True,
-                                        bounds=bounds, maxfev=20000, jac=_JACOBIANS[model])
-            except (RuntimeError, ValueError):
-                return None
+        found = _usl_exact(xs, means, counts)
+        if found is None:            # (the serial time came out 0: sigma and kappa are not defined by a/n terms)
+            t1 = float(means[0] * xs[0])
+            p0 = [max(t1, 1e-12), 0.05, 0.001]
+            bounds = ([0.0, 0.0, 0.0], [np.inf, 1.0, np.inf])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    # sigma = 1/sqrt(count): each mean weighs as its runs; absolute_sigma gives the unscaled
+                    # covariance (J^T J of every run), scaled below by every run's residual variance as curve_fit does
+                    found = curve_fit(func, xs, means, p0=p0, sigma=1.0 / weight, absolute_sigma=True,
+                                      bounds=bounds, maxfev=20000, jac=_JACOBIANS[model])
+                except (RuntimeError, ValueError):
+                    return None
+        params, cov = found
     fitted = func(xs, *params)
     level_residuals = means - fitted
     ss_res = float(np.sum(counts * level_residuals ** 2)) + within

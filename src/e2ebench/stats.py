@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 import statistics
 from typing import Sequence
 
@@ -221,26 +222,30 @@ def paired_log_ratio(subject: Sequence[float], baseline: Sequence[float],
     """Compare paired values (``subject[i]`` and ``baseline[i]`` from the same round); ``None`` below two pairs.
     Non-positive values (a phase that took no time) leave the ratio and its interval out (ratio ``nan``) and test
     the differences instead."""
-    a, b = [float(v) for v in subject], [float(v) for v in baseline]
+    a, b = list(map(float, subject)), list(map(float, baseline))
     if len(a) != len(b):
         raise ValueError(f"paired samples must have the same length, got {len(a)} and {len(b)}")
     n = len(a)
     if n < 2:
         return None
-    diffs = [x - y for x, y in zip(a, b)]
+    # (each step one pass in C where it can be: a study of 10^5 runs makes ~1,000 comparisons of ~500 pairs)
+    diffs = list(map(operator.sub, a, b))
     t = t_critical(confidence, n - 1)
     d_mean, d_sd = mean(diffs), stdev(diffs)
     difference_ci = (d_mean - t * d_sd / math.sqrt(n), d_mean + t * d_sd / math.sqrt(n))
-    positive = all(x > 0 for x in a) and all(y > 0 for y in b)
-    tested = [math.log(x) - math.log(y) for x, y in zip(a, b)] if positive else diffs
-    sd = stdev(tested)
-    p = tdist.ttest_1samp_p(tested)      # identical differences (no spread to test): 1.0 when 0, else 0.0
+    positive = all(map(_ZERO.__lt__, a)) and all(map(_ZERO.__lt__, b))
+    tested = list(map(operator.sub, map(math.log, a), map(math.log, b))) if positive else diffs
+    centre, sd = mean(tested), stdev(tested)
+    # identical differences (no spread to test): 1.0 when 0, else 0.0; nan when a value is nan
+    p = math.nan if math.isnan(centre) else tdist.ttest_p_from(centre, sd, n)
     if not positive:
         return PairedRatio(n, math.nan, None, d_mean, difference_ci, p)
-    lr_mean = mean(tested)
     half = t * sd / math.sqrt(n)
-    return PairedRatio(n, math.exp(lr_mean), (math.exp(lr_mean - half), math.exp(lr_mean + half)), d_mean,
+    return PairedRatio(n, math.exp(centre), (math.exp(centre - half), math.exp(centre + half)), d_mean,
                        difference_ci, p)
+
+
+_ZERO = 0.0
 
 
 def outlier_mask(values: Sequence[float], sigmas: float = DEFAULT_OUTLIER_SIGMAS,

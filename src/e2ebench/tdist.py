@@ -344,8 +344,12 @@ def ttest_1samp_p(values: Sequence[float]) -> float | None:
     n = len(values)
     if n < 2:
         return None
-    centre = _mean(values)
-    sd = math.sqrt(_variance(values))
+    return ttest_p_from(_mean(values), math.sqrt(_variance(values)), n)
+
+
+def ttest_p_from(centre: float, sd: float, n: int) -> float:
+    """:func:`ttest_1samp_p` from the values' mean, standard deviation and count (``n >= 2``), for a caller that
+    has them already."""
     if sd <= 1e-12 * max(1.0, abs(centre)):
         return 1.0 if abs(centre) <= 1e-12 else 0.0
     return t_sf2(centre / (sd / math.sqrt(n)), n - 1)

@@ -197,9 +197,11 @@ def build_report(store, study_id: str | None = None, out_dir: Path = Path("resul
     machines = machine_type_section(native.scenarios, parts[0].costs if prices else None, prices)
     if machines:
         sections.append(_machine_types(machines))
+    provenance = _provenance(data, store)                    # (while the figures are drawn)
     for part in parts:
+        part.figures = part.drawing.collect()
         sections += part.sections(out_dir)
-    sections.append(_provenance(data, store))
+    sections.append(provenance)
     study = data.study
     counts = f"{len(data.used_run_ids)} runs in {len(data.scenarios)} scenarios"
     page = environment().get_template("report.html").render(
@@ -263,11 +265,14 @@ class _Part:
 
     @classmethod
     def make(cls, findings: Findings, data: StudyData, prices: PriceTable | None, fig_dir: Path) -> "_Part":
+        drawing = figs.FigureDrawing(findings, fig_dir)      # drawn by worker processes meanwhile
         models = overhead_model.fit_scaling_models(findings.scenarios, data.host_cores)
         rows = cost_rows(findings.scenarios, prices) if prices else []
         recs = recommend.recommend(findings, cost_notes(rows, prices) if prices else None)
-        drawn = figs.all_figures(findings, models, fig_dir)
-        return cls(findings, models, recs, drawn, prices, rows)
+        drawing.draw_with(models)
+        part = cls(findings, models, recs, [], prices, rows)
+        part.drawing = drawing                               # collected once the rest of the report is built
+        return part
 
     @property
     def tag(self) -> str:
