@@ -29,7 +29,8 @@ analysis compares unpaired) and the ``calibrations`` table (one calibration prob
 :mod:`e2ebench.calibration`); version 5 -> 6 adds ``runs.host`` and ``runs.host_type`` (a fleet's host and machine
 type) and the columns the analysis reads (:data:`METRIC_COLUMNS`: phase times, throughput, cold start, counters,
 pool sizes, host cores), filled from each stored result in SQL, a batch per transaction (see :meth:`Store._fill_metrics`),
-so that ``show``, ``report`` and ``recommend`` never parse every run's JSON; version 6 -> 7 adds the covering index
+so that ``show``, ``report`` and ``recommend`` never parse every run's JSON; version 6 -> 7 adds the cold-start parts
+as number columns (metrics version 2: every row is filled again, in SQL) and the covering index
 ``runs_analysis`` (:data:`ANALYSIS_INDEX_COLUMNS`): what ``show`` reads of every run then comes from the index's
 narrow pages instead of the table's ~4 KB rows (at 10^5 runs a scan of 0.07 s instead of 0.3 s; see docs/store.md).
 A store is migrated when it is opened; a store newer than this code is refused.  A read-only store of an older
