@@ -56,6 +56,10 @@ def join(
              "facts (CPU model, cores, memory, GPU). A study measures each scenario per type, to its own stopping "
              "decision."),
     port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="--head: the GCS port (Ray's default 6379)."),
+    client_port: Optional[int] = typer.Option(
+        None, "--client-port", min=1, max=65535,
+        help="--head: the Ray Client port, for `study --cluster ray://HEAD:PORT` from a machine outside the cluster "
+             "(Ray's default 10001)."),
     num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=0,
                                            help="CPUs Ray may schedule its own tasks on (e2ebench's runs ask for none)."),
     temp_dir: Optional[Path] = typer.Option(None, "--temp-dir", help="Ray's session folder (default /tmp/ray)."),
@@ -66,6 +70,8 @@ def join(
     fleet = _fleet_module()
     if head == (address is not None):
         raise fail_usage("give the head's ADDRESS, or --head to start a new cluster here")
+    if client_port is not None and not head:
+        raise fail_usage("--client-port is the head's: give it with --head")
     host_name = name or socket.gethostname().split(".")[0]
     try:
         labels = fleet.node_labels(host_name, host_type)
@@ -73,7 +79,7 @@ def join(
         raise fail_usage(str(exc))
     command = fleet.join_command(None if head else address, host_name, num_cpus=num_cpus, port=port,
                                  temp_dir=str(temp_dir) if temp_dir else None, ray_executable=_ray_executable(),
-                                 block=block, host_type=host_type)
+                                 block=block, host_type=host_type, client_port=client_port)
     if dry_run:
         console.print(shlex.join(command), markup=False, highlight=False)
         raise typer.Exit(EXIT_OK)

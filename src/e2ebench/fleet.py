@@ -125,7 +125,7 @@ def disconnect() -> None:
 
 def join_command(address: str | None, name: str, num_cpus: int | None = None, port: int | None = None,
                  temp_dir: str | None = None, ray_executable: str = "ray", block: bool = False,
-                 host_type: str | None = None) -> list[str]:
+                 host_type: str | None = None, client_port: int | None = None) -> list[str]:
     """The ``ray start`` argument list of ``e2ebench fleet join``: the node offers one :data:`HOST_RESOURCE` unit and
     carries its host name (and ``host_type`` when given) as labels; ``address`` None starts a head (a host too)."""
     labels = node_labels(name, host_type)
@@ -134,6 +134,8 @@ def join_command(address: str | None, name: str, num_cpus: int | None = None, po
         command += ["--head", "--include-dashboard=false"]
         if port is not None:
             command += ["--port", str(int(port))]
+        if client_port is not None:          # Ray Client (ray://), for drivers outside the cluster
+            command += ["--ray-client-server-port", str(int(client_port))]
     else:
         command += ["--address", address]
     command += ["--resources", json.dumps({HOST_RESOURCE: 1}),
