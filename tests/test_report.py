@@ -453,3 +453,24 @@ def test_figures_drawn_by_worker_processes_are_those_drawn_in_one_process(accept
         assert (a.title, a.caption, a.emulated) == (b.title, b.caption, b.emulated)
         assert a.png.read_bytes() == b.png.read_bytes() and a.svg.read_bytes() == b.svg.read_bytes()
         assert b.png.parent == tmp_path / "two"
+
+
+def test_a_report_that_fails_leaves_no_figure_worker(acceptance_store, tmp_path, monkeypatch):
+    """The figures start drawing in worker processes before the report's process fits the models and builds the
+    provenance; when one of those fails, the error comes through and no worker process is left."""
+    import psutil
+
+    from e2ebench.report import html
+
+    path, _ = acceptance_store
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("provenance broke")
+
+    monkeypatch.setattr(html, "_provenance", broken)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with Store(path) as store, pytest.raises(RuntimeError, match="provenance broke"):
+        build_report(store, None, tmp_path / "report")
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == []

@@ -619,7 +619,7 @@ class FigureDrawing:
                 for i in sorted(ready, key=lambda i: -self.jobs[i].weight):   # the big ones first: even finish
                     self.futures[i] = self.pool.submit(_run_adopted_job, i)
             except (BrokenProcessPool, OSError):
-                self._close()
+                self.close()
 
     def finish(self, models: Sequence[ScalingModel]) -> list[FigureFile]:
         self.draw_with(models)
@@ -648,7 +648,7 @@ class FigureDrawing:
         except (BrokenProcessPool, OSError):
             pass                                  # drawn below, in this process
         finally:
-            self._close()
+            self.close()
         for i, job in enumerate(self.jobs):
             if i not in done:
                 if job.needs_models and job.args[2] is None:
@@ -656,7 +656,8 @@ class FigureDrawing:
                 done[i] = job.run()
         return [f for i in range(len(self.jobs)) if (f := done[i]) is not None]
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Stop the workers (what they have not started is cancelled); the figures already collected stay."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None

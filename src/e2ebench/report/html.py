@@ -189,19 +189,23 @@ def build_report(store, study_id: str | None = None, out_dir: Path = Path("resul
     fig_dir = out_dir / "figures"
     native = analysis.analyse(data, emulated=False, knee_tolerance_pct=knee_tolerance_pct)
     parts = [_Part.make(native, data, prices, fig_dir)]
-    if include_emulated and data.has_emulated:
-        emulated = analysis.analyse(data, emulated=True, knee_tolerance_pct=knee_tolerance_pct)
-        parts.append(_Part.make(emulated, data, prices, fig_dir))
-
-    sections = [_overview(data, store.path, native, include_emulated, knee_tolerance_pct)]
-    machines = machine_type_section(native.scenarios, parts[0].costs if prices else None, prices)
-    if machines:
-        sections.append(_machine_types(machines))
-    provenance = _provenance(data, store)                    # (while the figures are drawn)
-    for part in parts:
-        part.figures = part.drawing.collect()
-        sections += part.sections(out_dir)
-    sections.append(provenance)
+    try:
+        if include_emulated and data.has_emulated:
+            emulated = analysis.analyse(data, emulated=True, knee_tolerance_pct=knee_tolerance_pct)
+            parts.append(_Part.make(emulated, data, prices, fig_dir))
+        sections = [_overview(data, store.path, native, include_emulated, knee_tolerance_pct)]
+        machines = machine_type_section(native.scenarios, parts[0].costs if prices else None, prices)
+        if machines:
+            sections.append(_machine_types(machines))
+        provenance = _provenance(data, store)                # (while the figures are drawn)
+        for part in parts:
+            part.figures = part.drawing.collect()
+            sections += part.sections(out_dir)
+        sections.append(provenance)
+    except BaseException:
+        for part in parts:
+            part.drawing.close()                             # no worker outlives a report that failed
+        raise
     study = data.study
     counts = f"{len(data.used_run_ids)} runs in {len(data.scenarios)} scenarios"
     page = environment().get_template("report.html").render(
@@ -266,10 +270,14 @@ class _Part:
     @classmethod
     def make(cls, findings: Findings, data: StudyData, prices: PriceTable | None, fig_dir: Path) -> "_Part":
         drawing = figs.FigureDrawing(findings, fig_dir)      # drawn by worker processes meanwhile
-        models = overhead_model.fit_scaling_models(findings.scenarios, data.host_cores)
-        rows = cost_rows(findings.scenarios, prices) if prices else []
-        recs = recommend.recommend(findings, cost_notes(rows, prices) if prices else None)
-        drawing.draw_with(models)
+        try:
+            models = overhead_model.fit_scaling_models(findings.scenarios, data.host_cores)
+            rows = cost_rows(findings.scenarios, prices) if prices else []
+            recs = recommend.recommend(findings, cost_notes(rows, prices) if prices else None)
+            drawing.draw_with(models)
+        except BaseException:
+            drawing.close()                                  # no worker outlives a report that failed
+            raise
         part = cls(findings, models, recs, [], prices, rows)
         part.drawing = drawing                               # collected once the rest of the report is built
         return part
