@@ -413,6 +413,16 @@ def test_a_new_store_on_a_full_disk_leaves_no_empty_file(tmpfs):
     assert sorted(p.name for p in mnt.iterdir()) == ["fill"]
 
 
+def _worker_started(proc: subprocess.Popen) -> bool:
+    import psutil
+
+    try:
+        return any("e2ebench.worker" in " ".join(child.cmdline())
+                   for child in psutil.Process(proc.pid).children(recursive=True))
+    except psutil.Error:
+        return False
+
+
 def _fill_once(store: Path, proc: subprocess.Popen, ready) -> Path | None:
     """Fill the disk of ``store`` as soon as ``ready()``; None when the process ended first."""
     while not ready():
@@ -430,7 +440,9 @@ def test_run_on_a_full_disk_says_where_the_result_is(tmpfs, tmp_path):
                                         str(path)], cwd=cli_cwd(), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        filler = _fill_once(path, proc, lambda: Path(f"{path}-shm").exists())    # the store is open: measuring
+        # the disk fills once the run is measuring: the store opened (its WAL files exist, the schema is made) and
+        # the worker started -- not at the first WAL file, while the opening may still be writing the schema
+        filler = _fill_once(path, proc, lambda: Path(f"{path}-shm").exists() and _worker_started(proc))
         out, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:

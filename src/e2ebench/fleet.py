@@ -36,6 +36,7 @@ Importing this module imports Ray; nothing else in e2ebench does (``e2ebench stu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -106,16 +107,29 @@ def node_labels(name: str, host_type: str | None = None) -> dict[str, str]:
 # Connecting and starting nodes
 
 
+CLIENT_CONNECT_ATTEMPTS = 3
+
+
 def connect(address: str) -> None:
     """Join the cluster at ``address`` (``auto``: the cluster this host belongs to; ``ray://host:10001`` through Ray
     Client; ``host:6379`` the GCS) as a driver, quietly."""
     if ray.is_initialized():
         return
-    try:
-        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR",
-                 configure_logging=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise FleetError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+    # Ray Client starts a server process for each driver that connects, which can fail to come up in time on a busy
+    # head ("Starting Ray client server failed"): a client address is tried again, a few seconds apart
+    attempts = CLIENT_CONNECT_ATTEMPTS if address.startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR",
+                     configure_logging=True)
+            return
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if attempt == attempts:
+                raise FleetError(f"cannot reach the Ray cluster at {address}"
+                                 + (f" ({attempts} attempts)" if attempts > 1 else "") + f": {exc}") from exc
+            time.sleep(3.0 * attempt)
 
 
 def disconnect() -> None:
