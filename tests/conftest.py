@@ -139,3 +139,20 @@ def make_result(scenario: str = "ic@BM/2/PIN/CPU", e2e_s: float | None = 1.5, *,
         result = RunResult.success(**measured)
     result.extra.update(extra or {})
     return result
+
+
+def as_version_5(path) -> None:
+    """Make a store (closed) look as schema 5 left it: the schema-6 columns and schema 7's index dropped, the version
+    set back -- an older store, for the migration and read-only tests."""
+    import sqlite3
+
+    from e2ebench.store import METRIC_COLUMNS
+
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX IF EXISTS runs_analysis")             # schema 7's, over some of those columns
+    for column in ("metrics_version", *dict.fromkeys(c for c, _, _ in METRIC_COLUMNS)):
+        db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    db.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
+    db.execute("DELETE FROM meta WHERE key='metrics_filled'")
+    db.commit()
+    db.close()

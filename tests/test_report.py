@@ -455,21 +455,26 @@ def test_figures_drawn_by_worker_processes_are_those_drawn_in_one_process(accept
         assert b.png.parent == tmp_path / "two"
 
 
-def test_a_report_that_fails_leaves_no_figure_worker(acceptance_store, tmp_path, monkeypatch):
-    """The figures start drawing in worker processes before the report's process fits the models and builds the
-    provenance; when one of those fails, the error comes through and no worker process is left."""
+def test_a_report_that_fails_leaves_no_figure_worker(acceptance_store, tmp_path):
+    """The figures start drawing in worker processes before the report's process builds the provenance; when that
+    fails -- here for real: one run's stored JSON damaged, which only the provenance reads -- the error comes through
+    and no worker process is left."""
+    import shutil
+    import sqlite3
+
     import psutil
 
-    from e2ebench.report import html
+    from e2ebench.store import StoreDamagedError
 
     path, _ = acceptance_store
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("provenance broke")
-
-    monkeypatch.setattr(html, "_provenance", broken)
+    damaged = tmp_path / "damaged.sqlite"
+    shutil.copy(path, damaged)
+    db = sqlite3.connect(damaged)
+    db.execute("UPDATE runs SET result_json = '{\"cut off' WHERE id = (SELECT MAX(id) FROM runs)")
+    db.commit()
+    db.close()
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with Store(path) as store, pytest.raises(RuntimeError, match="provenance broke"):
+    with Store(damaged) as store, pytest.raises(StoreDamagedError, match="cannot be read"):
         build_report(store, None, tmp_path / "report")
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
             and p.status() != psutil.STATUS_ZOMBIE]

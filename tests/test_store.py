@@ -3,7 +3,7 @@ import sqlite3
 
 import pytest
 
-from conftest import make_result
+from conftest import as_version_5, make_result
 from e2ebench.store import ADHOC_STUDY, METRIC_COLUMNS, METRICS_VERSION, SCHEMA_VERSION, Store, StoreError, metric_columns
 
 
@@ -186,20 +186,6 @@ def _varied_results() -> list[dict]:
     return [base, older, odd, nan, failed]
 
 
-def _as_version_5(path) -> None:
-    """Make a store look as schema 5 left it: the schema-6 columns dropped, the version set back."""
-    from e2ebench.store import METRIC_COLUMNS
-
-    db = sqlite3.connect(path)
-    db.execute("DROP INDEX IF EXISTS runs_analysis")             # schema 7's, over some of those columns
-    for column in ("metrics_version", *dict.fromkeys(c for c, _, _ in METRIC_COLUMNS)):
-        db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
-    db.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
-    db.execute("DELETE FROM meta WHERE key='metrics_filled'")
-    db.commit()
-    db.close()
-
-
 def _no_nan(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in metrics.items()}
 
@@ -239,7 +225,7 @@ def test_a_version_5_store_is_migrated_in_sql_and_read_as_it_is_read_only(tmp_pa
         for r in _varied_results():
             store.add_run(r)
         expected = _metrics(store.runs(phase=None, metrics=True))
-    _as_version_5(path)
+    as_version_5(path)
     reader = Store.__new__(Store)                       # the read-only opening (root would write a chmod'ed file)
     reader.path, reader.imported = path, []
     reader._open_read_only()

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import as_version_5
 from e2ebench import analysis, recommend
 from e2ebench.report.html import build_report
-from e2ebench.store import METRIC_COLUMNS, Store
+from e2ebench.store import Store
 from e2ebench.study_runner import summarize_study
 
 pytestmark = pytest.mark.timeout(900)
@@ -86,14 +87,7 @@ def _as_version_5(source: Path, target: Path) -> None:
     src = sqlite3.connect(source)
     src.execute("VACUUM INTO ?", (str(target),))
     src.close()
-    db = sqlite3.connect(target)
-    db.execute("DROP INDEX IF EXISTS runs_analysis")             # schema 7's, over some of those columns
-    for column in ("metrics_version", *dict.fromkeys(c for c, _, _ in METRIC_COLUMNS)):
-        db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
-    db.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
-    db.execute("DELETE FROM meta WHERE key='metrics_filled'")
-    db.commit()
-    db.close()
+    as_version_5(target)
 
 
 def test_old_stores_give_the_outputs_the_columns_give(real_store, tmp_path):
